@@ -1,0 +1,210 @@
+// loraguard: one llama.cpp model, two paths.
+//
+//   chat path : the base model exactly as stock llama.cpp runs it (no adapter, LM head, sampling)
+//   guard path: the same weights plus a LoRA delta; the last token's final-norm hidden state (or the
+//               encoder's pooled state) goes through a linear head to per-label logits
+//
+// Conventions (as in llama.h): opaque handles, *_default_params(), explicit *_free().
+// Every fallible call returns an lg_status; on failure lg_last_error() returns a readable message for the
+// calling thread. Nothing throws or aborts across this boundary.
+
+#ifndef LORAGUARD_H
+#define LORAGUARD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef LORAGUARD_SHARED
+#    if defined(_WIN32) && !defined(__MINGW32__)
+#        ifdef LORAGUARD_BUILD
+#            define LORAGUARD_API __declspec(dllexport)
+#        else
+#            define LORAGUARD_API __declspec(dllimport)
+#        endif
+#    else
+#        define LORAGUARD_API __attribute__((visibility("default")))
+#    endif
+#else
+#    define LORAGUARD_API
+#endif
+
+#define LORAGUARD_FORMAT_VERSION 1
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum lg_status {
+    LG_OK = 0,
+    LG_ERR_INVALID_ARGUMENT = 1,  // a NULL handle, empty text, NUL bytes or invalid UTF-8, bad params
+    LG_ERR_IO = 2,                // a file is missing or unreadable
+    LG_ERR_FORMAT = 3,            // a file is not a (valid) GGUF model or guard
+    LG_ERR_MISMATCH = 4,          // a guard built for another base model
+    LG_ERR_TOO_LONG = 5,          // input past the context with LG_OVERFLOW_ERROR
+    LG_ERR_BACKEND = 6,           // llama.cpp failed to allocate or compute
+    LG_ERR_CANCELLED = 7,         // a callback asked to stop
+    LG_ERR_INTERNAL = 8,
+} lg_status;
+
+// The message of the calling thread's last failed call ("" if none). Valid until that thread's next call.
+LORAGUARD_API const char * lg_last_error(void);
+LORAGUARD_API const char * lg_status_name(lg_status status);
+
+// ---------------------------------------------------------------------------------------------------------
+// model: one llama_model shared by both paths
+
+typedef struct lg_model lg_model;
+
+typedef struct lg_model_params {
+    int32_t n_gpu_layers;  // layers to offload to the GPU backend llama.cpp was built with (0 = CPU only, -1 = all)
+    bool use_mmap;         // false: read the weights into memory instead of mapping the file
+    bool verbose;          // let llama.cpp log to stderr (default: errors only)
+} lg_model_params;
+
+LORAGUARD_API lg_model_params lg_model_default_params(void);
+LORAGUARD_API lg_status lg_model_load(const char * path, const lg_model_params * params, lg_model ** out);
+LORAGUARD_API void lg_model_free(lg_model * model);
+
+LORAGUARD_API const char * lg_model_architecture(const lg_model * model);  // llama.cpp name, e.g. "llama"
+LORAGUARD_API const char * lg_model_name(const lg_model * model);          // general.name or the file name
+LORAGUARD_API const char * lg_model_fingerprint(const lg_model * model);   // see docs/guard-format.md
+LORAGUARD_API const char * lg_model_file_type(const lg_model * model);     // e.g. "F16", "Q8_0"
+LORAGUARD_API int32_t lg_model_n_embd(const lg_model * model);
+LORAGUARD_API int32_t lg_model_n_layer(const lg_model * model);
+LORAGUARD_API int32_t lg_model_n_vocab(const lg_model * model);
+LORAGUARD_API uint64_t lg_model_n_params(const lg_model * model);
+LORAGUARD_API bool lg_model_is_encoder(const lg_model * model);  // BERT family: no chat path
+
+// Token ids as the guard and chat paths see them (add_special: BOS/CLS/SEP as the model declares).
+// Writes at most n_max ids; *n_tokens receives the full count (call again with a larger buffer if needed).
+LORAGUARD_API lg_status lg_model_tokenize(const lg_model * model, const char * text, size_t text_len, bool add_special,
+                                          bool parse_special, int32_t * tokens, size_t n_max, size_t * n_tokens);
+
+// Quantize a GGUF model file (llama_model_quantize). type: "Q8_0", "Q4_K_M", "Q4_0", "F16", ...
+// The output is written to a temporary file and renamed, so a failure leaves nothing behind.
+LORAGUARD_API lg_status lg_quantize(const char * input_path, const char * output_path, const char * type,
+                                    int32_t n_threads);
+
+// ---------------------------------------------------------------------------------------------------------
+// guard path
+
+typedef struct lg_guard lg_guard;
+
+// What to do with an input longer than the guard context.
+typedef enum lg_overflow {
+    LG_OVERFLOW_KEEP_END = 0,  // keep the leading special tokens and the last tokens (the end decides a decoder's state)
+    LG_OVERFLOW_WINDOWS = 1,   // score overlapping windows, take the max logit per label
+    LG_OVERFLOW_ERROR = 2,     // fail with LG_ERR_TOO_LONG
+} lg_overflow;
+
+typedef struct lg_guard_params {
+    uint32_t n_ctx;      // tokens per sequence window and per decode (0 = 512, capped at the model's training context)
+    uint32_t n_seq_max;  // texts packed into one decode (batch classification)
+    int32_t n_threads;   // <= 0: a default that never oversubscribes the machine
+    lg_overflow overflow;
+    bool isolated;       // score every text in its own decode: bit-reproducible, independent of batch mates
+    bool f32_kv_cache;   // F32 K/V cache (default F16, as llama.cpp)
+    int32_t flash_attn;  // -1: llama.cpp's choice (auto), 0: off, 1: on. Parity with an fp32 reference to ~1e-5
+                         // needs f32_kv_cache and flash_attn = 0; the defaults add ~1e-3 relative error.
+} lg_guard_params;
+
+LORAGUARD_API lg_guard_params lg_guard_default_params(void);
+
+// Loads a guard GGUF made by loraguard-convert and checks it against the model (architecture, width, layer
+// count, LoRA tensor names and shapes, base fingerprint). The guard keeps a pointer to the model: free the
+// guard first.
+LORAGUARD_API lg_status lg_guard_load(lg_model * model, const char * path, const lg_guard_params * params,
+                                      lg_guard ** out);
+LORAGUARD_API void lg_guard_free(lg_guard * guard);
+
+LORAGUARD_API int32_t lg_guard_n_labels(const lg_guard * guard);
+LORAGUARD_API const char * lg_guard_label(const lg_guard * guard, int32_t i);
+LORAGUARD_API float lg_guard_threshold(const lg_guard * guard, int32_t i);
+// Guard metadata by key without the "loraguard." prefix ("pooling", "template.prompt", "base.fingerprint",
+// "base.name", "base.measured_types", ...). NULL if absent.
+LORAGUARD_API const char * lg_guard_meta(const lg_guard * guard, const char * key);
+LORAGUARD_API int32_t lg_guard_lora_rank(const lg_guard * guard);
+LORAGUARD_API uint64_t lg_guard_n_params(const lg_guard * guard);  // LoRA + head parameters
+// Non-empty when the model's tensor type is not among the guard's measured types (a warning, not an error).
+LORAGUARD_API const char * lg_guard_warning(const lg_guard * guard);
+
+typedef struct lg_input {
+    const char * prompt;     // UTF-8, no NUL bytes
+    size_t prompt_len;
+    const char * response;   // NULL: the prompt template; otherwise the pair template
+    size_t response_len;
+} lg_input;
+
+// Classifies n inputs. logits receives n * n_labels floats (row per input); probs (sigmoid of the logits) and
+// flagged (probs >= threshold) are optional. Inputs are packed into as few decodes as the context allows
+// unless the guard was loaded with isolated = true. Safe to call from several threads (calls on one guard
+// are serialised).
+LORAGUARD_API lg_status lg_guard_classify(lg_guard * guard, const lg_input * inputs, size_t n, float * logits,
+                                          float * probs, uint8_t * flagged);
+
+// The exact token ids the guard runs for one input (template applied, overflow policy not applied).
+LORAGUARD_API lg_status lg_guard_tokenize(const lg_guard * guard, const lg_input * input, int32_t * tokens,
+                                          size_t n_max, size_t * n_tokens);
+
+// ---------------------------------------------------------------------------------------------------------
+// chat path: the model with no adapter, exactly as stock llama.cpp runs it
+
+typedef struct lg_chat lg_chat;
+
+typedef struct lg_chat_params {
+    uint32_t n_ctx;     // 0 = 2048, capped at the model's training context
+    uint32_t n_batch;   // logical batch (llama.cpp default 2048)
+    uint32_t n_ubatch;  // physical batch (llama.cpp default 512)
+    int32_t n_threads;  // <= 0: default
+    int32_t flash_attn; // -1: llama.cpp's choice (auto), 0: off (llama-cpp-python's default), 1: on
+} lg_chat_params;
+
+LORAGUARD_API lg_chat_params lg_chat_default_params(void);
+LORAGUARD_API lg_status lg_chat_create(lg_model * model, const lg_chat_params * params, lg_chat ** out);
+LORAGUARD_API void lg_chat_free(lg_chat * chat);
+
+typedef struct lg_message {
+    const char * role;  // "system", "user", "assistant"
+    const char * content;
+} lg_message;
+
+// Renders messages with the model's chat template (from its GGUF; add_assistant = true). A model without a
+// template gets the contents joined by newlines. *out is malloc'ed: free it with lg_string_free.
+LORAGUARD_API lg_status lg_chat_format(const lg_chat * chat, const lg_message * messages, size_t n, char ** out);
+
+// Called for each generated token; piece is its text (not NUL-terminated) and logits the n_vocab logits it was
+// sampled from (valid only during the call). Return false to stop.
+typedef bool (*lg_token_callback)(int32_t token, const char * piece, size_t piece_len, const float * logits,
+                                  void * user_data);
+
+typedef struct lg_generate_params {
+    int32_t max_tokens;         // <= 0: until end of generation or the context is full
+    float temperature;          // <= 0: greedy
+    int32_t top_k;              // <= 0: off
+    float top_p;                // >= 1: off
+    uint32_t seed;
+    const char * const * stop;  // stop strings (not included in the output)
+    size_t n_stop;
+    lg_token_callback on_token;
+    void * user_data;
+} lg_generate_params;
+
+LORAGUARD_API lg_generate_params lg_generate_default_params(void);
+
+// Clears the chat context, evaluates the prompt (raw text, special tokens parsed, BOS as the model declares)
+// and generates. *out (malloc'ed, free with lg_string_free) receives the generated text; out may be NULL.
+LORAGUARD_API lg_status lg_chat_generate(lg_chat * chat, const char * prompt, const lg_generate_params * params,
+                                         char ** out);
+
+// Low level: appends tokens to the chat context (clear = true starts afresh) and copies the last token's
+// n_vocab logits into logits (may be NULL).
+LORAGUARD_API lg_status lg_chat_decode(lg_chat * chat, const int32_t * tokens, size_t n, bool clear, float * logits);
+
+LORAGUARD_API void lg_string_free(char * s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // LORAGUARD_H

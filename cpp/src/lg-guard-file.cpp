@@ -1,0 +1,192 @@
+#include "lg-guard-file.h"
+
+#include "lg-error.h"
+#include "lg-gguf.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace lg {
+
+namespace {
+
+const std::string k_prefix = "loraguard.";
+
+template <typename T> T require(const std::optional<T> & value, const gguf_file & file, const std::string & key) {
+    if (!value) {
+        fail(LG_ERR_FORMAT, "guard file " + file.path() + " lacks key '" + key +
+                                "': rebuild it with loraguard-convert guard");
+    }
+    return *value;
+}
+
+// The keys llama.cpp's LoRA loader reads with asserting getters must have the type it expects.
+void check_stock_lora_keys(const gguf_file & file, const lg_model & model) {
+    const auto type = file.get_str("general.type");
+    const auto adapter_type = file.get_str("adapter.type");
+    if (type.value_or("") != "adapter" || adapter_type.value_or("") != "lora") {
+        fail(LG_ERR_FORMAT, "guard file " + file.path() +
+                                " is not a LoRA adapter (general.type must be 'adapter' and adapter.type 'lora'); a base model "
+                                "goes in the model argument");
+    }
+    const std::string arch = file.get_str("general.architecture").value_or("");
+    if (arch != model.architecture) {
+        fail(LG_ERR_MISMATCH, "guard was built for architecture '" + arch + "', model " + model.name + " is '" +
+                                  model.architecture + "': use the base model the guard was trained on");
+    }
+    file.get_f32("adapter.lora.alpha");  // type check only: absent means llama.cpp's default
+    if (file.has("adapter.alora.invocation_tokens")) {
+        fail(LG_ERR_FORMAT, "guard file " + file.path() + " is an activated LoRA (aLoRA), which guards do not use");
+    }
+}
+
+// Every tensor must be one half of a LoRA pair on a 2-D base tensor with matching shape.
+void check_lora_tensors(const gguf_file & file, const lg_model & model, guard_spec & spec) {
+    struct pair_shapes {
+        const ggml_tensor * a = nullptr;
+        const ggml_tensor * b = nullptr;
+    };
+    std::map<std::string, pair_shapes> pairs;
+    for (int64_t i = 0; i < file.n_tensors(); ++i) {
+        const ggml_tensor * t = file.tensor(i);
+        const std::string name = t->name;
+        const auto ends_with = [&](const std::string & suffix) {
+            return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+        };
+        if (ends_with(".lora_a")) {
+            pairs[name.substr(0, name.size() - 7)].a = t;
+        } else if (ends_with(".lora_b")) {
+            pairs[name.substr(0, name.size() - 7)].b = t;
+        } else {
+            fail(LG_ERR_FORMAT, "guard file " + file.path() + " has tensor '" + name +
+                                    "', which is not a LoRA pair (.lora_a/.lora_b): stock llama.cpp would reject it");
+        }
+    }
+    if (pairs.empty()) {
+        fail(LG_ERR_FORMAT, "guard file " + file.path() + " has no LoRA tensors");
+    }
+    int32_t rank = 0;
+    for (const auto & [base_name, p] : pairs) {
+        if (!p.a || !p.b) {
+            fail(LG_ERR_FORMAT, "guard file " + file.path() + ": LoRA pair for '" + base_name + "' is missing its " +
+                                    (p.a ? "lora_b" : "lora_a") + " tensor");
+        }
+        const auto it = model.matrix_shapes.find(base_name);
+        if (it == model.matrix_shapes.end()) {
+            fail(LG_ERR_MISMATCH, "guard adapts tensor '" + base_name + "', which model " + model.name +
+                                      " does not have: the guard was built for another base model");
+        }
+        const auto [ne0, ne1] = it->second;
+        if (p.a->ne[0] != ne0 || p.b->ne[1] != ne1 || p.a->ne[1] != p.b->ne[0]) {
+            fail(LG_ERR_MISMATCH, "guard tensor '" + base_name + "' has shape A[" + std::to_string(p.a->ne[0]) + "," +
+                                      std::to_string(p.a->ne[1]) + "] B[" + std::to_string(p.b->ne[0]) + "," +
+                                      std::to_string(p.b->ne[1]) + "], model " + model.name + " needs [" +
+                                      std::to_string(ne0) + ",r] [r," + std::to_string(ne1) +
+                                      "]: the guard was built for another base model");
+        }
+        rank = std::max(rank, static_cast<int32_t>(p.a->ne[1]));
+        spec.lora_params += static_cast<uint64_t>(ggml_nelements(p.a) + ggml_nelements(p.b));
+    }
+    spec.lora_rank = rank;
+}
+
+pooling parse_pooling(const std::string & name, const gguf_file & file) {
+    if (name == "last") {
+        return pooling::last;
+    }
+    if (name == "mean") {
+        return pooling::mean;
+    }
+    if (name == "cls") {
+        return pooling::cls;
+    }
+    fail(LG_ERR_FORMAT, "guard file " + file.path() + ": unknown pooling '" + name + "' (expected last, mean or cls)");
+}
+
+}  // namespace
+
+guard_spec read_guard_file(const std::string & path, const lg_model & model) {
+    const gguf_file file(path, "guard");
+    check_stock_lora_keys(file, model);
+
+    guard_spec spec;
+    const auto version = file.get_u32(k_prefix + "version");
+    if (!version) {
+        fail(LG_ERR_FORMAT, "guard file " + path +
+                                " is a plain LoRA adapter without a loraguard head: make a guard from a checkpoint with "
+                                "loraguard-convert guard");
+    }
+    spec.version = *version;
+    if (spec.version > LORAGUARD_FORMAT_VERSION) {
+        fail(LG_ERR_FORMAT, "guard file " + path + " has format version " + std::to_string(spec.version) +
+                                ", this loraguard reads up to " + std::to_string(LORAGUARD_FORMAT_VERSION) +
+                                ": upgrade loraguard");
+    }
+
+    const std::string base_arch = require(file.get_str(k_prefix + "base.architecture"), file, k_prefix + "base.architecture");
+    const uint32_t base_n_embd = require(file.get_u32(k_prefix + "base.n_embd"), file, k_prefix + "base.n_embd");
+    const uint32_t base_n_layer = require(file.get_u32(k_prefix + "base.n_layer"), file, k_prefix + "base.n_layer");
+    const std::string base_fp = require(file.get_str(k_prefix + "base.fingerprint"), file, k_prefix + "base.fingerprint");
+    const std::string base_name = file.get_str(k_prefix + "base.name").value_or("?");
+    if (base_arch != model.architecture || static_cast<int32_t>(base_n_embd) != model.n_embd ||
+        static_cast<int32_t>(base_n_layer) != model.n_layer) {
+        fail(LG_ERR_MISMATCH, "guard was trained for " + base_name + " (arch " + base_arch + " n_embd " +
+                                  std::to_string(base_n_embd) + " n_layer " + std::to_string(base_n_layer) + "), model " +
+                                  model.name + " is arch " + model.architecture + " n_embd " + std::to_string(model.n_embd) +
+                                  " n_layer " + std::to_string(model.n_layer) + ": load the guard's own base model");
+    }
+    if (base_fp != model.fingerprint) {
+        fail(LG_ERR_MISMATCH, "guard was trained for base " + base_name + " (fingerprint " + base_fp + "), model " +
+                                  model.name + " has fingerprint " + model.fingerprint +
+                                  ": same architecture, different weights; load the guard's own base model");
+    }
+    check_lora_tensors(file, model, spec);
+
+    spec.labels = require(file.get_str_array(k_prefix + "labels"), file, k_prefix + "labels");
+    spec.thresholds = require(file.get_f32_array(k_prefix + "thresholds"), file, k_prefix + "thresholds");
+    spec.head_weight = require(file.get_f32_array(k_prefix + "head.weight"), file, k_prefix + "head.weight");
+    spec.head_bias = require(file.get_f32_array(k_prefix + "head.bias"), file, k_prefix + "head.bias");
+    const size_t n_labels = spec.labels.size();
+    if (n_labels == 0 || spec.thresholds.size() != n_labels || spec.head_bias.size() != n_labels ||
+        spec.head_weight.size() != n_labels * static_cast<size_t>(model.n_embd)) {
+        fail(LG_ERR_FORMAT, "guard file " + path + ": head does not fit: " + std::to_string(n_labels) + " labels, " +
+                                std::to_string(spec.thresholds.size()) + " thresholds, " +
+                                std::to_string(spec.head_bias.size()) + " biases, " +
+                                std::to_string(spec.head_weight.size()) + " weights (expected labels x n_embd = " +
+                                std::to_string(n_labels * model.n_embd) + ")");
+    }
+    const auto finite = [](float v) { return std::isfinite(v); };
+    if (!std::all_of(spec.head_weight.begin(), spec.head_weight.end(), finite) ||
+        !std::all_of(spec.head_bias.begin(), spec.head_bias.end(), finite)) {
+        fail(LG_ERR_FORMAT, "guard file " + path + ": head has NaN or infinite weights");
+    }
+    spec.pool = parse_pooling(require(file.get_str(k_prefix + "pooling"), file, k_prefix + "pooling"), file);
+    if ((spec.pool == pooling::last) == model.is_encoder) {
+        fail(LG_ERR_MISMATCH, std::string("guard pools '") + (spec.pool == pooling::last ? "last" : "mean/cls") +
+                                  "', which does not suit " + (model.is_encoder ? "encoder" : "decoder") + " model " +
+                                  model.name);
+    }
+    spec.template_prompt = require(file.get_str(k_prefix + "template.prompt"), file, k_prefix + "template.prompt");
+    spec.template_pair = require(file.get_str(k_prefix + "template.pair"), file, k_prefix + "template.pair");
+    spec.parse_special = file.get_bool(k_prefix + "template.parse_special").value_or(false);
+    spec.measured_types = file.get_str_array(k_prefix + "base.measured_types").value_or(std::vector<std::string>{});
+    if (!spec.measured_types.empty() &&
+        std::find(spec.measured_types.begin(), spec.measured_types.end(), model.file_type) == spec.measured_types.end()) {
+        std::string types;
+        for (const auto & t : spec.measured_types) {
+            types += (types.empty() ? "" : ", ") + t;
+        }
+        spec.warning = "guard accuracy was measured on base types " + types + ", model " + model.name + " is " +
+                       model.file_type + ": scores may drift; prefer a measured type";
+    }
+
+    for (int64_t i = 0; i < gguf_get_n_kv(file.ctx()); ++i) {
+        const std::string key = gguf_get_key(file.ctx(), i);
+        if (key.rfind(k_prefix, 0) == 0 && key.rfind(k_prefix + "head.", 0) != 0) {
+            spec.meta[key.substr(k_prefix.size())] = file.get_as_text(key).value_or("");
+        }
+    }
+    return spec;
+}
+
+}  // namespace lg

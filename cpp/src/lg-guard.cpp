@@ -1,0 +1,256 @@
+#include "lg-guard.h"
+
+#include "lg-error.h"
+#include "lg-text.h"
+#include "lg-threads.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+namespace {
+
+// The decoder builders in llama.cpp name the final-norm output "result_norm"; the LM head follows it.
+constexpr const char * k_final_norm = "result_norm";
+
+// Scheduler callback: asks for the final-norm tensor only, copies its rows, then returns false so the
+// scheduler skips the rest of the graph (the LM head, which the guard never needs).
+bool capture_final_norm(ggml_tensor * t, bool ask, void * user_data) {
+    auto * cap = static_cast<lg_hidden_capture *>(user_data);
+    if (ask) {
+        return std::strcmp(t->name, k_final_norm) == 0;
+    }
+    if (t->type != GGML_TYPE_F32 || t->ne[0] != cap->n_embd || !ggml_is_contiguous(t)) {
+        cap->error = "final norm tensor is not a contiguous F32 [n_embd, n_outputs] matrix";
+        return false;
+    }
+    const size_t offset = cap->rows.size();
+    cap->rows.resize(offset + static_cast<size_t>(ggml_nelements(t)));
+    ggml_backend_tensor_get(t, cap->rows.data() + offset, 0, ggml_nbytes(t));
+    return false;
+}
+
+enum llama_pooling_type llama_pooling(lg::pooling p) {
+    switch (p) {
+        case lg::pooling::mean: return LLAMA_POOLING_TYPE_MEAN;
+        case lg::pooling::cls: return LLAMA_POOLING_TYPE_CLS;
+        case lg::pooling::last: return LLAMA_POOLING_TYPE_NONE;  // taken from the graph by capture_final_norm
+    }
+    return LLAMA_POOLING_TYPE_NONE;
+}
+
+}  // namespace
+
+lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_params & params_)
+    : model(model_), spec(lg::read_guard_file(path, model_)), params(params_) {
+    if (params.n_seq_max == 0) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, "n_seq_max must be at least 1");
+    }
+    n_ctx = params.n_ctx == 0 ? 512 : params.n_ctx;
+    if (model.n_ctx_train > 0) {
+        n_ctx = std::min(n_ctx, static_cast<uint32_t>(model.n_ctx_train));
+    }
+    if (n_ctx < 8) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, "n_ctx " + std::to_string(n_ctx) + " is too small for a guard (at least 8)");
+    }
+
+    adapter = llama_adapter_lora_init(model.model, path.c_str());
+    if (!adapter) {
+        lg::fail(LG_ERR_FORMAT, "llama.cpp could not load the LoRA tensors of guard " + path +
+                                    " (truncated or corrupt tensor data)");
+    }
+
+    const int n_threads = params.n_threads > 0 ? params.n_threads : lg::default_n_threads();
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx = n_ctx;
+    cparams.n_batch = n_ctx;
+    cparams.n_ubatch = n_ctx;  // one ubatch per decode: encoders need it, and captured rows stay in batch order
+    cparams.n_seq_max = params.n_seq_max;
+    cparams.kv_unified = true;  // one stream: llama.cpp then splits batches in order (split_simple)
+    cparams.n_threads = n_threads;
+    cparams.n_threads_batch = n_threads;
+    cparams.no_perf = true;
+    if (params.f32_kv_cache) {
+        cparams.type_k = GGML_TYPE_F32;
+        cparams.type_v = GGML_TYPE_F32;
+    }
+    if (params.flash_attn >= 0) {
+        cparams.flash_attn_type = params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
+    if (spec.pool == lg::pooling::last) {
+        capture.n_embd = model.n_embd;
+        cparams.cb_eval = capture_final_norm;
+        cparams.cb_eval_user_data = &capture;
+    } else {
+        cparams.embeddings = true;
+        cparams.pooling_type = llama_pooling(spec.pool);
+    }
+    ctx = llama_init_from_model(model.model, cparams);
+    if (!ctx) {
+        llama_adapter_lora_free(adapter);
+        lg::fail(LG_ERR_BACKEND, "llama.cpp could not create the guard context (n_ctx " + std::to_string(n_ctx) +
+                                     "): out of memory? try a smaller n_ctx");
+    }
+    // Set once: this context only ever runs with the guard's adapter, so no per-call switching cost.
+    llama_adapter_lora * adapters[] = {adapter};
+    float scales[] = {1.0f};
+    if (llama_set_adapters_lora(ctx, adapters, 1, scales) != 0) {
+        llama_free(ctx);
+        llama_adapter_lora_free(adapter);
+        lg::fail(LG_ERR_BACKEND, "llama.cpp could not attach the guard adapter to its context");
+    }
+    batch = llama_batch_init(static_cast<int32_t>(n_ctx), 0, 1);
+}
+
+lg_guard::~lg_guard() {
+    llama_batch_free(batch);
+    if (ctx) {
+        llama_free(ctx);
+    }
+    if (adapter) {
+        llama_adapter_lora_free(adapter);
+    }
+}
+
+std::vector<llama_token> lg_guard::tokenize(const lg_input & input) const {
+    if (!input.prompt) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, "prompt is NULL");
+    }
+    const std::string_view prompt(input.prompt, input.prompt_len);
+    lg::check_text(prompt, "prompt");
+    std::string text;
+    if (input.response) {
+        const std::string_view response(input.response, input.response_len);
+        lg::check_text(response, "response");
+        text = lg::render_template(spec.template_pair, prompt, response);
+    } else {
+        text = lg::render_template(spec.template_prompt, prompt, {});
+    }
+    return lg::tokenize(model.vocab, text, /*add_special=*/true, spec.parse_special);
+}
+
+std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n) const {
+    std::vector<job> jobs;
+    for (size_t i = 0; i < n; ++i) {
+        std::vector<llama_token> tokens = tokenize(inputs[i]);
+        if (tokens.size() <= n_ctx) {
+            jobs.push_back({i, std::move(tokens)});
+            continue;
+        }
+        if (params.overflow == LG_OVERFLOW_ERROR) {
+            lg::fail(LG_ERR_TOO_LONG, "input " + std::to_string(i) + " is " + std::to_string(tokens.size()) +
+                                          " tokens, the guard context holds " + std::to_string(n_ctx) +
+                                          ": raise n_ctx or choose the keep-end or windows overflow policy");
+        }
+        // Special tokens the model adds at either end (BOS, CLS, SEP) frame every window.
+        size_t head = 0;
+        while (head < tokens.size() && llama_vocab_is_control(model.vocab, tokens[head])) {
+            ++head;
+        }
+        size_t tail = 0;
+        while (tail < tokens.size() - head && llama_vocab_is_control(model.vocab, tokens[tokens.size() - 1 - tail])) {
+            ++tail;
+        }
+        const size_t width = n_ctx - head - tail;
+        const size_t content = tokens.size() - head - tail;
+        const auto window = [&](size_t start) {
+            std::vector<llama_token> w(tokens.begin(), tokens.begin() + static_cast<long>(head));
+            w.insert(w.end(), tokens.begin() + static_cast<long>(head + start),
+                     tokens.begin() + static_cast<long>(head + start + width));
+            w.insert(w.end(), tokens.end() - static_cast<long>(tail), tokens.end());
+            return w;
+        };
+        if (params.overflow == LG_OVERFLOW_KEEP_END) {
+            jobs.push_back({i, window(content - width)});
+        } else {
+            const size_t stride = std::max<size_t>(1, width / 2);
+            for (size_t start = 0;; start += stride) {
+                const size_t s = std::min(start, content - width);
+                jobs.push_back({i, window(s)});
+                if (s == content - width) {
+                    break;
+                }
+            }
+        }
+    }
+    return jobs;
+}
+
+void lg_guard::run_decode(const std::vector<job> & jobs, size_t begin, size_t end, std::vector<float> & states) {
+    const bool last_token = spec.pool == lg::pooling::last;
+    batch.n_tokens = 0;
+    for (size_t j = begin; j < end; ++j) {
+        const auto & tokens = jobs[j].tokens;
+        const auto seq = static_cast<llama_seq_id>(j - begin);
+        for (size_t p = 0; p < tokens.size(); ++p) {
+            const int32_t k = batch.n_tokens++;
+            batch.token[k] = tokens[p];
+            batch.pos[k] = static_cast<llama_pos>(p);
+            batch.n_seq_id[k] = 1;
+            batch.seq_id[k][0] = seq;
+            batch.logits[k] = !last_token || p + 1 == tokens.size();
+        }
+    }
+    llama_memory_clear(llama_get_memory(ctx), true);
+    capture.rows.clear();
+    capture.error.clear();
+    const int32_t rc = llama_decode(ctx, batch);
+    if (rc != 0) {
+        lg::fail(LG_ERR_BACKEND, "llama.cpp guard decode failed (" + std::to_string(rc) + ")");
+    }
+    const size_t n_embd = static_cast<size_t>(model.n_embd);
+    if (last_token) {
+        if (!capture.error.empty()) {
+            lg::fail(LG_ERR_BACKEND, capture.error);
+        }
+        if (capture.rows.size() != (end - begin) * n_embd) {
+            lg::fail(LG_ERR_BACKEND, "architecture '" + model.architecture + "' did not expose its final norm ('" +
+                                         k_final_norm + "'): the guard path does not support it");
+        }
+        states.insert(states.end(), capture.rows.begin(), capture.rows.end());
+        return;
+    }
+    for (size_t j = begin; j < end; ++j) {
+        const float * pooled = llama_get_embeddings_seq(ctx, static_cast<llama_seq_id>(j - begin));
+        if (!pooled) {
+            lg::fail(LG_ERR_BACKEND, "llama.cpp returned no pooled embedding for the guard");
+        }
+        states.insert(states.end(), pooled, pooled + n_embd);
+    }
+}
+
+void lg_guard::classify(const lg_input * inputs, size_t n, float * logits) {
+    const std::vector<job> jobs = make_jobs(inputs, n);
+
+    std::lock_guard<std::mutex> lock(mutex);
+    std::vector<float> states;
+    states.reserve(jobs.size() * static_cast<size_t>(model.n_embd));
+    size_t begin = 0;
+    while (begin < jobs.size()) {
+        size_t end = begin;
+        size_t n_tokens = 0;
+        const size_t max_seqs = params.isolated ? 1 : params.n_seq_max;
+        while (end < jobs.size() && end - begin < max_seqs && n_tokens + jobs[end].tokens.size() <= n_ctx) {
+            n_tokens += jobs[end].tokens.size();
+            ++end;
+        }
+        run_decode(jobs, begin, end, states);
+        begin = end;
+    }
+
+    const size_t n_labels = spec.labels.size();
+    const size_t n_embd = static_cast<size_t>(model.n_embd);
+    std::fill(logits, logits + n * n_labels, -std::numeric_limits<float>::infinity());
+    for (size_t j = 0; j < jobs.size(); ++j) {
+        const float * h = states.data() + j * n_embd;
+        float * out = logits + jobs[j].input * n_labels;
+        for (size_t l = 0; l < n_labels; ++l) {
+            const float * w = spec.head_weight.data() + l * n_embd;
+            double acc = spec.head_bias[l];
+            for (size_t k = 0; k < n_embd; ++k) {
+                acc += static_cast<double>(w[k]) * h[k];
+            }
+            out[l] = std::max(out[l], static_cast<float>(acc));  // windows: the max logit per label
+        }
+    }
+}

@@ -1,0 +1,47 @@
+// The guard path: the model plus the guard's LoRA delta in a context of its own, and the linear head.
+#pragma once
+
+#include "lg-guard-file.h"
+#include "lg-model.h"
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+// Rows of final-norm hidden states captured from the graph, in output order.
+struct lg_hidden_capture {
+    int64_t n_embd = 0;
+    std::vector<float> rows;
+    std::string error;
+};
+
+struct lg_guard {
+    lg_guard(lg_model & model, const std::string & path, const lg_guard_params & params);
+    ~lg_guard();
+    lg_guard(const lg_guard &) = delete;
+    lg_guard & operator=(const lg_guard &) = delete;
+
+    // The token ids one input runs as (template applied, no overflow handling).
+    std::vector<llama_token> tokenize(const lg_input & input) const;
+    void classify(const lg_input * inputs, size_t n, float * logits);
+
+    lg_model & model;
+    lg::guard_spec spec;
+    lg_guard_params params;
+    llama_adapter_lora * adapter = nullptr;
+    llama_context * ctx = nullptr;
+    uint32_t n_ctx = 0;
+
+  private:
+    struct job {
+        size_t input;
+        std::vector<llama_token> tokens;
+    };
+    std::vector<job> make_jobs(const lg_input * inputs, size_t n) const;
+    // Runs jobs [begin, end) in one decode; appends one pooled state (n_embd floats) per job to states.
+    void run_decode(const std::vector<job> & jobs, size_t begin, size_t end, std::vector<float> & states);
+
+    lg_hidden_capture capture;
+    llama_batch batch{};
+    std::mutex mutex;  // one decode at a time on this context
+};

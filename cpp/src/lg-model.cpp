@@ -1,0 +1,127 @@
+#include "lg-model.h"
+
+#include "lg-error.h"
+#include "lg-file-type.h"
+#include "lg-fingerprint.h"
+#include "lg-gguf.h"
+
+#include <atomic>
+#include <cstdio>
+#include <unistd.h>
+#include <filesystem>
+#include <mutex>
+#include <vector>
+
+namespace {
+
+bool g_verbose = false;
+
+// llama.cpp logs to stderr by default; a library embedded in an app should only speak up on errors.
+void log_filter(ggml_log_level level, const char * text, void * /*user_data*/) {
+    if (g_verbose || level == GGML_LOG_LEVEL_ERROR) {
+        std::fputs(text, stderr);
+    }
+}
+
+}  // namespace
+
+namespace lg {
+
+void init_backend_once(bool verbose) {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        llama_log_set(log_filter, nullptr);
+        llama_backend_init();
+    });
+    g_verbose = g_verbose || verbose;
+}
+
+std::filesystem::path temp_path_beside(const std::filesystem::path & target) {
+    static std::atomic<unsigned> counter{0};
+    return target.string() + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+}
+
+}  // namespace lg
+
+namespace {
+
+std::string meta_str(const llama_model * model, const std::string & key) {
+    char buf[512];
+    const int32_t n = llama_model_meta_val_str(model, key.c_str(), buf, sizeof(buf));
+    return n < 0 ? std::string() : std::string(buf);
+}
+
+}  // namespace
+
+lg_model::lg_model(const std::string & path_, const lg_model_params & params) : path(path_) {
+    lg::init_backend_once(params.verbose);
+
+    // Our own read of the file first: clear errors for missing or non-GGUF files, and the metadata the guard
+    // checks need, before llama.cpp spends time loading weights.
+    const lg::gguf_file file(path, "model");
+    if (file.get_str("general.type").value_or("model") == "adapter") {
+        lg::fail(LG_ERR_FORMAT, "model file " + path +
+                                    " is a LoRA adapter, not a base model: pass it as the guard and the base GGUF as the model");
+    }
+    architecture = file.get_str("general.architecture").value_or("");
+    if (architecture.empty()) {
+        lg::fail(LG_ERR_FORMAT, "model file " + path + " has no general.architecture: not a llama.cpp model");
+    }
+    fingerprint = lg::base_fingerprint(file);
+    for (int64_t i = 0; i < file.n_tensors(); ++i) {
+        const ggml_tensor * t = file.tensor(i);
+        if (ggml_n_dims(t) == 2) {
+            matrix_shapes[t->name] = {t->ne[0], t->ne[1]};
+        }
+    }
+
+    llama_model_params mparams = llama_model_default_params();
+    mparams.n_gpu_layers = params.n_gpu_layers;
+    if (!params.use_mmap) {
+        mparams.load_mode = LLAMA_LOAD_MODE_NONE;
+    }
+    model = llama_model_load_from_file(path.c_str(), mparams);
+    if (!model) {
+        lg::fail(LG_ERR_FORMAT, "llama.cpp could not load model " + path +
+                                    " (unsupported architecture '" + architecture +
+                                    "', truncated file, or out of memory; run with verbose=true for llama.cpp's log)");
+    }
+    vocab = llama_model_get_vocab(model);
+    n_embd = llama_model_n_embd(model);
+    n_layer = llama_model_n_layer(model);
+    n_ctx_train = llama_model_n_ctx_train(model);
+    name = meta_str(model, "general.name");
+    if (name.empty()) {
+        name = std::filesystem::path(path).filename().string();
+    }
+    const std::string ftype = meta_str(model, "general.file_type");
+    file_type = ftype.empty() ? "F32" : lg::file_type_name(static_cast<llama_ftype>(std::stoi(ftype)));
+    is_encoder = meta_str(model, architecture + ".attention.causal") == "false";
+}
+
+lg_model::~lg_model() {
+    if (model) {
+        llama_model_free(model);
+    }
+}
+
+namespace lg {
+
+std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool add_special,
+                                  bool parse_special) {
+    std::vector<llama_token> tokens(text.size() + 8);
+    int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), tokens.data(),
+                               static_cast<int32_t>(tokens.size()), add_special, parse_special);
+    if (n < 0) {
+        tokens.resize(static_cast<size_t>(-n));
+        n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), tokens.data(),
+                           static_cast<int32_t>(tokens.size()), add_special, parse_special);
+    }
+    if (n < 0) {
+        fail(LG_ERR_INTERNAL, "tokenization failed (" + std::to_string(n) + ")");
+    }
+    tokens.resize(static_cast<size_t>(n));
+    return tokens;
+}
+
+}  // namespace lg

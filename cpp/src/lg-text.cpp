@@ -1,0 +1,84 @@
+#include "lg-text.h"
+
+#include "lg-error.h"
+
+#include <cstdint>
+
+namespace lg {
+
+namespace {
+
+// Offset of the first byte that is not part of a well-formed UTF-8 sequence, or npos.
+size_t invalid_utf8_offset(std::string_view s) {
+    size_t i = 0;
+    const auto * p = reinterpret_cast<const unsigned char *>(s.data());
+    while (i < s.size()) {
+        const unsigned char c = p[i];
+        size_t n = 0;
+        uint32_t cp = 0;
+        if (c < 0x80) {
+            ++i;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            n = 1, cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            n = 2, cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            n = 3, cp = c & 0x07;
+        } else {
+            return i;
+        }
+        if (i + n >= s.size()) {  // sequence cut off by the end of the text
+            return i;
+        }
+        for (size_t k = 1; k <= n; ++k) {
+            if ((p[i + k] & 0xC0) != 0x80) {
+                return i;
+            }
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        }
+        // overlong forms, surrogates and code points past U+10FFFF are not valid UTF-8
+        const uint32_t min_cp[] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[n] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
+            return i;
+        }
+        i += n + 1;
+    }
+    return std::string_view::npos;
+}
+
+}  // namespace
+
+void check_text(std::string_view text, const char * field) {
+    if (text.empty()) {
+        fail(LG_ERR_INVALID_ARGUMENT, std::string(field) + " is empty: give some text to classify");
+    }
+    if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+        fail(LG_ERR_INVALID_ARGUMENT,
+             std::string(field) + " contains a NUL byte at offset " + std::to_string(nul) + ": strip it first");
+    }
+    if (const size_t bad = invalid_utf8_offset(text); bad != std::string_view::npos) {
+        fail(LG_ERR_INVALID_ARGUMENT, std::string(field) + " is not valid UTF-8 (first bad byte at offset " +
+                                          std::to_string(bad) + "): decode it to text first");
+    }
+}
+
+std::string render_template(const std::string & tmpl, std::string_view prompt, std::string_view response) {
+    std::string out;
+    out.reserve(tmpl.size() + prompt.size() + response.size());
+    size_t i = 0;
+    while (i < tmpl.size()) {
+        if (tmpl.compare(i, 8, "{prompt}") == 0) {
+            out += prompt;
+            i += 8;
+        } else if (tmpl.compare(i, 10, "{response}") == 0) {
+            out += response;
+            i += 10;
+        } else {
+            out += tmpl[i++];
+        }
+    }
+    return out;
+}
+
+}  // namespace lg

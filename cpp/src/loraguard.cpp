@@ -1,0 +1,310 @@
+// The C API: argument checks and exception-to-status mapping around the lg_* classes.
+#include "loraguard.h"
+
+#include "lg-chat.h"
+#include "lg-error.h"
+#include "lg-file-type.h"
+#include "lg-guard.h"
+#include "lg-model.h"
+#include "lg-threads.h"
+#include "lg-gguf.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+namespace {
+
+void require(const void * p, const char * what) {
+    if (!p) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, std::string(what) + " is NULL");
+    }
+}
+
+char * copy_string(const std::string & s) {
+    char * out = static_cast<char *>(std::malloc(s.size() + 1));
+    if (!out) {
+        throw std::bad_alloc();
+    }
+    std::memcpy(out, s.c_str(), s.size() + 1);
+    return out;
+}
+
+size_t copy_tokens(const std::vector<llama_token> & tokens, int32_t * out, size_t n_max) {
+    const size_t n = std::min(tokens.size(), n_max);
+    if (out) {
+        std::copy(tokens.begin(), tokens.begin() + static_cast<long>(n), out);
+    }
+    return tokens.size();
+}
+
+}  // namespace
+
+extern "C" {
+
+const char * lg_last_error(void) { return lg::last_error(); }
+
+const char * lg_status_name(lg_status status) {
+    switch (status) {
+        case LG_OK: return "ok";
+        case LG_ERR_INVALID_ARGUMENT: return "invalid argument";
+        case LG_ERR_IO: return "i/o error";
+        case LG_ERR_FORMAT: return "bad file format";
+        case LG_ERR_MISMATCH: return "guard and model mismatch";
+        case LG_ERR_TOO_LONG: return "input too long";
+        case LG_ERR_BACKEND: return "backend error";
+        case LG_ERR_CANCELLED: return "cancelled";
+        case LG_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+lg_model_params lg_model_default_params(void) {
+    lg_model_params p{};
+    p.n_gpu_layers = 0;
+    p.use_mmap = true;
+    p.verbose = false;
+    return p;
+}
+
+lg_status lg_model_load(const char * path, const lg_model_params * params, lg_model ** out) {
+    return lg::call([&] {
+        require(path, "path");
+        require(out, "out");
+        *out = nullptr;
+        const lg_model_params p = params ? *params : lg_model_default_params();
+        *out = new lg_model(path, p);
+    });
+}
+
+void lg_model_free(lg_model * model) { delete model; }
+
+const char * lg_model_architecture(const lg_model * m) { return m ? m->architecture.c_str() : ""; }
+const char * lg_model_name(const lg_model * m) { return m ? m->name.c_str() : ""; }
+const char * lg_model_fingerprint(const lg_model * m) { return m ? m->fingerprint.c_str() : ""; }
+const char * lg_model_file_type(const lg_model * m) { return m ? m->file_type.c_str() : ""; }
+int32_t lg_model_n_embd(const lg_model * m) { return m ? m->n_embd : 0; }
+int32_t lg_model_n_layer(const lg_model * m) { return m ? m->n_layer : 0; }
+int32_t lg_model_n_vocab(const lg_model * m) { return m ? llama_vocab_n_tokens(m->vocab) : 0; }
+uint64_t lg_model_n_params(const lg_model * m) { return m ? llama_model_n_params(m->model) : 0; }
+bool lg_model_is_encoder(const lg_model * m) { return m && m->is_encoder; }
+
+lg_status lg_model_tokenize(const lg_model * model, const char * text, size_t text_len, bool add_special,
+                            bool parse_special, int32_t * tokens, size_t n_max, size_t * n_tokens) {
+    return lg::call([&] {
+        require(model, "model");
+        require(text, "text");
+        require(n_tokens, "n_tokens");
+        *n_tokens = copy_tokens(lg::tokenize(model->vocab, std::string(text, text_len), add_special, parse_special),
+                                tokens, n_max);
+    });
+}
+
+lg_status lg_quantize(const char * input_path, const char * output_path, const char * type, int32_t n_threads) {
+    return lg::call([&] {
+        require(input_path, "input_path");
+        require(output_path, "output_path");
+        require(type, "type");
+        const auto ftype = lg::file_type_from_name(type);
+        if (!ftype) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT,
+                     std::string("unknown quantization type '") + type + "': choose one of " + lg::file_type_names());
+        }
+        lg::init_backend_once(false);
+        { const lg::gguf_file probe(input_path, "model"); }  // clear errors for missing or non-GGUF input
+        const std::filesystem::path out(output_path);
+        const std::filesystem::path tmp = lg::temp_path_beside(out);
+        llama_model_quantize_params qp = llama_model_quantize_default_params();
+        qp.ftype = *ftype;
+        qp.nthread = n_threads > 0 ? n_threads : lg::default_n_threads();
+        qp.allow_requantize = true;
+        const uint32_t rc = llama_model_quantize(input_path, tmp.string().c_str(), &qp);
+        std::error_code ec;
+        if (rc != 0) {
+            std::filesystem::remove(tmp, ec);
+            lg::fail(LG_ERR_FORMAT, std::string("llama.cpp could not quantize ") + input_path + " to " + type +
+                                        " (unsupported tensor shapes for this type, or an unreadable model)");
+        }
+        std::filesystem::rename(tmp, out, ec);
+        if (ec) {
+            std::filesystem::remove(tmp, ec);
+            lg::fail(LG_ERR_IO, "could not write " + out.string() + ": " + ec.message());
+        }
+    });
+}
+
+lg_guard_params lg_guard_default_params(void) {
+    lg_guard_params p{};
+    p.n_ctx = 512;
+    p.n_seq_max = 32;
+    p.n_threads = 0;
+    p.overflow = LG_OVERFLOW_KEEP_END;
+    p.isolated = false;
+    p.f32_kv_cache = false;
+    p.flash_attn = -1;
+    return p;
+}
+
+lg_status lg_guard_load(lg_model * model, const char * path, const lg_guard_params * params, lg_guard ** out) {
+    return lg::call([&] {
+        require(model, "model");
+        require(path, "path");
+        require(out, "out");
+        *out = nullptr;
+        const lg_guard_params p = params ? *params : lg_guard_default_params();
+        if (p.overflow < LG_OVERFLOW_KEEP_END || p.overflow > LG_OVERFLOW_ERROR) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, "unknown overflow policy " + std::to_string(p.overflow));
+        }
+        *out = new lg_guard(*model, path, p);
+    });
+}
+
+void lg_guard_free(lg_guard * guard) { delete guard; }
+
+int32_t lg_guard_n_labels(const lg_guard * g) { return g ? static_cast<int32_t>(g->spec.labels.size()) : 0; }
+
+const char * lg_guard_label(const lg_guard * g, int32_t i) {
+    if (!g || i < 0 || i >= lg_guard_n_labels(g)) {
+        return nullptr;
+    }
+    return g->spec.labels[static_cast<size_t>(i)].c_str();
+}
+
+float lg_guard_threshold(const lg_guard * g, int32_t i) {
+    if (!g || i < 0 || i >= lg_guard_n_labels(g)) {
+        return NAN;
+    }
+    return g->spec.thresholds[static_cast<size_t>(i)];
+}
+
+const char * lg_guard_meta(const lg_guard * g, const char * key) {
+    if (!g || !key) {
+        return nullptr;
+    }
+    const auto it = g->spec.meta.find(key);
+    return it == g->spec.meta.end() ? nullptr : it->second.c_str();
+}
+
+int32_t lg_guard_lora_rank(const lg_guard * g) { return g ? g->spec.lora_rank : 0; }
+
+uint64_t lg_guard_n_params(const lg_guard * g) {
+    return g ? g->spec.lora_params + g->spec.head_weight.size() + g->spec.head_bias.size() : 0;
+}
+
+const char * lg_guard_warning(const lg_guard * g) { return g ? g->spec.warning.c_str() : ""; }
+
+lg_status lg_guard_classify(lg_guard * guard, const lg_input * inputs, size_t n, float * logits, float * probs,
+                            uint8_t * flagged) {
+    return lg::call([&] {
+        require(guard, "guard");
+        require(logits, "logits");
+        if (n == 0) {
+            return;
+        }
+        require(inputs, "inputs");
+        guard->classify(inputs, n, logits);
+        const size_t n_labels = guard->spec.labels.size();
+        for (size_t i = 0; i < n * n_labels; ++i) {
+            const float p = 1.0f / (1.0f + std::exp(-logits[i]));
+            if (probs) {
+                probs[i] = p;
+            }
+            if (flagged) {
+                flagged[i] = p >= guard->spec.thresholds[i % n_labels];
+            }
+        }
+    });
+}
+
+lg_status lg_guard_tokenize(const lg_guard * guard, const lg_input * input, int32_t * tokens, size_t n_max,
+                            size_t * n_tokens) {
+    return lg::call([&] {
+        require(guard, "guard");
+        require(input, "input");
+        require(n_tokens, "n_tokens");
+        *n_tokens = copy_tokens(guard->tokenize(*input), tokens, n_max);
+    });
+}
+
+lg_chat_params lg_chat_default_params(void) {
+    const llama_context_params d = llama_context_default_params();
+    lg_chat_params p{};
+    p.n_ctx = 2048;
+    p.n_batch = d.n_batch;
+    p.n_ubatch = d.n_ubatch;
+    p.n_threads = 0;
+    p.flash_attn = -1;
+    return p;
+}
+
+lg_status lg_chat_create(lg_model * model, const lg_chat_params * params, lg_chat ** out) {
+    return lg::call([&] {
+        require(model, "model");
+        require(out, "out");
+        *out = nullptr;
+        *out = new lg_chat(*model, params ? *params : lg_chat_default_params());
+    });
+}
+
+void lg_chat_free(lg_chat * chat) { delete chat; }
+
+lg_status lg_chat_format(const lg_chat * chat, const lg_message * messages, size_t n, char ** out) {
+    return lg::call([&] {
+        require(chat, "chat");
+        require(out, "out");
+        if (n == 0) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, "no messages to format");
+        }
+        require(messages, "messages");
+        *out = copy_string(chat->format(messages, n));
+    });
+}
+
+lg_generate_params lg_generate_default_params(void) {
+    lg_generate_params p{};
+    p.max_tokens = 256;
+    p.temperature = 0.0f;
+    p.top_k = 40;
+    p.top_p = 0.95f;
+    p.seed = 0;
+    p.stop = nullptr;
+    p.n_stop = 0;
+    p.on_token = nullptr;
+    p.user_data = nullptr;
+    return p;
+}
+
+lg_status lg_chat_generate(lg_chat * chat, const char * prompt, const lg_generate_params * params, char ** out) {
+    return lg::call([&] {
+        require(chat, "chat");
+        require(prompt, "prompt");
+        const lg_generate_params p = params ? *params : lg_generate_default_params();
+        if (p.n_stop > 0) {
+            require(p.stop, "stop");
+        }
+        std::lock_guard<std::mutex> lock(chat->mutex);
+        const std::string text = chat->generate(prompt, p);
+        if (out) {
+            *out = copy_string(text);
+        }
+    });
+}
+
+lg_status lg_chat_decode(lg_chat * chat, const int32_t * tokens, size_t n, bool clear, float * logits) {
+    return lg::call([&] {
+        require(chat, "chat");
+        require(tokens, "tokens");
+        std::lock_guard<std::mutex> lock(chat->mutex);
+        chat->decode(tokens, n, clear);
+        if (logits) {
+            const float * last = chat->last_logits();
+            std::copy(last, last + llama_vocab_n_tokens(chat->model.vocab), logits);
+        }
+    });
+}
+
+void lg_string_free(char * s) { std::free(s); }
+
+}  // extern "C"

@@ -1,0 +1,75 @@
+// Shared pieces of the pybind11 bindings: handle ownership and status-to-exception mapping.
+#pragma once
+
+#include "loraguard.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+namespace py = pybind11;
+
+namespace lgpy {
+
+// A failed C call; translated into the matching loraguard_cpp.errors exception.
+struct native_error : std::runtime_error {
+    native_error(lg_status s, const std::string & message) : std::runtime_error(message), status(s) {}
+    lg_status status;
+};
+
+// Call with the GIL released or held; raises native_error with the C API's message on failure.
+inline void check(lg_status status) {
+    if (status != LG_OK) {
+        throw native_error(status, lg_last_error());
+    }
+}
+
+// Owns a C handle; calls take a reference-counted copy so close() during another thread's call is safe.
+template <typename T, void (*Free)(T *)> class handle {
+  public:
+    explicit handle(T * raw) : ptr_(raw, Free) {}
+    std::shared_ptr<T> get(const char * what) const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!ptr_) {
+            throw native_error(LG_ERR_INVALID_ARGUMENT, std::string(what) + " is closed");
+        }
+        return ptr_;
+    }
+    void close() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ptr_.reset();
+    }
+    bool closed() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return !ptr_;
+    }
+
+  private:
+    mutable std::mutex mutex_;
+    std::shared_ptr<T> ptr_;
+};
+
+class Model;
+using model_handle = handle<lg_model, lg_model_free>;
+
+class Model {
+  public:
+    Model(const std::string & path, int n_gpu_layers, bool use_mmap, bool verbose);
+    std::shared_ptr<lg_model> get() const { return handle_.get("model"); }
+    void close() { handle_.close(); }
+    bool closed() const { return handle_.closed(); }
+
+  private:
+    model_handle handle_;
+};
+
+void register_model(py::module_ & m);
+void register_guard(py::module_ & m);
+void register_chat(py::module_ & m);
+
+}  // namespace lgpy

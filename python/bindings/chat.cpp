@@ -1,0 +1,151 @@
+#include "bindings.h"
+
+#include <exception>
+#include <optional>
+#include <vector>
+
+namespace lgpy {
+
+namespace {
+
+using chat_handle = handle<lg_chat, lg_chat_free>;
+
+// State shared with the token callback, which runs with the GIL released around it.
+struct stream_state {
+    py::object on_token;
+    int32_t n_vocab = 0;
+    bool with_logits = false;
+    std::exception_ptr error;
+};
+
+bool forward_token(int32_t token, const char * piece, size_t len, const float * logits, void * user_data) {
+    auto * st = static_cast<stream_state *>(user_data);
+    py::gil_scoped_acquire acquire;
+    try {
+        py::object logits_obj = py::none();
+        if (st->with_logits) {
+            py::array_t<float> copy(st->n_vocab);
+            std::copy(logits, logits + st->n_vocab, copy.mutable_data());
+            logits_obj = std::move(copy);
+        }
+        py::object keep_going = st->on_token(token, py::bytes(piece, len), logits_obj);
+        return keep_going.is_none() || keep_going.cast<bool>();
+    } catch (...) {
+        st->error = std::current_exception();
+        return false;
+    }
+}
+
+class ChatPath {
+  public:
+    ChatPath(std::shared_ptr<Model> model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, int n_threads,
+             int flash_attn)
+        : model_(std::move(model)), handle_(create(*model_, n_ctx, n_batch, n_ubatch, n_threads, flash_attn)) {}
+
+    std::string format(const std::vector<std::pair<std::string, std::string>> & messages) const {
+        auto c = handle_.get("chat");
+        std::vector<lg_message> msgs;
+        for (const auto & [role, content] : messages) {
+            msgs.push_back({role.c_str(), content.c_str()});
+        }
+        char * out = nullptr;
+        check(lg_chat_format(c.get(), msgs.data(), msgs.size(), &out));
+        std::string text(out);
+        lg_string_free(out);
+        return text;
+    }
+
+    // on_token(token_id, piece_bytes, logits_or_None) -> bool | None; returning False stops generation.
+    py::bytes generate(const std::string & prompt, int max_tokens, float temperature, int top_k, float top_p,
+                       uint32_t seed, const std::vector<std::string> & stop, const py::object & on_token,
+                       bool with_logits) const {
+        auto c = handle_.get("chat");
+        lg_generate_params p = lg_generate_default_params();
+        p.max_tokens = max_tokens;
+        p.temperature = temperature;
+        p.top_k = top_k;
+        p.top_p = top_p;
+        p.seed = seed;
+        std::vector<const char *> stop_ptrs;
+        for (const auto & s : stop) {
+            stop_ptrs.push_back(s.c_str());
+        }
+        p.stop = stop_ptrs.data();
+        p.n_stop = stop_ptrs.size();
+        stream_state st{on_token, lg_model_n_vocab(model_->get().get()), with_logits, nullptr};
+        if (!on_token.is_none()) {
+            p.on_token = forward_token;
+            p.user_data = &st;
+        }
+        char * out = nullptr;
+        lg_status status;
+        {
+            py::gil_scoped_release release;
+            status = lg_chat_generate(c.get(), prompt.c_str(), &p, &out);
+        }
+        if (st.error) {
+            lg_string_free(out);
+            std::rethrow_exception(st.error);
+        }
+        check(status);
+        py::bytes text(out);
+        lg_string_free(out);
+        return text;
+    }
+
+    py::array_t<float> decode(const std::vector<int32_t> & tokens, bool clear) const {
+        auto c = handle_.get("chat");
+        py::array_t<float> logits(lg_model_n_vocab(model_->get().get()));
+        float * out = logits.mutable_data();
+        {
+            py::gil_scoped_release release;
+            check(lg_chat_decode(c.get(), tokens.data(), tokens.size(), clear, out));
+        }
+        return logits;
+    }
+
+    void close() { handle_.close(); }
+    bool closed() const { return handle_.closed(); }
+
+  private:
+    static lg_chat * create(const Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, int n_threads,
+                           int flash_attn) {
+        lg_chat_params p = lg_chat_default_params();
+        p.n_ctx = n_ctx;
+        if (n_batch > 0) {
+            p.n_batch = n_batch;
+        }
+        if (n_ubatch > 0) {
+            p.n_ubatch = n_ubatch;
+        }
+        p.n_threads = n_threads;
+        p.flash_attn = flash_attn;
+        auto m = model.get();
+        lg_chat * out = nullptr;
+        py::gil_scoped_release release;
+        check(lg_chat_create(m.get(), &p, &out));
+        return out;
+    }
+
+    std::shared_ptr<Model> model_;
+    chat_handle handle_;
+};
+
+}  // namespace
+
+void register_chat(py::module_ & m) {
+    py::class_<ChatPath>(m, "ChatPath")
+        .def(py::init<std::shared_ptr<Model>, uint32_t, uint32_t, uint32_t, int, int>(), py::arg("model"),
+             py::arg("n_ctx") = 2048, py::arg("n_batch") = 0, py::arg("n_ubatch") = 0, py::arg("n_threads") = 0,
+             py::arg("flash_attn") = -1)
+        .def("format", &ChatPath::format, py::arg("messages"))
+        .def("generate", &ChatPath::generate, py::arg("prompt"), py::arg("max_tokens") = 256,
+             py::arg("temperature") = 0.0f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("seed") = 0,
+             py::arg("stop") = std::vector<std::string>{}, py::arg("on_token") = py::none(),
+             py::arg("with_logits") = false)
+        .def("decode", &ChatPath::decode, py::arg("tokens"), py::arg("clear") = true)
+        .def_property_readonly("closed", &ChatPath::closed)
+        .def("close", &ChatPath::close);
+}
+
+}  // namespace lgpy

@@ -1,0 +1,193 @@
+"""``loraguard-cli``: classify text, generate on the chat path, inspect and quantize models.
+
+Exit codes: 0 success (nothing flagged), 1 at least one input flagged (classify), 2 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from .errors import LoraGuardError
+from .guard import Guard
+
+EXIT_FLAGGED = 1
+EXIT_ERROR = 2
+_BATCH = 32
+
+
+def _guard_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="base model GGUF")
+    p.add_argument("--guard", "-g", required=True, help="guard GGUF (loraguard-convert guard)")
+    p.add_argument("--threads", "-t", type=int, default=None, help="threads (default: free cores)")
+    p.add_argument("--gpu-layers", type=int, default=0, help="layers to offload to the GPU backend")
+    p.add_argument("--ctx", type=int, default=512, help="guard context: tokens per text window")
+    p.add_argument("--overflow", choices=["keep_end", "windows", "error"], default="keep_end",
+                   help="text longer than --ctx: keep its end, score windows (max per label), or fail")
+    p.add_argument("--isolated", action="store_true", help="score each text alone (bit-reproducible scores)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def _open_guard(args: argparse.Namespace) -> Guard:
+    return Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, n_ctx=args.ctx,
+                 overflow=args.overflow, isolated=args.isolated, verbose=args.verbose)
+
+
+def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
+    if args.jsonl:
+        with open(args.jsonl, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    yield str(row["text"]), row.get("response")
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise LoraGuardError(f"{args.jsonl}:{n}: expected a JSON object with a 'text' field ({e})") from e
+    elif args.text == ["-"]:
+        for line in sys.stdin:
+            if line := line.rstrip("\n"):
+                yield line, None
+    else:
+        for text in args.text:
+            yield text, args.response
+
+
+def _batches(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[list[tuple[str, str | None]]]:
+    batch: list[tuple[str, str | None]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    if not args.text and not args.jsonl:
+        raise LoraGuardError("nothing to classify: give text, '-' for lines on stdin, or --jsonl FILE")
+    any_flagged = False
+    with _open_guard(args) as guard:
+        progress = None
+        if args.jsonl or args.text == ["-"]:
+            from tqdm import tqdm
+
+            progress = tqdm(unit="text", file=sys.stderr, disable=None)
+        for batch in _batches(_inputs(args), _BATCH):
+            texts = [t for t, _ in batch]
+            responses = [r for _, r in batch]
+            probs = guard.classify_batch(texts, responses if any(r is not None for r in responses) else None)
+            for (text, _), row in zip(batch, probs, strict=True):
+                flagged_labels = [lab for lab, p, t in zip(guard.labels, row, guard.thresholds, strict=True) if p >= t]
+                any_flagged |= bool(flagged_labels)
+                scores = {lab: round(float(p), 6) for lab, p in zip(guard.labels, row, strict=True)}
+                if args.json:
+                    print(json.dumps({"text": text, "flagged": bool(flagged_labels), "flagged_labels": flagged_labels,
+                                      "scores": scores}, ensure_ascii=False))
+                else:
+                    verdict = "FLAGGED " + ",".join(flagged_labels) if flagged_labels else "ok"
+                    detail = " ".join(f"{lab}={p:.3f}" for lab, p in scores.items())
+                    print(f"{verdict}\t{detail}\t{text[:80]!r}")
+            if progress is not None:
+                progress.update(len(batch))
+        if progress is not None:
+            progress.close()
+    return EXIT_FLAGGED if any_flagged else 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    with Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+               verbose=args.verbose) as guard:
+        prompt = args.prompt if args.raw else guard.format_chat([("user", args.prompt)])
+        for piece in guard.stream(prompt, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _open_guard(args) as guard:
+        m = guard.model
+        info = {
+            "model": {"path": args.model, "name": m.name, "architecture": m.architecture, "file_type": m.file_type,
+                      "n_embd": m.n_embd, "n_layer": m.n_layer, "n_vocab": m.n_vocab, "n_params": m.n_params,
+                      "fingerprint": m.fingerprint, "encoder": m.is_encoder},
+            "guard": {"path": args.guard, "labels": guard.labels, "thresholds": [float(t) for t in guard.thresholds],
+                      "lora_rank": guard.lora_rank, "n_params": guard.n_params,
+                      "params_vs_base": guard.n_params / m.n_params,
+                      "pooling": guard.meta("pooling"), "template": guard.meta("template.prompt"),
+                      "template_pair": guard.meta("template.pair"), "base_name": guard.meta("base.name"),
+                      "base_fingerprint": guard.meta("base.fingerprint")},
+        }
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+    else:
+        for section, values in info.items():
+            print(f"[{section}]")
+            for k, v in values.items():
+                print(f"  {k}: {v}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from . import _native
+
+    _native.Model.quantize(args.input, args.output, args.type, args.threads or 0)
+    print(f"wrote {args.output} ({Path(args.output).stat().st_size / 2**20:.1f} MiB, {args.type})", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraguard-cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="classify text (exit 1 if anything is flagged)")
+    _guard_options(p)
+    p.add_argument("text", nargs="*", help="texts to classify, or '-' for one text per line on stdin")
+    p.add_argument("--response", help="classify TEXT as a prompt together with this response")
+    p.add_argument("--jsonl", help="JSON lines with 'text' (and optional 'response') fields")
+    p.add_argument("--json", action="store_true", help="one JSON object per input")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("generate", help="generate on the chat path (no adapter: the base model as is)")
+    _guard_options(p)
+    p.add_argument("prompt")
+    p.add_argument("--raw", action="store_true", help="use the prompt as is, without the model's chat template")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="model and guard metadata")
+    _guard_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("quantize", help="quantize a model GGUF (llama.cpp's llama_model_quantize)")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("type", help="Q8_0, Q4_K_M, Q4_0, F16, ...")
+    p.add_argument("--threads", "-t", type=int, default=None)
+    p.set_defaults(func=cmd_quantize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (LoraGuardError, OSError) as e:
+        print(f"loraguard-cli: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

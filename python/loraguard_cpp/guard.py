@@ -1,0 +1,246 @@
+"""``Guard``: one loaded model that chats (base weights, no adapter) and guards itself (LoRA + head)."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _native
+from .errors import InvalidInputError
+
+Overflow = Literal["keep_end", "windows", "error"]
+_OVERFLOW_CODES: dict[str, int] = {"keep_end": 0, "windows": 1, "error": 2}
+Message = tuple[str, str] | dict[str, str]
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    """One text's verdict. ``scores`` maps each label to its probability."""
+
+    flagged: bool
+    scores: dict[str, float]
+    logits: dict[str, float]
+    flagged_labels: list[str] = field(default_factory=list)
+
+
+def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+class Guard:
+    """A base model (GGUF) with a guard (GGUF made by ``loraguard-convert guard``), loaded once.
+
+    The chat path (:meth:`generate`, :meth:`stream`, :meth:`chat`) runs the base weights exactly as stock
+    llama.cpp does; the guard path (:meth:`classify`, :meth:`classify_batch`) adds the LoRA delta in a context
+    of its own and applies the head to the last token's final-norm hidden state. Both share one copy of the
+    weights. Calls release the GIL and are safe from several threads.
+
+    Batch classification packs texts into one llama.cpp decode; its scores may differ from one-at-a-time
+    scores by up to ~0.01 in probability (kernels depend on the batch shape). ``isolated=True`` scores every
+    text alone, bit-reproducibly. ``exact=True`` runs the guard with an F32 K/V cache and no flash attention,
+    matching an fp32 PyTorch reference to ~1e-5 (the defaults, as in llama.cpp, add ~1e-3 relative error).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        guard_path: str | os.PathLike[str],
+        *,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_ctx: int = 512,
+        n_seq_max: int = 32,
+        overflow: Overflow = "keep_end",
+        isolated: bool = False,
+        exact: bool = False,
+        chat_n_ctx: int = 2048,
+        chat_flash_attn: bool | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if overflow not in _OVERFLOW_CODES:
+            raise InvalidInputError(f"overflow must be one of {sorted(_OVERFLOW_CODES)}, got {overflow!r}")
+        self._n_threads = n_threads or 0
+        self._chat_n_ctx = chat_n_ctx
+        self._chat_flash_attn = -1 if chat_flash_attn is None else int(chat_flash_attn)
+        self._chat: _native.ChatPath | None = None
+        self._chat_lock = threading.Lock()
+        self.model = _native.Model(os.fspath(model_path), n_gpu_layers=n_gpu_layers, verbose=verbose)
+        try:
+            self._guard = _native.GuardPath(
+                self.model,
+                os.fspath(guard_path),
+                n_ctx=n_ctx,
+                n_seq_max=n_seq_max,
+                n_threads=self._n_threads,
+                overflow=_OVERFLOW_CODES[overflow],
+                isolated=isolated,
+                f32_kv_cache=exact,
+                flash_attn=0 if exact else -1,
+            )
+        except BaseException:
+            self.model.close()
+            raise
+        self.labels: list[str] = self._guard.labels
+        self.thresholds: npt.NDArray[np.float32] = np.asarray(self._guard.thresholds, dtype=np.float32)
+        if self._guard.warning:
+            import warnings
+
+            warnings.warn(self._guard.warning, stacklevel=2)
+
+    # -- guard path -----------------------------------------------------------------------------------------
+
+    def logits(self, texts: Sequence[str], responses: Sequence[str | None] | None = None) -> npt.NDArray[np.float32]:
+        """Raw head logits, float32 array of shape (len(texts), len(labels))."""
+        if isinstance(texts, str):
+            raise InvalidInputError("texts must be a sequence of strings, not one string: use classify() for one")
+        return self._guard.classify(list(texts), None if responses is None else list(responses))
+
+    def classify_batch(
+        self, texts: Sequence[str], responses: Sequence[str | None] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Probabilities, float32 array of shape (len(texts), len(labels))."""
+        return _sigmoid(self.logits(texts, responses))
+
+    def classify(self, text: str, response: str | None = None) -> GuardResult:
+        """Classify one prompt, or a prompt with the response to it."""
+        logits = self.logits([text], None if response is None else [response])[0]
+        probs = _sigmoid(logits)
+        flagged = [label for label, p, t in zip(self.labels, probs, self.thresholds, strict=True) if p >= t]
+        return GuardResult(
+            flagged=bool(flagged),
+            scores={label: float(p) for label, p in zip(self.labels, probs, strict=True)},
+            logits={label: float(x) for label, x in zip(self.labels, logits, strict=True)},
+            flagged_labels=flagged,
+        )
+
+    def tokenize(self, text: str, response: str | None = None) -> list[int]:
+        """The token ids the guard runs for this input (its template applied)."""
+        return self._guard.tokenize(text, response)
+
+    def meta(self, key: str) -> str | None:
+        """Guard metadata without the ``loraguard.`` prefix, e.g. ``"base.fingerprint"``, ``"template.prompt"``."""
+        return self._guard.meta(key)
+
+    @property
+    def lora_rank(self) -> int:
+        return self._guard.lora_rank
+
+    @property
+    def n_params(self) -> int:
+        """Parameters the guard adds (LoRA + head)."""
+        return self._guard.n_params
+
+    # -- chat path ------------------------------------------------------------------------------------------
+
+    def _chat_path(self) -> _native.ChatPath:
+        with self._chat_lock:
+            if self._chat is None:
+                self._chat = _native.ChatPath(
+                    self.model, n_ctx=self._chat_n_ctx, n_threads=self._n_threads, flash_attn=self._chat_flash_attn
+                )
+            return self._chat
+
+    def chat_logits(self, tokens: Sequence[int], *, clear: bool = True) -> npt.NDArray[np.float32]:
+        """Chat path, low level: evaluate tokens (after the context so far unless clear) and return the last
+        token's logits over the vocabulary, exactly as stock llama.cpp computes them."""
+        return self._chat_path().decode(list(tokens), clear)
+
+    def format_chat(self, messages: Sequence[Message]) -> str:
+        """Messages rendered with the model's chat template, ready for the assistant's turn."""
+        pairs = [(m["role"], m["content"]) if isinstance(m, dict) else (m[0], m[1]) for m in messages]
+        return self._chat_path().format(pairs)
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+    ) -> str:
+        """Generate from raw prompt text on the chat path (greedy when temperature <= 0)."""
+        out = self._chat_path().generate(prompt, max_tokens, temperature, top_k, top_p, seed, list(stop))
+        return out.decode("utf-8", errors="replace")
+
+    def chat(self, messages: Sequence[Message], **kwargs: float | int | Sequence[str]) -> str:
+        """Generate the assistant's reply to chat messages (the model's chat template)."""
+        return self.generate(self.format_chat(messages), **kwargs)  # type: ignore[arg-type]
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """Yield generated text as it is produced (whole UTF-8 characters only)."""
+        pieces: queue.Queue[bytes | BaseException | None] = queue.Queue()
+        cancelled = threading.Event()
+
+        def on_token(_token: int, piece: bytes, _logits: object) -> bool:
+            pieces.put(piece)
+            return not cancelled.is_set()
+
+        def run() -> None:
+            try:
+                self._chat_path().generate(prompt, max_tokens, temperature, top_k, top_p, seed, list(stop), on_token)
+                pieces.put(None)
+            except BaseException as e:  # handed to the consuming thread
+                pieces.put(e)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            while (item := pieces.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                if text := decoder.decode(item):
+                    yield text
+            if tail := decoder.decode(b"", final=True):
+                yield tail
+        finally:
+            cancelled.set()
+            worker.join()
+
+    # -- lifetime -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the contexts, the adapter and the model. Idempotent."""
+        if self._chat is not None:
+            self._chat.close()
+        self._guard.close()
+        self.model.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.model.closed:
+            return "Guard(closed)"
+        return (
+            f"Guard(model={self.model.name!r} {self.model.architecture} {self.model.file_type}, "
+            f"labels={self.labels}, lora_rank={self.lora_rank})"
+        )
+

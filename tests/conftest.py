@@ -1,0 +1,51 @@
+"""Shared fixtures: the ../shared data and models beside the repo (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = SHARED / "data"
+STORIES = SHARED / "models" / "stories260K"
+
+
+def require_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: these tests need the shared data/models checkout beside the repo")
+    return path
+
+
+def load_real_texts(n: int, *, min_special: int = 6) -> list[str]:
+    """n real moderation texts: plain ones plus at least min_special non-ASCII, emoji or long (> 2000 chars)."""
+    rows: list[str] = []
+    sets = ("toxicchat0124_train_human_annotated.jsonl", "openai_moderation_test.jsonl", "aegis_safety_test.jsonl")
+    for name in sets:
+        with open(require_shared(DATA / name), encoding="utf-8") as f:
+            rows.extend(json.loads(line)["text"] for line in f if line.strip())
+    non_ascii = [t for t in rows if any(ord(c) > 127 for c in t) and len(t) < 400]
+    emoji = [t for t in rows if any(ord(c) >= 0x1F300 for c in t) and len(t) < 400]
+    long = [t for t in rows if len(t) > 2000]
+    special = (emoji[: min_special // 3] + non_ascii[: min_special // 3] + long[:1])[:min_special]
+    plain = [t for t in rows if t.isascii() and 10 < len(t) < 300]
+    texts = special + plain[: max(0, n - len(special))]
+    assert len(texts) == n and emoji and non_ascii and long, "shared data lacks the text variety tests rely on"
+    return texts
+
+
+@pytest.fixture(scope="session")
+def real_texts() -> list[str]:
+    return load_real_texts(24)
+
+
+@pytest.fixture(scope="session")
+def stories_gguf() -> Path:
+    return require_shared(STORIES / "gguf" / "stories260K-F32.gguf")
+
+
+@pytest.fixture(scope="session")
+def stories_hf() -> Path:
+    return require_shared(STORIES / "hf")

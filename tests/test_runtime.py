@@ -1,0 +1,391 @@
+"""The native runtime on real llama.cpp with a real model (stories260K) and a guard made by the converter."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFReader, GGUFValueType
+
+from gguf_edit import edit_gguf
+from loraguard_cpp import (
+    FileAccessError,
+    FileFormatError,
+    Guard,
+    InputTooLongError,
+    InvalidInputError,
+    ModelMismatchError,
+)
+
+TEMPLATE = "user: {prompt}"
+
+
+@pytest.fixture(scope="session")
+def stories_guard(tmp_path_factory: pytest.TempPathFactory, stories_hf: Path, stories_gguf: Path) -> Path:
+    from loraguard_convert.guard import convert_guard
+    from tiny_models import build_tiny_guard_checkpoint
+
+    out = tmp_path_factory.mktemp("stories-guard")
+    ckpt = build_tiny_guard_checkpoint(stories_hf, out / "ckpt", targets="all", seed=0)
+    return convert_guard(ckpt, out / "guard.gguf", base_gguf=stories_gguf)
+
+
+@pytest.fixture(scope="session")
+def guard(stories_gguf: Path, stories_guard: Path) -> Guard:
+    g = Guard(stories_gguf, stories_guard, n_threads=1, exact=True, chat_n_ctx=512)
+    yield g
+    g.close()
+
+
+def head_of(guard_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    reader = GGUFReader(guard_path)
+
+    def floats(key: str) -> np.ndarray:
+        f = reader.fields[key]
+        return np.array([f.parts[i][0] for i in f.data], dtype=np.float32)
+
+    bias = floats("loraguard.head.bias")
+    return floats("loraguard.head.weight").reshape(len(bias), -1), bias
+
+
+# -- guard path ------------------------------------------------------------------------------------------------
+
+
+def test_guard_scores_match_llama_cpp_python_with_the_same_lora(
+    guard: Guard, stories_gguf: Path, stories_guard: Path, real_texts: list[str]
+) -> None:
+    """Contender 4 of the benchmark, as a reference: stock llama-cpp-python with the guard as its LoRA, in
+    embeddings mode (every token output), last-token pooling, and the head in numpy."""
+    import llama_cpp
+
+    weight, bias = head_of(stories_guard)
+    llm = llama_cpp.Llama(
+        model_path=str(stories_gguf), lora_path=str(stories_guard), embedding=True,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST, n_ctx=512, n_batch=512, n_threads=1, type_k=0, type_v=0,
+        verbose=False,
+    )
+    texts = [t for t in real_texts if len(guard.tokenize(t)) <= 500]
+    ours = guard.logits(texts)
+    for text, row in zip(texts, ours, strict=True):
+        rendered = TEMPLATE.replace("{prompt}", text)
+        assert guard.tokenize(text) == llm.tokenize(rendered.encode(), add_bos=True, special=False)
+        hidden = np.asarray(llm.embed(rendered, normalize=False), dtype=np.float32)
+        ref = weight @ hidden + bias
+        np.testing.assert_allclose(row, ref, atol=1e-3, rtol=1e-3)
+    assert np.abs(ours).max() > 0.5, "head too weak for this comparison to mean anything"
+
+
+def test_lora_changes_the_scores(
+    stories_gguf: Path, stories_guard: Path, tmp_path: Path, real_texts: list[str]
+) -> None:
+    """The same head on a guard whose LoRA B is zeroed must score differently: the delta is really applied."""
+    zero_b = edit_gguf(stories_guard, tmp_path / "zero-b.gguf",
+                       tensor_data=lambda name, d: np.zeros_like(d) if name.endswith(".lora_b") else d)
+    with Guard(stories_gguf, stories_guard, n_threads=1) as g, Guard(stories_gguf, zero_b, n_threads=1) as g0:
+        assert np.abs(g.logits(real_texts[:6]) - g0.logits(real_texts[:6])).max() > 0.05
+
+
+def test_batch_matches_single_within_documented_tolerance(guard: Guard, real_texts: list[str]) -> None:
+    texts = real_texts[:16]
+    batch = guard.classify_batch(texts)
+    single = np.stack([guard.classify_batch([t])[0] for t in texts])
+    assert batch.dtype == np.float32 and batch.shape == (len(texts), len(guard.labels))
+    np.testing.assert_allclose(batch, single, atol=0.01)
+    near = np.abs(single - guard.thresholds) < 0.01
+    assert np.array_equal((batch >= guard.thresholds)[~near], (single >= guard.thresholds)[~near])
+
+
+def test_isolated_scores_are_bit_identical_to_single_calls(
+    stories_gguf: Path, stories_guard: Path, real_texts: list[str]
+) -> None:
+    texts = real_texts[:8]
+    with Guard(stories_gguf, stories_guard, n_threads=1, isolated=True) as g:
+        batch = g.logits(texts)
+        single = np.stack([g.logits([t])[0] for t in texts])
+    assert np.array_equal(batch, single)
+
+
+def test_threads_give_serial_results(guard: Guard, real_texts: list[str]) -> None:
+    texts = real_texts[:10]
+    serial = [guard.logits([t])[0] for t in texts]
+    results: dict[tuple[int, int], np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for call in range(50):
+                i = (worker + call) % len(texts)
+                results[(worker, call)] = guard.logits([texts[i]])[0]
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 200
+    for (worker, call), row in results.items():
+        assert np.array_equal(row, serial[(worker + call) % len(texts)])
+
+
+def test_classify_result_and_pair_template(guard: Guard) -> None:
+    result = guard.classify("How do I bake bread?")
+    assert set(result.scores) == set(guard.labels)
+    assert all(0.0 <= p <= 1.0 for p in result.scores.values())
+    assert result.flagged == bool(result.flagged_labels)
+    pair = guard.tokenize("How do I bake bread?", "Mix flour and water.")
+    assert pair[: len(guard.tokenize("How do I bake bread?"))] == guard.tokenize("How do I bake bread?")
+    assert guard.classify("How do I bake bread?", "Mix flour and water.").scores != result.scores
+
+
+def test_text_past_the_context(stories_gguf: Path, stories_guard: Path) -> None:
+    long = "the cat sat on the mat and " * 200
+    other_start = "a dog ran far away " * 150 + "the cat sat on the mat and " * 100
+    with Guard(stories_gguf, stories_guard, n_threads=1, n_ctx=64, overflow="error") as g:
+        with pytest.raises(InputTooLongError, match="tokens"):
+            g.classify(long)
+        assert g.classify("short text").scores  # the policy only concerns long inputs
+    with Guard(stories_gguf, stories_guard, n_threads=1, n_ctx=64) as keep_end:
+        # keep_end runs BOS + the last 63 tokens: texts that end alike score alike, bit for bit
+        assert keep_end.tokenize(long)[-63:] == keep_end.tokenize(other_start)[-63:]
+        kept = keep_end.logits([long, other_start])
+        assert np.array_equal(kept[0], kept[1])
+    with Guard(stories_gguf, stories_guard, n_threads=1, n_ctx=64, overflow="windows") as windows:
+        per_window_max = windows.logits([long])
+        assert np.isfinite(per_window_max).all()
+        assert (per_window_max >= kept[:1] - 1e-3).all(), "windows take the max over windows, the last included"
+
+
+# -- chat path -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_chat_path_is_bit_identical_to_stock_llama_cpp(
+    stories_gguf: Path, stories_guard: Path, real_texts: list[str], flash_attn: bool
+) -> None:
+    """Greedy chat through our chat path, with guard calls interleaved after every token, gives the very
+    token ids and logits of stock llama-cpp-python with no adapter on the same model and prompt."""
+    import llama_cpp
+
+    prompt = "Once upon a time, there was a little dog named"
+    llm = llama_cpp.Llama(model_path=str(stories_gguf), n_ctx=512, n_batch=512, n_ubatch=512, n_threads=1,
+                          n_threads_batch=1, flash_attn=flash_attn, verbose=False)
+    tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    llm.eval(tokens)
+    stock_ids: list[int] = []
+    stock_logits: list[np.ndarray] = []
+    for _ in range(24):
+        logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        token = int(np.argmax(logits))
+        stock_logits.append(logits)
+        stock_ids.append(token)
+        llm.eval([token])
+
+    with Guard(stories_gguf, stories_guard, n_threads=1, chat_n_ctx=512, chat_flash_attn=flash_attn) as g:
+        ours_ids: list[int] = []
+        ours_logits: list[np.ndarray] = []
+        guard_scores = g.logits(real_texts[:2])
+
+        def on_token(token: int, _piece: bytes, logits: np.ndarray | None) -> bool:
+            ours_ids.append(token)
+            ours_logits.append(logits)
+            assert np.array_equal(g.logits(real_texts[:2]), guard_scores)  # the guard, interleaved
+            return True
+
+        g._chat_path().generate(prompt, 24, 0.0, 40, 0.95, 0, [], on_token, True)
+        assert np.array_equal(g.chat_logits(tokens), np.array(stock_logits[0]))
+    assert ours_ids == stock_ids
+    for ours, stock in zip(ours_logits, stock_logits, strict=True):
+        assert np.array_equal(ours, stock)
+
+
+def test_generate_and_stream(guard: Guard) -> None:
+    text = guard.generate("Once upon a time", max_tokens=16)
+    assert text.strip()
+    assert "".join(guard.stream("Once upon a time", max_tokens=16)) == text
+    assert guard.generate("Once upon a time", max_tokens=16, stop=["Lily"]).find("Lily") == -1
+
+
+# -- bad input -------------------------------------------------------------------------------------------------
+
+
+def test_missing_model_file(stories_guard: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileAccessError, match="not found"):
+        Guard(tmp_path / "nope.gguf", stories_guard)
+
+
+def test_non_gguf_model_file(stories_guard: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "model.gguf"
+    bad.write_text("this is not a model")
+    with pytest.raises(FileFormatError, match="not a GGUF"):
+        Guard(bad, stories_guard)
+
+
+def test_truncated_model_file(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(stories_gguf.read_bytes()[: stories_gguf.stat().st_size // 2])
+    with pytest.raises(FileFormatError, match="truncated"):
+        Guard(cut, stories_guard)
+
+
+def test_unreadable_guard_file(stories_gguf: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileAccessError, match="directory"):
+        Guard(stories_gguf, tmp_path)
+
+
+def test_truncated_guard_file(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(stories_guard.read_bytes()[: stories_guard.stat().st_size - 100])
+    with pytest.raises(FileFormatError, match="truncated"):
+        Guard(stories_gguf, cut)
+
+
+def test_guard_for_another_base_names_both(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    """Same architecture and shapes, different weights (a fine-tune): the fingerprint refuses it."""
+    other = edit_gguf(
+        stories_gguf, tmp_path / "other.gguf",
+        keys=[("general.name", "stories260K-finetune", GGUFValueType.STRING)],
+        tensor_data=lambda name, d: d * 1.01 if name == "output_norm.weight" else d,
+    )
+    with pytest.raises(ModelMismatchError, match=r"stories260K.*fingerprint.*stories260K-finetune.*fingerprint"):
+        Guard(other, stories_guard)
+
+
+def test_guard_for_another_width(stories_guard: Path, tmp_path: Path) -> None:
+    """A guard loaded on a model of another architecture width names both."""
+    pytest.importorskip("transformers")
+    from loraguard_convert.base import convert_base
+    from tiny_models import build_tiny_model
+
+    other = convert_base(build_tiny_model("qwen2", tmp_path / "qwen2"), tmp_path / "qwen2.gguf", outtype="f32")
+    with pytest.raises(ModelMismatchError, match=r"architecture 'llama'.*'qwen2'"):
+        Guard(other, stories_guard)
+
+
+def test_plain_lora_without_head(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    plain = edit_gguf(stories_guard, tmp_path / "plain.gguf", drop_prefix="loraguard.")
+    with pytest.raises(FileFormatError, match="plain LoRA"):
+        Guard(stories_gguf, plain)
+
+
+def test_alpha_that_is_not_f32_is_refused_not_fatal(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    """llama.cpp's loader asserts (kills the process) on this; we must refuse it first."""
+    bad = edit_gguf(stories_guard, tmp_path / "alpha.gguf", keys=[("adapter.lora.alpha", 8, GGUFValueType.UINT32)])
+    with pytest.raises(FileFormatError, match=r"adapter\.lora\.alpha"):
+        Guard(stories_gguf, bad)
+
+
+def test_non_lora_tensor_is_refused(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    bad = edit_gguf(stories_guard, tmp_path / "extra.gguf",
+                    extra_tensors=[("loraguard_head", np.zeros((2, 64), dtype=np.float32))])
+    with pytest.raises(FileFormatError, match="not a LoRA pair"):
+        Guard(stories_gguf, bad)
+
+
+def test_head_width_mismatch(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    bad = edit_gguf(stories_guard, tmp_path / "head.gguf",
+                    keys=[("loraguard.head.weight", [0.1] * 10, GGUFValueType.ARRAY)])
+    with pytest.raises(FileFormatError, match="head does not fit"):
+        Guard(stories_gguf, bad)
+
+
+def test_newer_format_version(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    bad = edit_gguf(stories_guard, tmp_path / "v99.gguf", keys=[("loraguard.version", 99, GGUFValueType.UINT32)])
+    with pytest.raises(FileFormatError, match="upgrade loraguard"):
+        Guard(stories_gguf, bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("", "empty"), ("bad\0byte", "NUL byte"), ("x", None)],
+)
+def test_bad_text(guard: Guard, text: str, match: str | None) -> None:
+    if match is None:
+        assert guard.classify(text).scores
+        return
+    with pytest.raises(InvalidInputError, match=match):
+        guard.classify(text)
+    assert guard.classify("still alive").scores
+
+
+def test_invalid_utf8_is_refused(guard: Guard) -> None:
+    with pytest.raises(UnicodeEncodeError):
+        guard.classify("lone surrogate \udcff")
+    assert guard.classify("still alive").scores
+
+
+def test_closed_guard(stories_gguf: Path, stories_guard: Path) -> None:
+    g = Guard(stories_gguf, stories_guard, n_threads=1)
+    g.close()
+    g.close()
+    with pytest.raises(InvalidInputError, match="closed"):
+        g.classify("hello")
+
+
+def test_one_libllama_per_process_with_llama_cpp_python() -> None:
+    code = (
+        "import loraguard_cpp, llama_cpp\n"
+        "maps = [l.split()[-1] for l in open('/proc/self/maps') if 'libllama' in l]\n"
+        "print(len(set(maps)))\n"
+    )
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+
+
+# -- CLI -------------------------------------------------------------------------------------------------------
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "loraguard_cpp.cli", *args], capture_output=True, text=True,
+                          input=stdin, timeout=300)
+
+
+def test_cli_classify_json(stories_gguf: Path, stories_guard: Path, guard: Guard) -> None:
+    out = cli("classify", "--json", "-m", str(stories_gguf), "-g", str(stories_guard), "How do I bake bread?")
+    assert out.returncode in (0, 1), out.stderr
+    row = json.loads(out.stdout)
+    assert set(row) >= {"flagged", "scores"}
+    assert set(row["scores"]) == set(guard.labels)
+    assert out.returncode == (1 if row["flagged"] else 0)
+
+
+def test_cli_classify_stdin_and_jsonl(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    out = cli("classify", "--json", "-m", str(stories_gguf), "-g", str(stories_guard), "-", stdin="one\ntwo\n")
+    assert out.returncode in (0, 1), out.stderr
+    assert len(out.stdout.splitlines()) == 2
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text(json.dumps({"text": "hi", "response": "hello"}) + "\n" + json.dumps({"text": "bye"}) + "\n")
+    out = cli("classify", "--json", "-m", str(stories_gguf), "-g", str(stories_guard), "--jsonl", str(jsonl))
+    assert out.returncode in (0, 1), out.stderr
+    assert [json.loads(x)["text"] for x in out.stdout.splitlines()] == ["hi", "bye"]
+
+
+def test_cli_errors_are_one_line(stories_gguf: Path, tmp_path: Path) -> None:
+    out = cli("classify", "-m", str(stories_gguf), "-g", str(tmp_path / "missing.gguf"), "text")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "guard file not found" in out.stderr
+
+
+def test_cli_info_and_quantize(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    out = cli("info", "--json", "-m", str(stories_gguf), "-g", str(stories_guard))
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["model"]["fingerprint"] == info["guard"]["base_fingerprint"]
+    q8 = tmp_path / "q8.gguf"
+    out = cli("quantize", str(stories_gguf), str(q8), "Q8_0")
+    assert out.returncode == 0, out.stderr
+    with Guard(q8, stories_guard, n_threads=1) as g:
+        assert g.model.file_type == "Q8_0"
+        assert g.model.fingerprint == info["model"]["fingerprint"], "the fingerprint does not depend on tensor types"
+    out = cli("quantize", str(stories_gguf), str(tmp_path / "x.gguf"), "Q9_9")
+    assert out.returncode == 2 and "unknown quantization type" in out.stderr
+    assert not list(tmp_path.glob("x.gguf*"))
