@@ -49,3 +49,14 @@ def stories_gguf() -> Path:
 @pytest.fixture(scope="session")
 def stories_hf() -> Path:
     return require_shared(STORIES / "hf")
+
+
+@pytest.fixture(scope="session")
+def stories_guard(tmp_path_factory: pytest.TempPathFactory, stories_hf: Path, stories_gguf: Path) -> Path:
+    """A guard on real weights: non-zero random LoRA on every linear projection of stories260K, random head."""
+    from loraguard_convert.guard import convert_guard
+    from tiny_models import build_tiny_guard_checkpoint
+
+    out = tmp_path_factory.mktemp("stories-guard")
+    ckpt = build_tiny_guard_checkpoint(stories_hf, out / "ckpt", targets="all", seed=0)
+    return convert_guard(ckpt, out / "guard.gguf", base_gguf=stories_gguf)

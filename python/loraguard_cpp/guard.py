@@ -32,6 +32,18 @@ class GuardResult:
     flagged_labels: list[str] = field(default_factory=list)
 
 
+def _utf8(text: str, what: str) -> bytes:
+    """Text as the native side takes it; a string that is not encodable (lone surrogates) is bad input."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{what} must be a str, got {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode text ({e.reason} at position {e.start}): decode your input properly"
+        ) from e
+
+
 def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
@@ -102,7 +114,11 @@ class Guard:
         """Raw head logits, float32 array of shape (len(texts), len(labels))."""
         if isinstance(texts, str):
             raise InvalidInputError("texts must be a sequence of strings, not one string: use classify() for one")
-        return self._guard.classify(list(texts), None if responses is None else list(responses))
+        prompts = [_utf8(t, f"text {i}") for i, t in enumerate(texts)]
+        if responses is None:
+            return self._guard.classify(prompts)
+        answers = [None if r is None else _utf8(r, f"response {i}") for i, r in enumerate(responses)]
+        return self._guard.classify(prompts, answers)
 
     def classify_batch(
         self, texts: Sequence[str], responses: Sequence[str | None] | None = None
@@ -124,7 +140,7 @@ class Guard:
 
     def tokenize(self, text: str, response: str | None = None) -> list[int]:
         """The token ids the guard runs for this input (its template applied)."""
-        return self._guard.tokenize(text, response)
+        return self._guard.tokenize(_utf8(text, "text"), None if response is None else _utf8(response, "response"))
 
     def meta(self, key: str) -> str | None:
         """Guard metadata without the ``loraguard.`` prefix, e.g. ``"base.fingerprint"``, ``"template.prompt"``."""
@@ -171,7 +187,8 @@ class Guard:
         stop: Sequence[str] = (),
     ) -> str:
         """Generate from raw prompt text on the chat path (greedy when temperature <= 0)."""
-        out = self._chat_path().generate(prompt, max_tokens, temperature, top_k, top_p, seed, list(stop))
+        chat = self._chat_path()
+        out = chat.generate(_utf8(prompt, "prompt"), max_tokens, temperature, top_k, top_p, seed, list(stop))
         return out.decode("utf-8", errors="replace")
 
     def chat(self, messages: Sequence[Message], **kwargs: float | int | Sequence[str]) -> str:
