@@ -5,8 +5,11 @@
 #include "lg-fingerprint.h"
 #include "lg-gguf.h"
 
+#include "ggml-backend.h"
+
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <unistd.h>
 #include <filesystem>
 #include <mutex>
@@ -45,6 +48,25 @@ std::filesystem::path temp_path_beside(const std::filesystem::path & target) {
 
 namespace {
 
+// Whether the CPU backend would place weights in an AMX buffer (see lg_model_params.cpu_repack).
+bool cpu_offers_amx() {
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (!cpu) {
+        return false;
+    }
+    auto get_extra_bufts = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
+        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), "ggml_backend_dev_get_extra_bufts"));
+    if (!get_extra_bufts) {
+        return false;
+    }
+    for (ggml_backend_buffer_type_t * buft = get_extra_bufts(cpu); buft && *buft; ++buft) {
+        if (std::strstr(ggml_backend_buft_name(*buft), "AMX")) {
+            return true;
+        }
+    }
+    return false;
+}
+
 std::string meta_str(const llama_model * model, const std::string & key) {
     char buf[512];
     const int32_t n = llama_model_meta_val_str(model, key.c_str(), buf, sizeof(buf));
@@ -77,6 +99,7 @@ lg_model::lg_model(const std::string & path_, const lg_model_params & params) : 
 
     llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = params.n_gpu_layers;
+    mparams.use_extra_bufts = params.cpu_repack < 0 ? !cpu_offers_amx() : params.cpu_repack != 0;
     if (!params.use_mmap) {
         mparams.load_mode = LLAMA_LOAD_MODE_NONE;
     }

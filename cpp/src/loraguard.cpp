@@ -64,6 +64,7 @@ const char * lg_status_name(lg_status status) {
 lg_model_params lg_model_default_params(void) {
     lg_model_params p{};
     p.n_gpu_layers = 0;
+    p.cpu_repack = -1;
     p.use_mmap = true;
     p.verbose = false;
     return p;

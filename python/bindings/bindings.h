@@ -59,7 +59,7 @@ using model_handle = handle<lg_model, lg_model_free>;
 
 class Model {
   public:
-    Model(const std::string & path, int n_gpu_layers, bool use_mmap, bool verbose);
+    Model(const std::string & path, int n_gpu_layers, int cpu_repack, bool use_mmap, bool verbose);
     std::shared_ptr<lg_model> get() const { return handle_.get("model"); }
     void close() { handle_.close(); }
     bool closed() const { return handle_.closed(); }

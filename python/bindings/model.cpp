@@ -6,9 +6,10 @@ namespace lgpy {
 
 namespace {
 
-lg_model * load(const std::string & path, int n_gpu_layers, bool use_mmap, bool verbose) {
+lg_model * load(const std::string & path, int n_gpu_layers, int cpu_repack, bool use_mmap, bool verbose) {
     lg_model_params p = lg_model_default_params();
     p.n_gpu_layers = n_gpu_layers;
+    p.cpu_repack = cpu_repack;
     p.use_mmap = use_mmap;
     p.verbose = verbose;
     lg_model * out = nullptr;
@@ -21,13 +22,13 @@ lg_model * load(const std::string & path, int n_gpu_layers, bool use_mmap, bool 
 
 }  // namespace
 
-Model::Model(const std::string & path, int n_gpu_layers, bool use_mmap, bool verbose)
-    : handle_(load(path, n_gpu_layers, use_mmap, verbose)) {}
+Model::Model(const std::string & path, int n_gpu_layers, int cpu_repack, bool use_mmap, bool verbose)
+    : handle_(load(path, n_gpu_layers, cpu_repack, use_mmap, verbose)) {}
 
 void register_model(py::module_ & m) {
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def(py::init<const std::string &, int, bool, bool>(), py::arg("path"), py::arg("n_gpu_layers") = 0,
-             py::arg("use_mmap") = true, py::arg("verbose") = false)
+        .def(py::init<const std::string &, int, int, bool, bool>(), py::arg("path"), py::arg("n_gpu_layers") = 0,
+             py::arg("cpu_repack") = -1, py::arg("use_mmap") = true, py::arg("verbose") = false)
         .def_property_readonly("architecture", [](const Model & s) { return std::string(lg_model_architecture(s.get().get())); })
         .def_property_readonly("name", [](const Model & s) { return std::string(lg_model_name(s.get().get())); })
         .def_property_readonly("fingerprint", [](const Model & s) { return std::string(lg_model_fingerprint(s.get().get())); })

@@ -6,7 +6,9 @@ import numpy.typing as npt
 FORMAT_VERSION: int
 
 class Model:
-    def __init__(self, path: str, n_gpu_layers: int = 0, use_mmap: bool = True, verbose: bool = False) -> None: ...
+    def __init__(
+        self, path: str, n_gpu_layers: int = 0, cpu_repack: int = -1, use_mmap: bool = True, verbose: bool = False
+    ) -> None: ...
     @property
     def architecture(self) -> str: ...
     @property
