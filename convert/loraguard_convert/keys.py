@@ -1,0 +1,31 @@
+"""GGUF key names of the guard format (docs/guard-format.md)."""
+
+FORMAT_VERSION = 1
+
+VERSION = "loraguard.version"
+LABELS = "loraguard.labels"
+THRESHOLDS = "loraguard.thresholds"
+HEAD_WEIGHT = "loraguard.head.weight"
+HEAD_BIAS = "loraguard.head.bias"
+POOLING = "loraguard.pooling"
+TEMPLATE_PROMPT = "loraguard.template.prompt"
+TEMPLATE_PAIR = "loraguard.template.pair"
+TEMPLATE_PARSE_SPECIAL = "loraguard.template.parse_special"
+BASE_ARCHITECTURE = "loraguard.base.architecture"
+BASE_N_EMBD = "loraguard.base.n_embd"
+BASE_N_LAYER = "loraguard.base.n_layer"
+BASE_FINGERPRINT = "loraguard.base.fingerprint"
+BASE_NAME = "loraguard.base.name"
+BASE_MEASURED_TYPES = "loraguard.base.measured_types"
+
+GENERAL_TYPE = "general.type"
+GENERAL_ARCHITECTURE = "general.architecture"
+GENERAL_NAME = "general.name"
+GENERAL_FILE_TYPE = "general.file_type"
+GENERAL_ALIGNMENT = "general.alignment"
+ADAPTER_TYPE = "adapter.type"
+ADAPTER_LORA_ALPHA = "adapter.lora.alpha"
+TOKENIZER_TOKENS = "tokenizer.ggml.tokens"
+SPLIT_COUNT = "split.count"
+
+POOLINGS = ("last", "mean", "cls")
