@@ -60,3 +60,29 @@ def stories_guard(tmp_path_factory: pytest.TempPathFactory, stories_hf: Path, st
     out = tmp_path_factory.mktemp("stories-guard")
     ckpt = build_tiny_guard_checkpoint(stories_hf, out / "ckpt", targets="all", seed=0)
     return convert_guard(ckpt, out / "guard.gguf", base_gguf=stories_gguf)
+
+
+class TinyBase:
+    """A tiny random-init HF model of one architecture (real tokenizer) and its F32 GGUF, built once a session."""
+
+    def __init__(self, arch: str, root: Path) -> None:
+        from loraguard_convert.base import convert_base
+        from tiny_models import build_tiny_model
+
+        self.arch = arch
+        self.hf_dir = build_tiny_model(arch, root / arch)
+        self.gguf = convert_base(self.hf_dir, root / f"{arch}-f32.gguf", outtype="f32")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("tiny-bases")
+    cache: dict[str, TinyBase] = {}
+
+    def get(arch: str) -> TinyBase:
+        if arch not in cache:
+            cache[arch] = TinyBase(arch, root)
+        return cache[arch]
+
+    return get

@@ -1,0 +1,412 @@
+"""Guard model on the PyTorch side: frozen HF backbone + PEFT LoRA + linear head (LoRA-Guard, EMNLP 2024).
+
+Everything here must agree with docs/guard-format.md: the runtime scores the same rendered string, with the
+same tokenization and the same pooling, so any drift between this file and the contract is a parity bug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+DEFAULT_TEMPLATE_PROMPT = "user: {prompt}"
+DEFAULT_TEMPLATE_PAIR = "user: {prompt}\n\nagent: {response}"
+DEFAULT_RANK = 8
+DEFAULT_ALPHA = 16.0
+DEFAULT_DROPOUT = 0.05
+
+CHECKPOINT_FORMAT = "loraguard-checkpoint"
+CHECKPOINT_VERSION = 1
+POOLINGS = ("last", "mean", "cls")
+_PLACEHOLDER = re.compile(r"(\{prompt\}|\{response\})")
+
+# Encoders are run bidirectionally and pooled like sentence-embedding models; every other model type is
+# treated as a decoder whose final-norm hidden state of the last token is the guard's feature.
+ENCODER_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta"})
+
+# The paper adapts the query and value projections; models that fuse q/k/v into one matrix can only be
+# adapted through the fused projection.
+_QV_TARGETS: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "xlm-roberta": ("query", "value"),
+    "phi3": ("qkv_proj",),
+}
+_DEFAULT_QV_TARGETS = ("q_proj", "v_proj")
+
+# llama.cpp's architecture names where they differ from the HF model_type (convert_hf_to_gguf maps Mistral
+# onto the llama graph, and Gemma 3's text-only config has its own model_type).
+_LLAMA_CPP_ARCH = {"mistral": "llama", "gemma3_text": "gemma3"}
+
+
+def render(template: str, prompt: str, response: str | None) -> str:
+    """Fill a guard template by plain replacement of {prompt} and {response}, exactly as the runtime does.
+
+    One pass over the template: the inserted texts are never scanned again, so a prompt that itself contains
+    "{response}" cannot pull the response (or anything else) into the rendered input.
+    """
+    values = {"{prompt}": prompt, "{response}": response}
+    parts = []
+    for piece in _PLACEHOLDER.split(template):
+        if piece in values:
+            value = values[piece]
+            if value is None:
+                raise ValueError(f"template {template!r} needs a response")
+            parts.append(value)
+        else:
+            parts.append(piece)
+    return "".join(parts)
+
+
+def encode(
+    tokenizer: Any,
+    texts: Sequence[str],
+    parse_special: bool = False,
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Tokenize rendered strings like llama_tokenize(add_special=True, parse_special=parse_special).
+
+    Padding is done here rather than by the tokenizer because many decoder tokenizers have no pad token;
+    the pad id is irrelevant as padded positions are masked and padding is on the right, after the pooled
+    positions of every pooling mode.
+    """
+    if not texts:
+        raise ValueError("encode() needs at least one text")
+    batch = tokenizer(
+        list(texts),
+        add_special_tokens=True,
+        split_special_tokens=not parse_special,
+        truncation=max_length is not None,
+        max_length=max_length,
+    )
+    ids: list[list[int]] = batch["input_ids"]
+    if any(len(row) == 0 for row in ids):
+        raise ValueError("a text tokenized to zero tokens; the guard has nothing to pool")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def is_encoder(config: Any) -> bool:
+    return config.model_type in ENCODER_MODEL_TYPES
+
+
+def default_target_modules(model_type: str) -> list[str]:
+    return list(_QV_TARGETS.get(model_type, _DEFAULT_QV_TARGETS))
+
+
+def llama_cpp_arch(model_type: str) -> str:
+    return _LLAMA_CPP_ARCH.get(model_type, model_type)
+
+
+def _split_source(source: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """An HF directory loads as is; a .gguf file loads through transformers' GGUF reader (dequantized)."""
+    path = Path(source)
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name
+    return str(path), None
+
+
+def load_tokenizer(source: str | os.PathLike[str]) -> Any:
+    directory, gguf_file = _split_source(source)
+    return AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+
+
+def load_backbone(source: str | os.PathLike[str], attn_implementation: str | None = None) -> PreTrainedModel:
+    """Load the frozen base in fp32: a CausalLM for decoders (so PEFT module names match what llama.cpp's
+    LoRA converter expects), a bare encoder without its pooler for encoders (the pooler is never used)."""
+    directory, gguf_file = _split_source(source)
+    config = AutoConfig.from_pretrained(directory, gguf_file=gguf_file)
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file, "dtype": torch.float32}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if is_encoder(config):
+        return AutoModel.from_pretrained(directory, add_pooling_layer=False, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+
+
+class GuardModel(torch.nn.Module):
+    """LoRA-adapted backbone plus a linear head on a pooled hidden state; only LoRA and head are trainable."""
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        n_labels: int,
+        pooling: str | None = None,
+        r: int = DEFAULT_RANK,
+        alpha: float = DEFAULT_ALPHA,
+        dropout: float = DEFAULT_DROPOUT,
+        target_modules: str | Sequence[str] | None = None,
+        adapter_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """A fresh LoRA (r, alpha, dropout, target_modules), or with `adapter_dir` a saved PEFT adapter."""
+        super().__init__()
+        config = backbone.config
+        self.encoder = is_encoder(config)
+        pooling = pooling or ("mean" if self.encoder else "last")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if not self.encoder and pooling != "last":
+            # the runtime pools decoders by the last token only (docs/guard-format.md)
+            raise ValueError(f"decoder backbones only support pooling 'last', got {pooling!r}")
+        self.pooling = pooling
+        if config.architectures is None:
+            config.architectures = [type(backbone).__name__]
+        # the trunk yields final-norm hidden states; grabbing it before PEFT wraps the model keeps a direct
+        # handle, and the LoRA layers PEFT injects in place are inside it
+        self.trunk = backbone.base_model
+        self.peft: PeftModel
+        if adapter_dir is not None:
+            self.peft = PeftModel.from_pretrained(backbone, str(adapter_dir), is_trainable=False)
+        else:
+            if isinstance(target_modules, str):
+                targets: str | list[str] = target_modules
+            elif target_modules is not None:
+                targets = list(target_modules)
+            else:
+                targets = default_target_modules(config.model_type)
+            lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+            self.peft = get_peft_model(backbone, lora_config)
+        self.head = torch.nn.Linear(config.hidden_size, n_labels)
+
+    @property
+    def config(self) -> Any:
+        return self.peft.base_model.model.config
+
+    @property
+    def n_labels(self) -> int:
+        return self.head.out_features
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "last":
+            last = attention_mask.sum(dim=1) - 1
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+        return hidden[:, 0]
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if not self.encoder:
+            kwargs["use_cache"] = False
+        hidden = self.trunk(**kwargs).last_hidden_state
+        return self.pool(hidden, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feats = self.features(input_ids, attention_mask)
+        return self.head(feats.to(self.head.weight.dtype))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike[str],
+        n_labels: int,
+        pooling: str | None = None,
+        r: int = DEFAULT_RANK,
+        alpha: float = DEFAULT_ALPHA,
+        dropout: float = DEFAULT_DROPOUT,
+        target_modules: str | Sequence[str] | None = None,
+        attn_implementation: str | None = None,
+    ) -> GuardModel:
+        """Build a fresh guard on a base given as an HF directory or a GGUF file."""
+        backbone = load_backbone(source, attn_implementation=attn_implementation)
+        return cls(
+            backbone, n_labels, pooling=pooling, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules
+        )
+
+
+def load_checkpoint(
+    ckpt_dir: str | os.PathLike[str], base: str | os.PathLike[str], attn_implementation: str | None = None
+) -> tuple[GuardModel, dict[str, Any]]:
+    """A saved guard on its base (HF directory or GGUF file), in eval mode, with its guard_config.json."""
+    ckpt = Path(ckpt_dir)
+    guard_config = json.loads((ckpt / "guard_config.json").read_text(encoding="utf-8"))
+    if guard_config.get("format") != CHECKPOINT_FORMAT or guard_config.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{ckpt} is not a {CHECKPOINT_FORMAT} version {CHECKPOINT_VERSION} checkpoint")
+    backbone = load_backbone(base, attn_implementation=attn_implementation)
+    model = GuardModel(backbone, len(guard_config["labels"]), pooling=guard_config["pooling"], adapter_dir=ckpt)
+    head = load_file(str(ckpt / "head.safetensors"))
+    model.head.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
+    return model.eval(), guard_config
+
+
+def base_info_from_model(model: GuardModel, name: str | None = None, fingerprint: str = "") -> dict[str, Any]:
+    """Defaults for guard_config.json's `base`; the fingerprint comes from the base GGUF (converter side)."""
+    config = model.config
+    return {
+        "architecture": llama_cpp_arch(config.model_type),
+        "n_embd": int(config.hidden_size),
+        "n_layer": int(config.num_hidden_layers),
+        "fingerprint": fingerprint,
+        "name": name if name is not None else str(getattr(config, "_name_or_path", "") or config.model_type),
+        "measured_types": [],
+    }
+
+
+def save_checkpoint(
+    model: GuardModel,
+    out_dir: str | os.PathLike[str],
+    labels: Sequence[str],
+    thresholds: Sequence[float],
+    template_prompt: str,
+    template_pair: str,
+    parse_special: bool,
+    pooling: str,
+    base_info: Mapping[str, Any],
+) -> Path:
+    """Write the checkpoint directory of docs/guard-format.md, replacing out_dir atomically.
+
+    The directory is assembled next to out_dir and renamed into place, so a reader never sees a half-written
+    checkpoint (an interrupted run leaves only a hidden temp dir behind).
+    """
+    out = Path(out_dir)
+    labels = list(labels)
+    thresholds = [float(t) for t in thresholds]
+    if len(labels) != model.n_labels or len(thresholds) != model.n_labels:
+        raise ValueError(f"need {model.n_labels} labels and thresholds, got {len(labels)} and {len(thresholds)}")
+    if not labels or labels[0] != "unsafe" or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be unique and start with 'unsafe', got {labels}")
+    if not all(0.0 <= t <= 1.0 for t in thresholds):
+        raise ValueError(f"thresholds are probabilities in [0, 1], got {thresholds}")
+    if pooling != model.pooling:
+        raise ValueError(f"pooling {pooling!r} differs from the model's {model.pooling!r}")
+    if "{prompt}" not in template_prompt or "{prompt}" not in template_pair or "{response}" not in template_pair:
+        raise ValueError("templates must contain {prompt} (and {response} for the pair template)")
+    base = base_info_from_model(model)
+    base.update(base_info)
+    if int(base["n_embd"]) != model.head.in_features:
+        raise ValueError(f"base n_embd {base['n_embd']} != head input width {model.head.in_features}")
+
+    guard_config = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "labels": labels,
+        "thresholds": thresholds,
+        "pooling": pooling,
+        "template": {"prompt": template_prompt, "pair": template_pair, "parse_special": bool(parse_special)},
+        "base": {
+            "architecture": str(base["architecture"]),
+            "n_embd": int(base["n_embd"]),
+            "n_layer": int(base["n_layer"]),
+            "fingerprint": str(base["fingerprint"]),
+            "name": str(base["name"]),
+            "measured_types": [str(t) for t in base.get("measured_types", [])],
+        },
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.peft.save_pretrained(str(tmp), safe_serialization=True)
+        # PEFT adds a model card; the checkpoint is exactly the files of the contract
+        (tmp / "README.md").unlink(missing_ok=True)
+        save_file(
+            {
+                "weight": model.head.weight.detach().to("cpu", torch.float32).contiguous(),
+                "bias": model.head.bias.detach().to("cpu", torch.float32).contiguous(),
+            },
+            str(tmp / "head.safetensors"),
+        )
+        _write_json(tmp / "guard_config.json", guard_config)
+        _write_json(tmp / "base_config.json", model.config.to_dict())
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    # rename() cannot replace a non-empty directory, so an existing checkpoint is moved aside first and
+    # only deleted once the new one is in place
+    if not dst.exists():
+        src.rename(dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    old.rmdir()
+    dst.rename(old)
+    try:
+        src.rename(dst)
+    except BaseException:
+        old.rename(dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def render_all(
+    prompts: Sequence[str],
+    responses: Sequence[str | None] | None,
+    template_prompt: str,
+    template_pair: str,
+) -> list[str]:
+    """Prompt-only items use the prompt template, items with a response the pair template."""
+    if responses is None:
+        return [render(template_prompt, p, None) for p in prompts]
+    if len(responses) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    return [
+        render(template_prompt, p, None) if r is None else render(template_pair, p, r)
+        for p, r in zip(prompts, responses, strict=True)
+    ]
+
+
+def _batches(order: Sequence[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(order), size):
+        yield list(order[start : start + size])
+
+
+@torch.no_grad()
+def score_texts(
+    model: GuardModel,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str | None] | None = None,
+    template_prompt: str = DEFAULT_TEMPLATE_PROMPT,
+    template_pair: str = DEFAULT_TEMPLATE_PAIR,
+    parse_special: bool = False,
+    batch_size: int = 16,
+    max_length: int | None = None,
+) -> np.ndarray:
+    """Logits [N, n_labels] as float32, computed in eval mode and fp32 (what the runtime is compared to)."""
+    texts = render_all(prompts, responses, template_prompt, template_pair)
+    out = np.zeros((len(texts), model.n_labels), dtype=np.float32)
+    if not texts:
+        return out
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise TypeError("score_texts compares against the fp32 runtime; call model.float() first")
+    was_training = model.training
+    model.eval()
+    device = model.head.weight.device
+    try:
+        # batching texts of similar length wastes less compute on padding
+        lengths = [len(t) for t in texts]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        for idx in _batches(order, batch_size):
+            enc = encode(tokenizer, [texts[i] for i in idx], parse_special=parse_special, max_length=max_length)
+            logits = model(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+            out[idx] = logits.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
