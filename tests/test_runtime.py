@@ -381,3 +381,21 @@ def test_cli_info_and_quantize(stories_gguf: Path, stories_guard: Path, tmp_path
     out = cli("quantize", str(stories_gguf), str(tmp_path / "x.gguf"), "Q9_9")
     assert out.returncode == 2 and "unknown quantization type" in out.stderr
     assert not list(tmp_path.glob("x.gguf*"))
+
+
+def test_cli_chat_json(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    base = ["chat", "--json", "-m", str(stories_gguf), "--max-tokens", "12", "--prompt", "Once upon a time"]
+    out = cli(*base, "-g", str(stories_guard))
+    turn = json.loads(out.stdout)
+    assert set(turn) >= {"prompt", "prompt_verdict", "response", "response_verdict"}
+    assert out.returncode == (1 if "refused" in turn else 0), out.stderr
+    # thresholds no probability reaches: the prompt passes, the response is generated on the chat path and guarded
+    lenient = edit_gguf(stories_guard, tmp_path / "lenient.gguf",
+                        keys=[("loraguard.thresholds", [1.5, 1.5], GGUFValueType.ARRAY)])
+    out = cli(*base, "-g", str(lenient))
+    assert out.returncode == 0, out.stderr
+    turn = json.loads(out.stdout)
+    assert not turn["prompt_verdict"]["flagged"] and turn["response"].strip()
+    assert set(turn["response_verdict"]["scores"]) == set(turn["prompt_verdict"]["scores"])
+    with Guard(stories_gguf, lenient, chat_n_ctx=512) as g:
+        assert turn["response"] == g.chat([("user", "Once upon a time")], max_tokens=12)

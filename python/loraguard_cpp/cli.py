@@ -1,6 +1,6 @@
-"""``loraguard-cli``: classify text, generate on the chat path, inspect and quantize models.
+"""``loraguard-cli``: classify text, chat and generate on the chat path, inspect and quantize models.
 
-Exit codes: 0 success (nothing flagged), 1 at least one input flagged (classify), 2 error.
+Exit codes: 0 success (nothing flagged), 1 at least one input flagged (classify; chat: a refused turn), 2 error.
 """
 
 from __future__ import annotations
@@ -110,6 +110,74 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+REFUSAL = "I can't help with that."
+
+
+def _verdict(guard: Guard, prompt: str, response: str | None = None) -> dict[str, object]:
+    result = guard.classify(prompt, response)
+    return {"flagged": result.flagged, "flagged_labels": result.flagged_labels,
+            "scores": {k: round(v, 6) for k, v in result.scores.items()}}
+
+
+def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Namespace,
+                  echo: bool) -> dict[str, object]:
+    """One chat turn: guard the prompt, generate on the chat path, guard the response as it grows."""
+    user = history[-1][1]
+    prompt_verdict = _verdict(guard, user)
+    turn: dict[str, object] = {"prompt": user, "prompt_verdict": prompt_verdict}
+    if prompt_verdict["flagged"]:
+        turn.update(response=REFUSAL, response_verdict=None, refused="prompt")
+        if echo:
+            print(f"[guard: prompt flagged {prompt_verdict['flagged_labels']}] {REFUSAL}")
+        return turn
+    response = ""
+    pieces_since_check = 0
+    for piece in guard.stream(guard.format_chat(history), max_tokens=args.max_tokens,
+                              temperature=args.temperature, seed=args.seed):
+        response += piece
+        pieces_since_check += 1
+        if echo:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        # Streamed responses are re-checked every --window pieces so harm is cut off before it is all out.
+        if args.window and pieces_since_check >= args.window:
+            pieces_since_check = 0
+            if _verdict(guard, user, response)["flagged"]:
+                break
+    response_verdict = _verdict(guard, user, response) if response.strip() else None
+    turn.update(response=response, response_verdict=response_verdict)
+    if response_verdict and response_verdict["flagged"]:
+        turn["refused"] = "response"
+        if echo:
+            print(f"\n[guard: response flagged {response_verdict['flagged_labels']}] {REFUSAL}")
+    elif echo:
+        print()
+    return turn
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    with Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, n_ctx=args.ctx,
+               verbose=args.verbose) as guard:
+        history: list[tuple[str, str]] = [("system", args.system)] if args.system else []
+        if args.prompt is not None:
+            history.append(("user", args.prompt))
+            turn = _guarded_turn(guard, history, args, echo=not args.json)
+            if args.json:
+                print(json.dumps(turn, ensure_ascii=False))
+            return EXIT_FLAGGED if "refused" in turn else 0
+        print("loraguard chat: one message per line, Ctrl-D to quit", file=sys.stderr)
+        for line in sys.stdin:
+            if not (message := line.strip()):
+                continue
+            history.append(("user", message))
+            turn = _guarded_turn(guard, history, args, echo=True)
+            if "refused" in turn:
+                history.pop()
+            else:
+                history.append(("assistant", str(turn["response"])))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     with _open_guard(args) as guard:
         m = guard.model
@@ -163,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="chat on the chat path, prompts and responses guarded by the same model")
+    _guard_options(p)
+    p.add_argument("--prompt", help="one turn, non-interactive (otherwise messages are read from stdin)")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--json", action="store_true", help="with --prompt: print verdicts and response as JSON")
+    p.add_argument("--window", type=int, default=16,
+                   help="re-guard the streamed response every N pieces (0: only when finished)")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("info", help="model and guard metadata")
     _guard_options(p)
