@@ -31,6 +31,12 @@ def _guard_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
 
 
+def _sampling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _open_guard(args: argparse.Namespace) -> Guard:
     return Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, n_ctx=args.ctx,
                  overflow=args.overflow, isolated=args.isolated, verbose=args.verbose)
@@ -227,9 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _guard_options(p)
     p.add_argument("prompt")
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the model's chat template")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    _sampling_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="chat on the chat path, prompts and responses guarded by the same model")
@@ -239,9 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="with --prompt: print verdicts and response as JSON")
     p.add_argument("--window", type=int, default=16,
                    help="re-guard the streamed response every N pieces (0: only when finished)")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    _sampling_options(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("info", help="model and guard metadata")
