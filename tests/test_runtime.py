@@ -156,16 +156,12 @@ def test_text_past_the_context(stories_gguf: Path, stories_guard: Path) -> None:
 # -- chat path -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flash_attn", [False, True])
-def test_chat_path_is_bit_identical_to_stock_llama_cpp(
-    stories_gguf: Path, stories_guard: Path, real_texts: list[str], flash_attn: bool
-) -> None:
+def assert_chat_bit_identical(model: Path, guard_path: Path, prompt: str, texts: list[str], flash_attn: bool) -> None:
     """Greedy chat through our chat path, with guard calls interleaved after every token, gives the very
     token ids and logits of stock llama-cpp-python with no adapter on the same model and prompt."""
     import llama_cpp
 
-    prompt = "Once upon a time, there was a little dog named"
-    llm = llama_cpp.Llama(model_path=str(stories_gguf), n_ctx=512, n_batch=512, n_ubatch=512, n_threads=1,
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=512, n_batch=512, n_ubatch=512, n_threads=1,
                           n_threads_batch=1, flash_attn=flash_attn, verbose=False)
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     llm.eval(tokens)
@@ -179,22 +175,40 @@ def test_chat_path_is_bit_identical_to_stock_llama_cpp(
         stock_ids.append(token)
         llm.eval([token])
 
-    with Guard(stories_gguf, stories_guard, n_threads=1, chat_n_ctx=512, chat_flash_attn=flash_attn) as g:
+    with Guard(model, guard_path, n_threads=1, chat_n_ctx=512, chat_flash_attn=flash_attn) as g:
         ours_ids: list[int] = []
         ours_logits: list[np.ndarray] = []
-        guard_scores = g.logits(real_texts[:2])
+        guard_scores = g.logits(texts)
 
         def on_token(token: int, _piece: bytes, logits: np.ndarray | None) -> bool:
             ours_ids.append(token)
             ours_logits.append(logits)
-            assert np.array_equal(g.logits(real_texts[:2]), guard_scores)  # the guard, interleaved
+            assert np.array_equal(g.logits(texts), guard_scores)  # the guard, interleaved
             return True
 
         g._chat_path().generate(prompt, 24, 0.0, 40, 0.95, 0, [], on_token, True)
-        assert np.array_equal(g.chat_logits(tokens), np.array(stock_logits[0]))
-    assert ours_ids == stock_ids
-    for ours, stock in zip(ours_logits, stock_logits, strict=True):
+        assert np.array_equal(g.chat_logits(tokens), stock_logits[0])
+    assert ours_ids == stock_ids[: len(ours_ids)] and ours_ids
+    for ours, stock in zip(ours_logits, stock_logits, strict=False):
         assert np.array_equal(ours, stock)
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_chat_path_is_bit_identical_to_stock_llama_cpp(
+    stories_gguf: Path, stories_guard: Path, real_texts: list[str], flash_attn: bool
+) -> None:
+    assert_chat_bit_identical(stories_gguf, stories_guard, "Once upon a time, there was a little dog named",
+                              real_texts[:2], flash_attn)
+
+
+def test_chat_path_is_bit_identical_on_a_random_init_model(tiny_base, tmp_path: Path, real_texts: list[str]) -> None:
+    from loraguard_convert.guard import convert_guard
+    from tiny_models import build_tiny_guard_checkpoint
+
+    base = tiny_base("qwen2")
+    ckpt = build_tiny_guard_checkpoint(base.hf_dir, tmp_path / "ckpt", targets="qv", base_gguf=base.gguf)
+    guard_path = convert_guard(ckpt, tmp_path / "guard.gguf")
+    assert_chat_bit_identical(base.gguf, guard_path, "The weather today is", real_texts[:2], flash_attn=False)
 
 
 def test_generate_and_stream(guard: Guard) -> None:
