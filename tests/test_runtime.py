@@ -413,3 +413,38 @@ def test_cli_chat_json(stories_gguf: Path, stories_guard: Path, tmp_path: Path) 
     assert set(turn["response_verdict"]["scores"]) == set(turn["prompt_verdict"]["scores"])
     with Guard(stories_gguf, lenient, chat_n_ctx=512) as g:
         assert turn["response"] == g.chat([("user", "Once upon a time")], max_tokens=12)
+
+
+@pytest.mark.parametrize("overflow", ["keep_end", "windows"])
+def test_text_of_control_tokens_past_the_context(
+    stories_gguf: Path, stories_guard: Path, tmp_path: Path, overflow: str
+) -> None:
+    """With parse_special, text can be all control tokens: more than a window can frame, and no crash."""
+    special = edit_gguf(stories_guard, tmp_path / "special.gguf",
+                        keys=[("loraguard.template.parse_special", True, GGUFValueType.BOOL)])
+    with Guard(stories_gguf, special, n_threads=1, n_ctx=16, overflow=overflow) as g:  # type: ignore[arg-type]
+        assert len(g.tokenize("<s>" * 100)) > 100
+        assert np.isfinite(g.logits(["<s>" * 100, "</s>" * 40 + "end"])).all()
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"n_seq_max": 0}, "n_seq_max must be between"),
+        ({"n_seq_max": 100_000}, "n_seq_max must be between"),
+        ({"n_threads": 100_000}, "more than llama.cpp supports"),
+        ({"n_ctx": 3}, "too small"),
+        ({"overflow": "truncate"}, "overflow must be one of"),
+    ],
+)
+def test_bad_guard_params_are_errors_not_crashes(
+    stories_gguf: Path, stories_guard: Path, params: dict[str, object], match: str
+) -> None:
+    """llama.cpp asserts or crashes on some of these (n_seq_max > n_ctx, thousands of threads); we refuse them."""
+    with pytest.raises(InvalidInputError, match=match):
+        Guard(stories_gguf, stories_guard, **params)  # type: ignore[arg-type]
+
+
+def test_guard_context_smaller_than_n_seq_max(stories_gguf: Path, stories_guard: Path, real_texts: list[str]) -> None:
+    with Guard(stories_gguf, stories_guard, n_threads=1, n_ctx=16, n_seq_max=64) as g:
+        assert np.isfinite(g.logits(real_texts[:4])).all()

@@ -61,7 +61,7 @@ lg_chat::lg_chat(lg_model & model_, const lg_chat_params & params_) : model(mode
     if (params.n_ubatch > 0) {
         cparams.n_ubatch = params.n_ubatch;
     }
-    const int n_threads = params.n_threads > 0 ? params.n_threads : lg::default_n_threads();
+    const int n_threads = lg::resolve_n_threads(params.n_threads);
     cparams.n_threads = n_threads;
     cparams.n_threads_batch = n_threads;
     cparams.no_perf = true;

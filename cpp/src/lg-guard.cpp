@@ -43,8 +43,10 @@ enum llama_pooling_type llama_pooling(lg::pooling p) {
 
 lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_params & params_)
     : model(model_), spec(lg::read_guard_file(path, model_)), params(params_) {
-    if (params.n_seq_max == 0) {
-        lg::fail(LG_ERR_INVALID_ARGUMENT, "n_seq_max must be at least 1");
+    if (params.n_seq_max == 0 || params.n_seq_max > llama_max_parallel_sequences()) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, "n_seq_max must be between 1 and " +
+                                              std::to_string(llama_max_parallel_sequences()) + ", got " +
+                                              std::to_string(params.n_seq_max));
     }
     n_ctx = params.n_ctx == 0 ? 512 : params.n_ctx;
     if (model.n_ctx_train > 0) {
@@ -54,18 +56,20 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
         lg::fail(LG_ERR_INVALID_ARGUMENT, "n_ctx " + std::to_string(n_ctx) + " is too small for a guard (at least 8)");
     }
 
+    const int n_threads = lg::resolve_n_threads(params.n_threads);
+
     adapter = llama_adapter_lora_init(model.model, path.c_str());
     if (!adapter) {
         lg::fail(LG_ERR_FORMAT, "llama.cpp could not load the LoRA tensors of guard " + path +
                                     " (truncated or corrupt tensor data)");
     }
 
-    const int n_threads = params.n_threads > 0 ? params.n_threads : lg::default_n_threads();
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx = n_ctx;
     cparams.n_batch = n_ctx;
     cparams.n_ubatch = n_ctx;  // one ubatch per decode: encoders need it, and captured rows stay in batch order
-    cparams.n_seq_max = params.n_seq_max;
+    // More sequences than tokens cannot share a decode, and llama.cpp asserts (aborts) on that configuration.
+    cparams.n_seq_max = std::min(params.n_seq_max, n_ctx);
     cparams.kv_unified = true;  // one stream: llama.cpp then splits batches in order (split_simple)
     cparams.n_threads = n_threads;
     cparams.n_threads_batch = n_threads;
@@ -150,6 +154,10 @@ std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n
         size_t tail = 0;
         while (tail < tokens.size() - head && llama_vocab_is_control(model.vocab, tokens[tokens.size() - 1 - tail])) {
             ++tail;
+        }
+        if (head + tail > n_ctx / 2) {
+            // Only control tokens could get here in such numbers (text with parse_special): no frame to keep.
+            head = tail = 0;
         }
         const size_t width = n_ctx - head - tail;
         const size_t content = tokens.size() - head - tail;

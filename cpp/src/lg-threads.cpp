@@ -1,8 +1,12 @@
 #include "lg-threads.h"
 
+#include "ggml.h"
+#include "lg-error.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string>
 #include <thread>
 
 #if defined(__linux__)
@@ -28,6 +32,21 @@ int default_n_threads() {
     }
 #endif
     return cores;
+}
+
+}  // namespace lg
+
+namespace lg {
+
+int resolve_n_threads(int requested) {
+    if (requested <= 0) {
+        return default_n_threads();
+    }
+    if (requested > GGML_MAX_N_THREADS) {
+        fail(LG_ERR_INVALID_ARGUMENT, "n_threads " + std::to_string(requested) + " is more than llama.cpp supports (" +
+                                          std::to_string(GGML_MAX_N_THREADS) + ")");
+    }
+    return requested;
 }
 
 }  // namespace lg

@@ -6,4 +6,8 @@ namespace lg {
 // processes keep busy (two threads sharing one free core run slower than one).
 int default_n_threads();
 
+// The thread count for a call: default_n_threads() for requested <= 0; fails with LG_ERR_INVALID_ARGUMENT past
+// ggml's limit (GGML_MAX_N_THREADS), where ggml would crash.
+int resolve_n_threads(int requested);
+
 }  // namespace lg

@@ -119,7 +119,7 @@ lg_status lg_quantize(const char * input_path, const char * output_path, const c
         const std::filesystem::path tmp = lg::temp_path_beside(out);
         llama_model_quantize_params qp = llama_model_quantize_default_params();
         qp.ftype = *ftype;
-        qp.nthread = n_threads > 0 ? n_threads : lg::default_n_threads();
+        qp.nthread = lg::resolve_n_threads(n_threads);
         qp.allow_requantize = true;
         const uint32_t rc = llama_model_quantize(input_path, tmp.string().c_str(), &qp);
         std::error_code ec;
