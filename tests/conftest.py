@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -62,27 +64,18 @@ def stories_guard(tmp_path_factory: pytest.TempPathFactory, stories_hf: Path, st
     return convert_guard(ckpt, out / "guard.gguf", base_gguf=stories_gguf)
 
 
-class TinyBase:
-    """A tiny random-init HF model of one architecture (real tokenizer) and its F32 GGUF, built once a session."""
+class TinyBase(NamedTuple):
+    """A tiny random-init HF model of one architecture (real tokenizer) and its F32 GGUF."""
 
-    def __init__(self, arch: str, root: Path) -> None:
-        from loraguard_convert.base import convert_base
-        from tiny_models import build_tiny_model
-
-        self.arch = arch
-        self.hf_dir = build_tiny_model(arch, root / arch)
-        self.gguf = convert_base(self.hf_dir, root / f"{arch}-f32.gguf", outtype="f32")
+    arch: str
+    hf_dir: Path
+    gguf: Path
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory):
+def tiny_base() -> Callable[[str], TinyBase]:
+    """Builds each architecture once per process (tiny_models caches it for every test module)."""
     pytest.importorskip("transformers")
-    root = tmp_path_factory.mktemp("tiny-bases")
-    cache: dict[str, TinyBase] = {}
+    from tiny_models import cached_tiny_gguf, cached_tiny_model
 
-    def get(arch: str) -> TinyBase:
-        if arch not in cache:
-            cache[arch] = TinyBase(arch, root)
-        return cache[arch]
-
-    return get
+    return lambda arch: TinyBase(arch, cached_tiny_model(arch), cached_tiny_gguf(arch))

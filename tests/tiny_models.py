@@ -8,19 +8,19 @@ are real vocabularies (never synthetic ones) because tokenizer parity is half of
 Plain functions, usable from fixtures or scripts:
     build_tiny_model(arch, out_dir) -> Path
     build_tiny_guard_checkpoint(model_dir, out_dir, targets="all" | "qv", seed=0) -> Path
-    convert_to_gguf(model_dir, out_file) -> Path
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import functools
 import importlib.util
 import json
 import shutil
-import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,15 @@ try:
 except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 
-from loraguard_train import GuardModel, base_info_from_model, encode, load_backbone, load_tokenizer, save_checkpoint
+from loraguard_train import (
+    DEFAULT_RANK,
+    GuardModel,
+    base_info_from_model,
+    encode,
+    load_backbone,
+    load_tokenizer,
+    save_checkpoint,
+)
 from loraguard_train.model import DEFAULT_TEMPLATE_PAIR, DEFAULT_TEMPLATE_PROMPT
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -345,9 +353,10 @@ def _config(arch: str, tok: dict[str, Any]) -> transformers.PretrainedConfig:
         return transformers.Gemma3TextConfig(
             **common,
             **tok,
-            head_dim=32,
-            # llama.cpp scales queries by 1/sqrt(head_dim) for every Gemma 3 size but the 27B
-            query_pre_attn_scalar=32,
+            # as in every Gemma 3 size but the 27B: llama.cpp scales queries by 1/sqrt(head_dim), and
+            # transformers' GGUF reader assumes query_pre_attn_scalar = 256
+            head_dim=256,
+            query_pre_attn_scalar=256,
             sliding_window=8,
             layer_types=_gemma3_layer_types(common["num_hidden_layers"]),
             architectures=["Gemma3ForCausalLM"],
@@ -383,6 +392,17 @@ _TOKENIZERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "phi3": _gguf_spm_tokenizer(lambda: _vocab_gguf("phi-3"), n_pieces=32000),
     "bert": _minilm_tokenizer,
 }
+
+# llama.cpp vocab files that hold a SentencePiece model; the others are byte-level BPE
+_SPM_VOCABS = frozenset({"llama-spm", "phi-3"})
+
+
+def write_llama_cpp_tokenizer(vocab: str, out_dir: str | Path) -> dict[str, Any]:
+    """Write the real tokenizer of the pinned llama.cpp's models/ggml-vocab-{vocab}.gguf into out_dir, for models
+    whose config is built elsewhere (bench/ builds realistic shapes); return vocab_size and special token ids."""
+    setup = _gguf_spm_tokenizer(lambda: _vocab_gguf(vocab)) if vocab in _SPM_VOCABS else _gguf_bpe_tokenizer(vocab)
+    return setup(Path(out_dir))
+
 
 TOKENIZER_SOURCES = {
     "llama": "stories260K (shared/models: hf tokenizer.json, tokenizer.model rebuilt from its GGUF; 512 pieces)",
@@ -432,21 +452,26 @@ def build_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
 # conversion through the pinned llama.cpp
 
 
-def convert_to_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f32") -> Path:
-    """Run the pinned llama.cpp's convert_hf_to_gguf.py on a model directory."""
-    script = llama_cpp_tree() / "convert_hf_to_gguf.py"
-    out = Path(out_file)
-    result = subprocess.run(
-        [sys.executable, str(script), str(model_dir), "--outfile", str(out), "--outtype", outtype],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0 or not out.is_file():
-        raise RuntimeError(
-            f"convert_hf_to_gguf.py failed on {model_dir} ({result.returncode}):\n{result.stderr[-4000:]}"
-        )
-    return out
+@functools.cache
+def _shared_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="loraguard-tiny-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+@functools.cache
+def cached_tiny_model(arch: str) -> Path:
+    """build_tiny_model(arch) once per process (in a temp dir removed at exit), for fixtures of several test
+    modules to share: building and converting all architectures takes a minute or two."""
+    return build_tiny_model(arch, _shared_root() / arch)
+
+
+@functools.cache
+def cached_tiny_gguf(arch: str) -> Path:
+    """The F32 GGUF of cached_tiny_model(arch), converted once per process."""
+    from loraguard_convert.base import convert_base
+
+    return convert_base(cached_tiny_model(arch), _shared_root() / f"{arch}-f32.gguf", outtype="f32")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -466,9 +491,10 @@ def build_tiny_guard_checkpoint(
     targets: str = "all",
     seed: int = 0,
     base_gguf: str | Path | None = None,
+    rank: int = DEFAULT_RANK,
 ) -> Path:
-    """A guard checkpoint on a tiny model: non-zero random LoRA (all linear projections, or the paper's q/v) and
-    a random head scaled so logits have a standard deviation of about 5 on a few texts.
+    """A guard checkpoint on a tiny model: non-zero random LoRA of `rank` (all linear projections, or the paper's
+    q/v) and a random head scaled so logits have a standard deviation of about 5 on a few texts.
 
     With `base_gguf`, the checkpoint records that base's fingerprint (computed by loraguard_convert).
     """
@@ -476,7 +502,9 @@ def build_tiny_guard_checkpoint(
         raise ValueError(f"targets must be 'all' or 'qv', got {targets!r}")
     torch.manual_seed(seed)
     backbone = load_backbone(model_dir)
-    model = GuardModel(backbone, n_labels=len(GUARD_LABELS), target_modules="all-linear" if targets == "all" else None)
+    model = GuardModel(
+        backbone, n_labels=len(GUARD_LABELS), r=rank, target_modules="all-linear" if targets == "all" else None
+    )
     generator = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
         for name, param in model.peft.named_parameters():
@@ -529,8 +557,8 @@ def ggml_cpu_gelu(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, every GELU activation of `model` rounds like llama.cpp's CPU backend.
 
     HF's exact GELU (BERT) or fp32 tanh GELU (Gemma) differs from it by up to ~2e-3 in the final hidden state;
-    with this the difference drops to ~1e-5 (BERT) / ~3e-4 (Gemma 3), so parity tests can tell such rounding
-    apart from real bugs. Other backends (CUDA, Metal) compute GELU in fp32 and need no emulation.
+    with this the difference drops to ~2e-5 (BERT mean pooling) and below ~1e-3 (Gemma 3), so parity tests can
+    tell such rounding apart from real bugs. GPU backends compute GELU in fp32 and need no emulation.
     """
     swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     for module in model.modules():
