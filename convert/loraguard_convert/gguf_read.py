@@ -1,6 +1,7 @@
 """Typed, error-checked access to GGUF key/values through the PyPI `gguf` package's reader."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -99,6 +100,18 @@ class GgufFile:
             return np.zeros(0, dtype=np.float32)
         # Readers differ in whether an array is one part or one part per element; concatenating covers both.
         return np.concatenate([np.asarray(field.parts[i]).reshape(-1) for i in field.data]).astype(np.float32)
+
+
+def field_value(field: ReaderField) -> Any:
+    """A key/value as GGUFWriter takes it back; strings stay bytes so that nothing is re-encoded."""
+    main_type = field.types[0]
+    if main_type == GGUFValueType.ARRAY:
+        if field.types[-1] == GGUFValueType.STRING:
+            return [field.parts[i].tobytes() for i in field.data]
+        return [v for i in field.data for v in field.parts[i].tolist()]
+    if main_type == GGUFValueType.STRING:
+        return field.parts[-1].tobytes()
+    return field.parts[-1].tolist()[0]
 
 
 def _type_name(field: ReaderField) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType, GGUFWriter, ReaderField
+from gguf import GGUFValueType, GGUFWriter
 from tqdm import tqdm
 
 from . import keys
@@ -20,7 +20,7 @@ from .atomic import atomic_output, check_output_path
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_CONFIG, GUARD_CONFIG, Checkpoint, load_checkpoint
 from .errors import ConvertError
 from .fingerprint import describe, fingerprint_of
-from .gguf_read import GgufFile
+from .gguf_read import GgufFile, field_value
 from .llama_cpp_source import converter_script
 from .subproc import run_converter
 
@@ -144,18 +144,6 @@ def _check_converted(lora: GgufFile, ckpt: Checkpoint, base: _Base) -> None:
         )
 
 
-def _field_value(field: ReaderField) -> Any:
-    """A key/value as GGUFWriter takes it back; strings stay bytes so that nothing is re-encoded."""
-    main_type = field.types[0]
-    if main_type == GGUFValueType.ARRAY:
-        if field.types[-1] == GGUFValueType.STRING:
-            return [field.parts[i].tobytes() for i in field.data]
-        return [v for i in field.data for v in field.parts[i].tolist()]
-    if main_type == GGUFValueType.STRING:
-        return field.parts[-1].tobytes()
-    return field.parts[-1].tolist()[0]
-
-
 def _write_guard(lora: GgufFile, ckpt: Checkpoint, base: _Base, path: Path) -> None:
     guard = ckpt.guard
     writer = GGUFWriter(path, base.architecture)
@@ -170,7 +158,7 @@ def _write_guard(lora: GgufFile, ckpt: Checkpoint, base: _Base, path: Path) -> N
             if len(field.types) > 2:
                 raise ConvertError(f"convert_lora_to_gguf.py wrote a nested array {key}, which cannot be copied")
             sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
-            writer.add_key_value(key, _field_value(field), field.types[0], sub_type=sub_type)
+            writer.add_key_value(key, field_value(field), field.types[0], sub_type=sub_type)
 
         f32_array = (GGUFValueType.ARRAY, GGUFValueType.FLOAT32)
         guard_kvs: list[tuple[str, Any, GGUFValueType, GGUFValueType | None]] = [

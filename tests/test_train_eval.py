@@ -1,0 +1,451 @@
+"""loraguard-train and loraguard-eval end to end, and the data loaders and metrics under them.
+
+Real data only (../shared/data): the loaders are checked on the real files, and both end-to-end runs train a
+few steps on real ToxicChat rows, convert, and score through the native runtime. The tiny random-init Llama
+(stories260K's tokenizer) covers decoders and resuming; all-MiniLM-L6-v2 covers encoders and calibration.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+try:
+    import torch
+    from gguf import GGUFReader
+
+    from loraguard_train.cli import eval_main, train_main
+    from loraguard_train.data import (
+        OPENAI_CATEGORIES,
+        Columns,
+        DataError,
+        load_dataset,
+        only_label,
+        sample,
+        split_dataset,
+    )
+    from loraguard_train.inputs import keep_end
+    from loraguard_train.metrics import average_precision, best_f1_threshold, label_metrics, roc_auc
+except ImportError as e:
+    pytest.skip(f"training dependencies missing ({e}); pip install -e '.[train,dev]'", allow_module_level=True)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = SHARED / "data"
+TOXICCHAT = DATA / "toxicchat0124_train_human_annotated.jsonl"
+OPENAI = DATA / "openai_moderation_test.jsonl"
+OPENAI_RAW = DATA / "raw" / "openai_moderation" / "samples-1680.jsonl.gz"
+BEAVERTAILS = DATA / "beavertails_30k_test.jsonl"
+XSTEST = DATA / "xstest_prompts.jsonl"
+
+ABSENT = f"{DATA} is absent (the shared data checkout beside the repo)"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=ABSENT)
+
+# what `loraguard-eval --json` promises per data set and per label (docs/training.md)
+DATASET_FIELDS = {"name", "rows", "seconds", "texts_per_s", "safe_rows", "safe_flag_rate", "labels"}
+LABEL_FIELDS = {"n", "n_pos", "auprc", "roc_auc", "threshold", "precision", "recall", "f1", "fpr"}
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loaders on the real files
+
+
+@needs_data
+def test_every_shared_file_loads() -> None:
+    files = sorted(DATA.glob("*.jsonl"))
+    assert len(files) >= 15
+    for path in files:
+        ds = load_dataset(path)
+        assert len(ds) > 0 and ds.labels[0] == "unsafe", path
+
+
+@needs_data
+def test_toxicchat_jsonl() -> None:
+    ds = load_dataset(TOXICCHAT, target="prompt")
+    assert len(ds) == 2801 and ds.labels == ["unsafe", "jailbreaking"]
+    y = ds.targets(ds.labels)
+    assert int(y[:, 0].sum()) == 384 and int(y[:, 1].sum()) == 113 and not np.isnan(y).any()
+    assert ds.responses is None
+
+
+@needs_data
+def test_openai_moderation_jsonl_and_original_release_agree() -> None:
+    shared = load_dataset(OPENAI)
+    raw = load_dataset(OPENAI_RAW)
+    assert len(shared) == len(raw) == 1680
+    assert shared.prompts == raw.prompts
+    assert [dict(r.labels) for r in shared.records] == [dict(r.labels) for r in raw.records]
+    assert shared.labels[0] == "unsafe" and set(shared.labels[1:]) == set(OPENAI_CATEGORIES.values())
+    y = shared.targets(["unsafe", "hate", "sexual/minors"])
+    assert int(y[:, 0].sum()) == 522
+    # a category missing from a row is unknown, not safe
+    assert int(np.isnan(y[:, 1]).sum()) == 1680 - 771 and int(np.isnan(y[:, 2]).sum()) == 1680 - 994
+
+
+@needs_data
+def test_beavertails_targets() -> None:
+    pair = load_dataset(BEAVERTAILS)
+    assert len(pair) == 3021 and all(r.response for r in pair.records)
+    assert len(pair.labels) == 15 and "animal_abuse" in pair.labels
+    assert int(pair.targets(["unsafe"]).sum()) == 1733
+    response_only = load_dataset(BEAVERTAILS, target="response")
+    assert response_only.prompts == [r.response for r in pair.records] and response_only.responses is None
+    with pytest.raises(DataError, match=r"labels judge the response.*--target pair"):
+        load_dataset(BEAVERTAILS, target="prompt")
+    with pytest.raises(DataError, match="no response to judge"):
+        load_dataset(XSTEST, target="response")
+
+
+@needs_data
+def test_original_release_formats(tmp_path: Path) -> None:
+    """ToxicChat's CSV, BeaverTails' JSONL and a generic CSV, written from real rows, read like the shared files."""
+    rows = _jsonl(TOXICCHAT)[:50]
+    toxicchat_csv = tmp_path / "toxicchat.csv"
+    with toxicchat_csv.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(
+            f,
+            [
+                "conv_id",
+                "user_input",
+                "model_output",
+                "human_annotation",
+                "toxicity",
+                "jailbreaking",
+                "openai_moderation",
+            ],
+        )
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {
+                    "conv_id": r["extra"]["conv_id"],
+                    "user_input": r["text"],
+                    "model_output": "ok",
+                    "human_annotation": "True",
+                    "toxicity": r["label"],
+                    "jailbreaking": r["extra"]["jailbreaking"],
+                    "openai_moderation": "[]",
+                }
+            )
+    expected = load_dataset(TOXICCHAT)
+    got = load_dataset(toxicchat_csv)
+    assert got.prompts == expected.prompts[:50]
+    assert [dict(r.labels) for r in got.records] == [dict(r.labels) for r in expected.records[:50]]
+
+    bt_rows = _jsonl(BEAVERTAILS)[:40]
+    bt_file = tmp_path / "beavertails.jsonl.gz"
+    with gzip.open(bt_file, "wt", encoding="utf-8") as f:
+        for r in bt_rows:
+            original = {
+                "prompt": r["text"],
+                "response": r["response"],
+                "category": r["extra"]["category"],
+                "is_safe": not r["label"],
+            }
+            f.write(json.dumps(original) + "\n")
+    got = load_dataset(bt_file)
+    expected = load_dataset(BEAVERTAILS)
+    assert got.responses == expected.responses[:40]
+    assert [dict(r.labels) for r in got.records] == [dict(r.labels) for r in expected.records[:40]]
+
+    generic = tmp_path / "generic.tsv"
+    with generic.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["body", "toxic", "jb"])
+        for r in rows:
+            writer.writerow([r["text"], "yes" if r["label"] else "no", ""])
+    got = load_dataset(generic, columns=Columns("body", ["toxic", "jb:jailbreak"]))
+    assert got.prompts == [r["text"] for r in rows] and got.labels == ["unsafe"]
+    assert [r.labels for r in got.records] == [{"unsafe": r["label"], "jailbreak": None} for r in rows]
+
+
+def test_bad_input_errors(tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\nhello,0\nkill,1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"no column 'toxicity'.*columns are \['label', 'text'\]"):
+        load_dataset(data, columns=Columns("text", ["toxicity"]))
+    with pytest.raises(DataError, match="cannot tell the format"):
+        load_dataset(data)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(DataError, match="empty"):
+        load_dataset(empty)
+    bad_value = tmp_path / "bad.csv"
+    bad_value.write_text("text,label\nhello,0\nkill,maybe\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.csv:3: column 'label' must be 0/1"):
+        load_dataset(bad_value, columns=Columns("text", ["label"]))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a", "label": 0, "label_target": "prompt"}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken\.jsonl:2: not valid JSON"):
+        load_dataset(broken)
+    parquet = tmp_path / "x.parquet"
+    parquet.write_bytes(b"PAR1")
+    with pytest.raises(DataError, match="unknown file type"):
+        load_dataset(parquet)
+
+
+@needs_data
+def test_split_sample_and_filter() -> None:
+    ds = load_dataset(TOXICCHAT)
+    train, dev = split_dataset(ds, 0.2, seed=0)
+    train2, dev2 = split_dataset(ds, 0.2, seed=0)
+    assert dev.prompts == dev2.prompts and train.prompts == train2.prompts
+    assert len(train) + len(dev) == len(ds) and len(dev) == 560
+    # stratified: the dev split keeps the file's share of toxic rows
+    assert int(dev.targets(["unsafe"]).sum()) == round(384 * 0.2)
+    assert {id(r) for r in train.records}.isdisjoint(id(r) for r in dev.records)
+    assert split_dataset(ds, 0.2, seed=1)[1].prompts != dev.prompts
+    assert sample(ds, 100, seed=3).prompts == sample(ds, 100, seed=3).prompts and len(sample(ds, 100, 3)) == 100
+    safe = only_label(load_dataset(XSTEST), "unsafe", 0)
+    assert len(safe) == 250
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics and input cutting
+
+
+def test_metrics_match_scikit_learn() -> None:
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        n = int(rng.integers(5, 80))
+        y = rng.integers(0, 2, n).astype(np.float32)
+        y[0], y[1] = 0, 1
+        scores = np.round(rng.random(n), 1 if trial % 2 else 6)  # coarse scores: many ties
+        assert average_precision(y, scores) == pytest.approx(sklearn_metrics.average_precision_score(y, scores))
+        assert roc_auc(y, scores) == pytest.approx(sklearn_metrics.roc_auc_score(y, scores))
+        best = best_f1_threshold(y, scores)
+        assert best is not None
+        assert sklearn_metrics.f1_score(y, scores >= best[0]) == pytest.approx(best[1])
+        precision, recall, _ = sklearn_metrics.precision_recall_curve(y, scores)
+        assert best[1] == pytest.approx(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12)))
+    # unknown labels (NaN) are left out; one class only gives no ranking metric
+    m = label_metrics(np.array([1, 0, np.nan, 0], dtype=np.float32), np.array([0.9, 0.2, 0.99, 0.6]), 0.5)
+    assert (m.n, m.n_pos, m.auprc, m.precision, m.recall, m.fpr) == (3, 1, 1.0, 0.5, 1.0, 0.5)
+    assert label_metrics(np.zeros(3, dtype=np.float32), np.array([0.1, 0.7, 0.2]), 0.5).auprc is None
+
+
+def test_keep_end_keeps_special_tokens() -> None:
+    special = frozenset({101, 102})
+    assert keep_end([101, 1, 2, 3, 4, 5, 102], 5, special) == [101, 3, 4, 5, 102]
+    assert keep_end([1, 2, 3], 5, special) == [1, 2, 3]
+    assert keep_end([1, 2, 3, 4], 2, special) == [3, 4]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end
+
+
+def _train(args: list[str]) -> None:
+    assert train_main([*args, "-q"]) == 0
+
+
+def _eval(args: list[str], out: Path) -> dict[str, Any]:
+    assert eval_main([*args, "--json-out", str(out), "-q"]) == 0
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def _check_report(report: dict[str, Any], labels: list[str]) -> None:
+    assert report["labels"] == labels
+    for d in report["datasets"]:
+        assert set(d) >= DATASET_FIELDS and d["texts_per_s"] > 0
+        for m in d["labels"].values():
+            assert set(m) == LABEL_FIELDS
+
+
+def _head(run: Path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    return load_file(str(run / "checkpoint" / "head.safetensors"))["weight"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not DATA.is_dir():
+        pytest.skip(ABSENT)
+    from tiny_models import MissingSource, build_tiny_model
+
+    try:
+        return build_tiny_model("llama", tmp_path_factory.mktemp("tiny") / "llama")
+    except MissingSource as e:
+        pytest.skip(str(e))
+
+
+TINY_ARGS = [
+    "--train",
+    str(TOXICCHAT),
+    "--limit",
+    "200",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--max-length",
+    "48",
+    "--base-outtype",
+    "f32",
+    "--target",
+    "prompt",
+]
+
+
+@needs_data
+def test_decoder_train_resume_eval(tiny_llama: Path, tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    _train(["--base", str(tiny_llama), "--out", str(straight), *TINY_ARGS, "--max-steps", "12"])
+    record = json.loads((straight / "train.json").read_text(encoding="utf-8"))
+    assert record["labels"] == ["unsafe", "jailbreaking"] and record["steps"] == 12
+    # 160 training rows in batches of 16: epoch 1 is 10 steps and was evaluated on the dev split
+    assert [h["epoch"] for h in record["history"]] == [1]
+    assert record["fingerprint"].startswith("fnv1a64:") and (straight / "guard.gguf").is_file()
+
+    # stopped mid-epoch, then resumed: the same weights as the run that never stopped (the base GGUF is given,
+    # which also covers that path and saves converting it again)
+    resumed = tmp_path / "resumed"
+    given = ["--base", str(tiny_llama), "--base-gguf", str(straight / "base-f32.gguf"), "--out", str(resumed)]
+    _train([*given, *TINY_ARGS, "--max-steps", "7"])
+    _train([*given, *TINY_ARGS, "--max-steps", "12", "--resume"])
+    assert not (resumed / "base-f32.gguf").exists()
+    np.testing.assert_array_equal(_head(resumed), _head(straight))
+    assert json.loads((resumed / "train.json").read_text(encoding="utf-8"))["steps"] == 12
+
+    report = _eval(
+        [
+            "-m",
+            str(straight / "base-f32.gguf"),
+            "-g",
+            str(straight / "guard.gguf"),
+            str(TOXICCHAT),
+            "--limit",
+            "200",
+            "--split",
+            "dev",
+            "--target",
+            "prompt",
+            "--reference",
+            str(straight / "checkpoint"),
+        ],
+        tmp_path / "eval.json",
+    )
+    _check_report(report, ["unsafe", "jailbreaking"])
+    (d,) = report["datasets"]
+    # the rows training held out, found again from the same file, limit, fraction and seed
+    assert d["rows"] == 40 and record["dev_rows"] == {d["name"]: 40}
+    assert d["labels"]["unsafe"]["n_pos"] == record["dev"][d["name"]]["unsafe"]["n_pos"] == 5
+    assert d["reference"]["max_abs_prob_diff"] < 2e-3
+    for label, m in d["labels"].items():
+        assert m["auprc"] == pytest.approx(d["reference"]["labels"][label]["auprc"], abs=0.005)
+
+
+@needs_data
+def test_encoder_train_eval_calibrate(tmp_path: Path) -> None:
+    from loraguard_cpp import Guard
+    from tiny_models import MissingSource, minilm_dir
+
+    try:
+        base = minilm_dir()
+    except MissingSource as e:
+        pytest.skip(str(e))
+    run = tmp_path / "run"
+    _train(
+        [
+            "--base",
+            str(base),
+            "--out",
+            str(run),
+            "--train",
+            str(TOXICCHAT),
+            "--limit",
+            "160",
+            "--labels",
+            "unsafe",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "16",
+            "--max-length",
+            "48",
+            "--base-outtype",
+            "f32",
+        ]
+    )
+    guard_file, base_gguf = run / "guard.gguf", run / "base-f32.gguf"
+    before = GGUFReader(guard_file)
+    kv_before = {k: f.contents() for k, f in before.fields.items() if not k.startswith("GGUF.")}
+    tensors_before = {t.name: np.array(t.data) for t in before.tensors}
+    del before
+
+    args = ["-m", str(base_gguf), "-g", str(guard_file), str(TOXICCHAT), "--limit", "160", "--split", "dev"]
+    report = _eval([*args, "--calibrate", "--plot", str(tmp_path / "pr.png")], tmp_path / "eval.json")
+    _check_report(report, ["unsafe"])
+    assert (tmp_path / "pr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    calibrated = report["thresholds"]["unsafe"]
+    assert report["calibration"]["previous"] == {"unsafe": 0.5} and 0.0 < calibrated < 1.0
+    with Guard(base_gguf, guard_file) as guard:
+        assert guard.thresholds.tolist() == pytest.approx([calibrated])
+    after = GGUFReader(guard_file)
+    kv_after = {k: f.contents() for k, f in after.fields.items() if not k.startswith("GGUF.")}
+    assert kv_after.pop("loraguard.thresholds") == pytest.approx([calibrated])
+    kv_before.pop("loraguard.thresholds")
+    assert kv_after == kv_before
+    assert {t.name: np.array(t.data) for t in after.tensors}.keys() == tensors_before.keys()
+    for t in after.tensors:
+        np.testing.assert_array_equal(np.array(t.data), tensors_before[t.name])
+
+    # XSTest's safe prompts: no positives, so only over-flagging is measured
+    xs = _eval(["-m", str(base_gguf), "-g", str(guard_file), str(XSTEST)], tmp_path / "xs.json")["datasets"][0]
+    assert xs["safe_rows"] == 250 and 0.0 <= xs["safe_flag_rate"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# user mistakes: one line, exit 2
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+
+
+@needs_data
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}", encoding="utf-8")
+    common = ["--base", str(base), "--out", str(tmp_path / "out")]
+    code = train_main([*common, "--train", str(TOXICCHAT), "--text-column", "text", "--label-column", "toxicity"])
+    _one_line_error(capsys, code, r"no column 'toxicity'")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    _one_line_error(capsys, train_main([*common, "--train", str(empty)]), "the data set is empty")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('base = "base"\nout = "out"\nlearning_rate = 1\n', encoding="utf-8")
+    _one_line_error(capsys, train_main(["--config", str(recipe)]), "unknown key 'learning_rate'")
+    recipe.write_text('base = "base"\nout = "out"\nepochs = "3"\n[[train]]\npath = "x.jsonl"\n', encoding="utf-8")
+    _one_line_error(capsys, train_main(["--config", str(recipe)]), "epochs must be int")
+    _one_line_error(capsys, train_main([*common, "--train", str(TOXICCHAT), "--resume"]), "nothing to resume")
+    _one_line_error(capsys, train_main(["--train", str(TOXICCHAT)]), "need a base model")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--epochs", "x"])
+    _one_line_error(capsys, int(exit_info.value.code or 0), "invalid int value")
+    missing = tmp_path / "missing.gguf"
+    code = eval_main(["-m", str(missing), "-g", str(missing), str(empty)])
+    _one_line_error(capsys, code, "the data set is empty")
+
+
+def test_cpu_trains_in_fp32() -> None:
+    from loraguard_train.config import TrainConfig
+    from loraguard_train.train import _amp_dtype
+
+    assert _amp_dtype(TrainConfig(base=".", out=Path("."), train=[]), torch.device("cpu")) is None

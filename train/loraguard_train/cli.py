@@ -1,0 +1,300 @@
+"""Command lines: `loraguard-train` and `loraguard-eval`. User mistakes exit 2 with one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+from transformers.utils import logging
+
+from loraguard_convert import ConvertError, set_thresholds
+from loraguard_cpp import Guard, LoraGuardError
+from loraguard_train.config import ConfigError, DataSpec, build_config, read_recipe
+from loraguard_train.data import FORMATS, TARGETS, DataError, split_dataset
+from loraguard_train.evaluate import (
+    Evaluation,
+    Reference,
+    calibrate,
+    markdown,
+    plot_pr_curves,
+    reference_base,
+    score_native,
+    summarize,
+)
+from loraguard_train.train import train
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    # one line on every error path, usage included, so scripts can show it as is
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading data files (loraguard_train.data)")
+    group.add_argument("--format", choices=FORMATS, help="file format (default: auto, from the columns)")
+    group.add_argument("--target", choices=TARGETS, help="what the guard reads (default: pair)")
+    group.add_argument("--text-column", help="generic files: the text column")
+    group.add_argument(
+        "--label-column",
+        action="append",
+        metavar="COL[:LABEL]",
+        help="generic files: a 0/1 label column; the first is 'unsafe' unless renamed (repeatable)",
+    )
+    group.add_argument("--response-column", help="generic files: the response column")
+    group.add_argument("--limit", type=int, metavar="N", help="a seeded random subset of N rows per file")
+
+
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-file options given on the command line, as DataSpec fields."""
+    options = {
+        "format": args.format,
+        "target": args.target,
+        "text_column": args.text_column,
+        "label_columns": args.label_column,
+        "response_column": args.response_column,
+        "limit": args.limit,
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _run(prog: str, body: Callable[[], int]) -> int:
+    try:
+        _quiet_libraries()
+        return body()
+    except (DataError, ConfigError, ConvertError, LoraGuardError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own progress: transformers' load reports (BERT's unused pooler) and PEFT's use
+    of a deprecated transformers API say nothing a user can act on."""
+    logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loraguard-train
+
+# options that set the config key of the same name
+_TRAIN_OVERRIDES = (
+    "base",
+    "out",
+    "labels",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "lr_lora",
+    "lr_head",
+    "rank",
+    "alpha",
+    "dropout",
+    "targets",
+    "max_length",
+    "seed",
+    "max_steps",
+    "dev_fraction",
+    "base_gguf",
+    "base_outtype",
+    "precision",
+    "device",
+    "save_steps",
+)
+_PATH_OPTIONS = ("base", "out", "base_gguf")
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="loraguard-train",
+        description="Train a guard (LoRA + linear head on a frozen base) and write its checkpoint and guard GGUF.",
+    )
+    p.add_argument("--config", type=Path, metavar="RECIPE.toml", help="recipe; the options below override it")
+    p.add_argument("--base", help="HF model directory or GGUF file (or package:NAME/dir)")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--train", type=Path, action="append", metavar="FILE", help="training data (repeatable)")
+    p.add_argument("--dev", type=Path, action="append", metavar="FILE", help="dev data (default: split --train)")
+    p.add_argument("--dev-fraction", type=float, help="share of each training file held out when no --dev")
+    p.add_argument("--labels", nargs="+", help="labels to train, 'unsafe' first (default: all in the data)")
+    _add_data_options(p)
+    h = p.add_argument_group("model and optimisation")
+    h.add_argument("--rank", type=int)
+    h.add_argument("--alpha", type=float)
+    h.add_argument("--dropout", type=float)
+    h.add_argument("--targets", nargs="+", metavar="MODULE", help="LoRA target modules (default: q/v projections)")
+    h.add_argument("--epochs", type=int)
+    h.add_argument("--batch-size", type=int)
+    h.add_argument("--grad-accum", type=int)
+    h.add_argument("--lr-lora", type=float)
+    h.add_argument("--lr-head", type=float)
+    h.add_argument("--max-length", type=int, help="tokens per input; longer inputs keep their end")
+    h.add_argument("--seed", type=int)
+    h.add_argument("--max-steps", type=int, help="stop after N optimizer steps (smoke runs)")
+    h.add_argument("--save-steps", type=int, help="save the resumable state every N steps too")
+    h.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    h.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    h.add_argument("--calibrate", action="store_true", help="F1-maximising thresholds on the dev data")
+    h.add_argument("--base-gguf", help="the base GGUF the guard is for (default: converted from --base)")
+    h.add_argument("--base-outtype", choices=("f32", "f16", "bf16", "q8_0"), help="type of the converted base")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    args = _train_parser().parse_args(argv)
+
+    def body() -> int:
+        data: dict[str, Any] = {}
+        root = Path.cwd()
+        if args.config is not None:
+            data = read_recipe(args.config)
+            root = args.config.resolve().parent
+        for key in _TRAIN_OVERRIDES:
+            value = getattr(args, key)
+            if value is not None:
+                # command-line paths are relative to the working directory, recipe paths to the recipe
+                is_path = key in _PATH_OPTIONS and not str(value).startswith("package:")
+                data[key] = str(Path(value).resolve()) if is_path else value
+        if args.calibrate:
+            data["calibrate"] = True
+        options = _data_options(args)
+        if options and not (args.train or args.dev):
+            raise ConfigError("--format, --target, column options and --limit apply to --train/--dev files only")
+        for key in ("train", "dev"):
+            paths = getattr(args, key)
+            if paths:
+                data[key] = [{"path": str(path.resolve()), **options} for path in paths]
+        if "base" not in data or "out" not in data:
+            raise ConfigError("need a base model and an output directory: --base and --out, or a --config recipe")
+        train(build_config(data, root), resume=args.resume, quiet=args.quiet)
+        return 0
+
+    return _run("loraguard-train", body)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loraguard-eval
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="loraguard-eval",
+        description="Evaluate a guard on the native runtime: AUPRC, ROC-AUC, P/R/F1 at its thresholds, "
+        "over-flagging of safe rows, speed.",
+    )
+    p.add_argument("data", nargs="+", type=Path, metavar="DATA", help="labelled data files")
+    p.add_argument("-m", "--model", type=Path, required=True, metavar="BASE.gguf", help="base model GGUF")
+    p.add_argument("-g", "--guard", type=Path, required=True, metavar="GUARD.gguf", help="guard GGUF")
+    _add_data_options(p)
+    s = p.add_argument_group("rows")
+    s.add_argument(
+        "--split",
+        choices=("all", "train", "dev"),
+        default="all",
+        help="score a seeded split of each file, as loraguard-train makes it (default: all rows)",
+    )
+    s.add_argument("--dev-fraction", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown tables")
+    o.add_argument("--json-out", type=Path, metavar="FILE", help="also write the JSON report to FILE")
+    o.add_argument("--plot", type=Path, metavar="FILE.png", help="precision-recall curves")
+    r = p.add_argument_group("reference and calibration")
+    r.add_argument("--reference", type=Path, metavar="CKPT_DIR", help="also score with the checkpoint's torch model")
+    r.add_argument(
+        "--reference-base",
+        type=Path,
+        metavar="SRC",
+        help="HF directory or GGUF the checkpoint loads on (default: from train.json beside it)",
+    )
+    r.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="write F1-maximising thresholds (from these rows, e.g. --split dev) into the guard GGUF",
+    )
+    n = p.add_argument_group("runtime")
+    n.add_argument("--threads", type=int, help="CPU threads (default: free cores)")
+    n.add_argument("--n-ctx", type=int, default=512, help="guard context; longer inputs keep their end")
+    n.add_argument("--batch-size", type=int, default=64, help="texts per native call")
+    n.add_argument("--exact", action="store_true", help="F32 K/V cache, no flash attention")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    args = _eval_parser().parse_args(argv)
+
+    def body() -> int:
+        if args.batch_size < 1 or args.n_ctx < 8:
+            raise DataError("--batch-size must be at least 1 and --n-ctx at least 8")
+        datasets = []
+        for path in args.data:
+            dataset = DataSpec(path=path, **_data_options(args)).load(args.seed)
+            if args.split != "all":
+                train_part, dev_part = split_dataset(dataset, args.dev_fraction, args.seed)
+                dataset = dev_part if args.split == "dev" else train_part
+            datasets.append(dataset)
+        reference = None
+        if args.reference is not None:
+            base = reference_base(args.reference, args.reference_base)
+            reference = Reference.load(args.reference, base, args.n_ctx)
+
+        evaluations: list[Evaluation] = []
+        with Guard(args.model, args.guard, n_threads=args.threads, n_ctx=args.n_ctx, exact=args.exact) as guard:
+            labels, thresholds = list(guard.labels), guard.thresholds.copy()
+            if reference is not None and reference.guard_config["labels"] != labels:
+                raise DataError(
+                    f"--reference {args.reference} has labels {reference.guard_config['labels']}, the guard {labels}"
+                )
+            for dataset in datasets:
+                shared = [label for label in labels if label in dataset.labels]
+                native = score_native(guard, dataset, args.batch_size, quiet=args.quiet)
+                ref = None if reference is None else reference.score(dataset, args.batch_size, quiet=args.quiet)
+                evaluations.append(Evaluation(dataset, native, ref, shared))
+
+        report: dict[str, Any] = {
+            "guard": str(args.guard),
+            "model": str(args.model),
+            "labels": labels,
+            "thresholds": dict(zip(labels, thresholds.tolist(), strict=True)),
+            "n_ctx": args.n_ctx,
+            "split": args.split,
+            "datasets": [summarize(e, labels, thresholds) for e in evaluations],
+        }
+        if args.calibrate:
+            new, f1 = calibrate(evaluations, labels, thresholds)
+            if not f1:
+                raise DataError("--calibrate: no data set has positive rows for any guard label")
+            set_thresholds(args.guard, new)
+            # the report's thresholds and P/R/F1 are those of the guard file as it is now
+            report["calibration"] = {"previous": report["thresholds"], "f1": f1, "written": str(args.guard)}
+            report["thresholds"] = dict(zip(labels, new, strict=True))
+            report["datasets"] = [summarize(e, labels, np.asarray(new, dtype=np.float32)) for e in evaluations]
+        if args.plot is not None:
+            plot_pr_curves(evaluations, labels, args.plot)
+        text = json.dumps(report, indent=2)
+        if args.json_out is not None:
+            args.json_out.write_text(text + "\n", encoding="utf-8")
+        print(text if args.json else markdown(report))
+        if args.calibrate and not args.json:
+            print(
+                "\ncalibrated thresholds written to "
+                + str(args.guard)
+                + ": "
+                + ", ".join(f"{k} {v:.4f}" for k, v in report["thresholds"].items())
+            )
+        return 0
+
+    return _run("loraguard-eval", body)

@@ -1,0 +1,258 @@
+"""Training configuration: a recipe file (TOML) and command-line overrides, checked before any slow work.
+
+Relative paths in a recipe are relative to the recipe's directory, so a recipe runs from anywhere; a path
+``package:NAME/sub/dir`` points inside an installed Python package (e.g. a model shipped on PyPI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraguard_train.data import FORMATS, TARGETS, Columns, DataError, Dataset, load_dataset, only_label, sample
+from loraguard_train.model import (
+    DEFAULT_ALPHA,
+    DEFAULT_DROPOUT,
+    DEFAULT_RANK,
+    DEFAULT_TEMPLATE_PAIR,
+    DEFAULT_TEMPLATE_PROMPT,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+PACKAGE_PREFIX = "package:"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A recipe or option that cannot work; the message says which key and why."""
+
+
+@dataclass
+class DataSpec:
+    """One data file and how to read it (see loraguard_train.data)."""
+
+    path: Path
+    format: str = "auto"
+    target: str = "pair"
+    text_column: str | None = None
+    label_columns: list[str] = field(default_factory=list)
+    response_column: str | None = None
+    # a seeded random subset of this many rows
+    limit: int | None = None
+    # keep only rows whose `unsafe` label is this value (0: a safe-only set)
+    only_unsafe: int | None = None
+
+    def load(self, seed: int) -> Dataset:
+        columns = None
+        if self.text_column is not None or self.label_columns:
+            if self.text_column is None or not self.label_columns:
+                raise DataError(f"{self.path}: a generic file needs both a text column and a label column")
+            columns = Columns(self.text_column, self.label_columns, self.response_column)
+        elif self.response_column is not None:
+            raise DataError(f"{self.path}: a response column is only for generic files (with a text column)")
+        dataset = load_dataset(self.path, self.format, self.target, columns)
+        if self.only_unsafe is not None:
+            dataset = only_label(dataset, "unsafe", self.only_unsafe)
+        if self.limit is not None:
+            dataset = sample(dataset, self.limit, seed)
+        return dataset
+
+
+@dataclass
+class TrainConfig:
+    base: str
+    out: Path
+    train: list[DataSpec]
+    # held-out sets; without any, each training set is split (dev_fraction, seed)
+    dev: list[DataSpec] = field(default_factory=list)
+    dev_fraction: float = 0.2
+    # labels to train, `unsafe` first; default: every label the training data knows
+    labels: list[str] | None = None
+    # the base GGUF the guard runs on; default: the base itself if it is a GGUF, else a conversion of it
+    base_gguf: Path | None = None
+    base_outtype: str = "f16"
+    base_name: str | None = None
+    pooling: str | None = None
+    rank: int = DEFAULT_RANK
+    alpha: float = DEFAULT_ALPHA
+    dropout: float = DEFAULT_DROPOUT
+    # PEFT module names; default: the paper's query/value projections
+    targets: list[str] | None = None
+    template_prompt: str = DEFAULT_TEMPLATE_PROMPT
+    template_pair: str = DEFAULT_TEMPLATE_PAIR
+    parse_special: bool = False
+    epochs: int = 3
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr_lora: float = 5e-4
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    max_length: int = 256
+    # positive-class weight n_neg / n_pos per label (capped), so rare labels are not ignored
+    class_weights: bool = True
+    max_pos_weight: float = 50.0
+    seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+    eval_batch_size: int = 32
+    # also save the resumable state every this many optimizer steps (0: at the end of each epoch only)
+    save_steps: int = 0
+    # stop after this many optimizer steps (smoke runs); the schedule still spans all epochs
+    max_steps: int | None = None
+    threshold: float = 0.5
+    # set thresholds that maximise F1 on the dev sets instead of `threshold`
+    calibrate: bool = False
+
+    def resumable_view(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run that wrote the state: all but those that change how
+        the run is carried out, not what it computes."""
+        data = to_plain(self)
+        for key in ("max_steps", "save_steps", "device", "eval_batch_size", "out"):
+            data.pop(key)
+        return data
+
+
+def to_plain(value: Any) -> Any:
+    """JSON-ready form of configs (paths as strings)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def resolve_path(value: str, root: Path) -> Path:
+    if value.startswith(PACKAGE_PREFIX):
+        package, _, sub = value[len(PACKAGE_PREFIX) :].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"{value}: Python package {package!r} is not installed")
+        return Path(next(iter(spec.submodule_search_locations))) / sub
+    return (root / Path(value).expanduser()).resolve()
+
+
+def _check_type(where: str, value: Any, hint: Any) -> Any:
+    """Check a value against a dataclass field's type (the few types configs use); ints pass for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _check_type(where, value, inner)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_check_type(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is Path:
+        hint = str
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str, root: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        value = _check_type(f"{where}.{key}" if where else key, value, hints[key])
+        if hints[key] in (Path, Path | None) and value is not None:
+            value = resolve_path(value, root)
+        values[key] = value
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values
+    ]
+    if required:
+        raise ConfigError(f"{where or 'config'}: missing {required[0]!r}")
+    return cls(**values)
+
+
+def build_config(data: Mapping[str, Any], root: Path) -> TrainConfig:
+    """A checked TrainConfig from plain data (a parsed recipe with overrides); paths relative to `root`."""
+    data = dict(data)
+    specs: dict[str, list[DataSpec]] = {}
+    for key in ("train", "dev"):
+        items = data.pop(key, [])
+        if not isinstance(items, list):
+            raise ConfigError(f"{key} must be a list of data tables ([[{key}]] in TOML)")
+        specs[key] = [
+            _build(DataSpec, {"path": item} if isinstance(item, str) else item, f"{key}[{i}]", root)
+            for i, item in enumerate(items)
+        ]
+    base = data.get("base")
+    if isinstance(base, str):
+        data["base"] = str(resolve_path(base, root))
+    config: TrainConfig = _build(TrainConfig, {**data, **specs}, "", root)
+    _validate(config)
+    return config
+
+
+def _validate(c: TrainConfig) -> None:
+    if not c.train:
+        raise ConfigError("no training data: give at least one [[train]] table or --train FILE")
+    for spec in [*c.train, *c.dev]:
+        if spec.format not in FORMATS:
+            raise ConfigError(f"{spec.path}: unknown format {spec.format!r}; choose one of {', '.join(FORMATS)}")
+        if spec.target not in TARGETS:
+            raise ConfigError(f"{spec.path}: unknown target {spec.target!r}; choose one of {', '.join(TARGETS)}")
+    positive = {
+        "rank": c.rank,
+        "epochs": c.epochs,
+        "batch_size": c.batch_size,
+        "grad_accum": c.grad_accum,
+        "max_length": c.max_length,
+        "eval_batch_size": c.eval_batch_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if c.max_steps is not None and c.max_steps < 1:
+        raise ConfigError(f"max_steps must be at least 1, got {c.max_steps}")
+    if not 0.0 <= c.dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {c.dropout}")
+    if not 0.0 < c.dev_fraction < 1.0:
+        raise ConfigError(f"dev_fraction must be between 0 and 1, got {c.dev_fraction}")
+    if not 0.0 <= c.threshold <= 1.0:
+        raise ConfigError(f"threshold must be in [0, 1], got {c.threshold}")
+    if c.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+    if c.labels is not None and (not c.labels or c.labels[0] != "unsafe"):
+        raise ConfigError(f"labels must start with 'unsafe', got {c.labels}")
+    if not Path(c.base).exists():
+        raise ConfigError(f"base {c.base} does not exist (an HF model directory or a GGUF file)")
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None

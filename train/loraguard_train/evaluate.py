@@ -1,0 +1,243 @@
+"""`loraguard-eval`: a guard GGUF on the native runtime over labelled data; metrics, plots, calibration.
+
+Scores come from `loraguard_cpp.Guard` (what users run), optionally next to the PyTorch model of the same
+checkpoint (`--reference`), which cuts long inputs the way the runtime does so both see the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from loraguard_train.data import UNSAFE, Dataset
+from loraguard_train.inputs import logits_of, pad_id, tokenize
+from loraguard_train.metrics import best_f1_threshold, label_metrics, precision_recall_curve
+from loraguard_train.model import load_checkpoint, load_tokenizer
+from loraguard_train.train import RUN_FILE
+
+Probs = npt.NDArray[np.float64]
+
+
+@dataclass
+class Scored:
+    """One data set's probabilities for the guard's labels, and how long scoring took."""
+
+    dataset: Dataset
+    probs: Probs
+    seconds: float
+
+
+@dataclass
+class Evaluation:
+    dataset: Dataset
+    native: Scored
+    reference: Scored | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+def _sigmoid(x: npt.NDArray[np.floating]) -> Probs:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def score_native(guard: Any, dataset: Dataset, batch_size: int, quiet: bool = False) -> Scored:
+    """Probabilities from the native runtime, in chunks of `batch_size` texts (one progress step each)."""
+    prompts, responses = dataset.prompts, dataset.responses
+    chunks: list[npt.NDArray[np.float32]] = []
+    started = time.perf_counter()
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(
+        starts, desc=f"native {dataset.name}", unit="batch", leave=False, disable=True if quiet else None
+    ):
+        end = start + batch_size
+        chunks.append(guard.logits(prompts[start:end], None if responses is None else responses[start:end]))
+    seconds = time.perf_counter() - started
+    return Scored(dataset, _sigmoid(np.concatenate(chunks)), seconds)
+
+
+@dataclass
+class Reference:
+    """The PyTorch model of a checkpoint, scoring as the runtime does (same template, tokens and cut)."""
+
+    model: Any
+    tokenizer: Any
+    guard_config: dict[str, Any]
+    max_tokens: int
+
+    @classmethod
+    def load(cls, ckpt: Path, base: Path, max_tokens: int) -> Reference:
+        model, guard_config = load_checkpoint(ckpt, base)
+        return cls(model, load_tokenizer(base), guard_config, max_tokens)
+
+    def score(self, dataset: Dataset, batch_size: int, quiet: bool = False) -> Scored:
+        template = self.guard_config["template"]
+        started = time.perf_counter()
+        ids = tokenize(
+            self.tokenizer,
+            dataset.prompts,
+            dataset.responses,
+            template["prompt"],
+            template["pair"],
+            template["parse_special"],
+            self.max_tokens,
+        )
+        desc = None if quiet else f"torch {dataset.name}"
+        logits = logits_of(self.model, ids, pad_id(self.tokenizer), batch_size, desc=desc)
+        return Scored(dataset, _sigmoid(logits), time.perf_counter() - started)
+
+
+def reference_base(ckpt: Path, given: Path | None) -> Path:
+    """The base to load a checkpoint on: as given, or the one recorded by the loraguard-train run that wrote it."""
+    if given is not None:
+        return given
+    run = ckpt.parent / RUN_FILE
+    if run.is_file():
+        return Path(json.loads(run.read_text(encoding="utf-8"))["base"])
+    raise FileNotFoundError(f"{ckpt}: no {RUN_FILE} beside it to name its base; pass --reference-base")
+
+
+def _metrics(
+    dataset: Dataset,
+    probs: Probs,
+    labels: Sequence[str],
+    guard_labels: Sequence[str],
+    thresholds: npt.NDArray[np.float32],
+) -> dict[str, dict[str, Any]]:
+    targets = dataset.targets(labels)
+    out = {}
+    for j, label in enumerate(labels):
+        g = guard_labels.index(label)
+        out[label] = label_metrics(targets[:, j], probs[:, g], float(thresholds[g])).as_dict()
+    return out
+
+
+def _safe_flag_rate(dataset: Dataset, probs: Probs, thresholds: npt.NDArray[np.float32]) -> tuple[int, float | None]:
+    """Rows labelled safe (unsafe = 0) and the share of them the guard flags on any label (over-flagging)."""
+    safe = dataset.targets([UNSAFE])[:, 0] == 0
+    if not safe.any():
+        return 0, None
+    flagged = (probs[safe] >= thresholds[None, :]).any(axis=1)
+    return int(safe.sum()), float(flagged.mean())
+
+
+def summarize(
+    evaluation: Evaluation, guard_labels: Sequence[str], thresholds: npt.NDArray[np.float32]
+) -> dict[str, Any]:
+    """The JSON record of one data set: per-label metrics (native, and reference if any), speed, over-flagging."""
+    ds, native = evaluation.dataset, evaluation.native
+    n_safe, safe_flagged = _safe_flag_rate(ds, native.probs, thresholds)
+    record: dict[str, Any] = {
+        "name": ds.name,
+        "rows": len(ds),
+        "seconds": round(native.seconds, 3),
+        "texts_per_s": round(len(ds) / native.seconds, 2) if native.seconds > 0 else None,
+        "safe_rows": n_safe,
+        "safe_flag_rate": safe_flagged,
+        "labels": _metrics(ds, native.probs, evaluation.labels, guard_labels, thresholds),
+    }
+    if evaluation.reference is not None:
+        ref = evaluation.reference
+        record["reference"] = {
+            "seconds": round(ref.seconds, 3),
+            "texts_per_s": round(len(ds) / ref.seconds, 2) if ref.seconds > 0 else None,
+            "max_abs_prob_diff": float(np.max(np.abs(ref.probs - native.probs))),
+            "labels": _metrics(ds, ref.probs, evaluation.labels, guard_labels, thresholds),
+        }
+    return record
+
+
+def calibrate(
+    evaluations: Sequence[Evaluation], guard_labels: Sequence[str], thresholds: npt.NDArray[np.float32]
+) -> tuple[list[float], dict[str, float]]:
+    """Per guard label, the F1-maximising threshold over every row (of all data sets) that knows the label;
+    labels no data set knows keep their threshold. Returns all thresholds and the F1 of each calibrated one."""
+    new = [float(t) for t in thresholds]
+    f1: dict[str, float] = {}
+    for g, label in enumerate(guard_labels):
+        parts = [(e.dataset.targets([label])[:, 0], e.native.probs[:, g]) for e in evaluations if label in e.labels]
+        if not parts:
+            continue
+        best = best_f1_threshold(np.concatenate([y for y, _ in parts]), np.concatenate([p for _, p in parts]))
+        if best is not None:
+            new[g], f1[label] = best
+    return new, f1
+
+
+def _fmt(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Two tables: per data set and label, then per data set (speed, over-flagging)."""
+    has_ref = any("reference" in d for d in report["datasets"])
+    head = ["data", "label", "n", "pos", "AUPRC", "ROC-AUC", "thr", "P", "R", "F1", "FPR"]
+    if has_ref:
+        head.append("torch AUPRC")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in report["datasets"]:
+        for label, m in d["labels"].items():
+            row = [
+                d["name"],
+                label,
+                _fmt(m["n"]),
+                _fmt(m["n_pos"]),
+                _fmt(m["auprc"]),
+                _fmt(m["roc_auc"]),
+                _fmt(m["threshold"], 2),
+                _fmt(m["precision"]),
+                _fmt(m["recall"]),
+                _fmt(m["f1"]),
+                _fmt(m["fpr"]),
+            ]
+            if has_ref:
+                ref = d.get("reference", {}).get("labels", {}).get(label)
+                row.append(_fmt(ref["auprc"]) if ref else "-")
+            lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| data | rows | texts/s | safe rows | safe flagged |", "|---|---|---|---|---|"]
+    for d in report["datasets"]:
+        cells = [d["name"], str(d["rows"]), _fmt(d["texts_per_s"], 1), str(d["safe_rows"]), _fmt(d["safe_flag_rate"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_pr_curves(evaluations: Sequence[Evaluation], guard_labels: Sequence[str], path: Path) -> Path:
+    """Precision-recall curves, one panel per data set, one line per label (dashed: the torch reference)."""
+    # matplotlib is needed for this output only, and slow to import
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [e for e in evaluations if any((e.dataset.targets([label])[:, 0] == 1).any() for label in e.labels)]
+    if not shown:
+        raise ValueError("no data set has a positive row: nothing to plot")
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4.2), squeeze=False)
+    for ax, e in zip(axes[0], shown, strict=True):
+        for label in e.labels:
+            y = e.dataset.targets([label])[:, 0]
+            g = guard_labels.index(label)
+            recall, precision = precision_recall_curve(y, e.native.probs[:, g])
+            if recall.size == 0:
+                continue
+            (line,) = ax.step(recall, precision, where="post", label=label)
+            if e.reference is not None:
+                r_recall, r_precision = precision_recall_curve(y, e.reference.probs[:, g])
+                ax.step(r_recall, r_precision, where="post", linestyle="--", color=line.get_color(), alpha=0.6)
+        ax.set(title=e.dataset.name, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

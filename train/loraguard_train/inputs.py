@@ -1,0 +1,121 @@
+"""Token ids for guard inputs, cut and batched the way the native runtime sees them.
+
+Long inputs keep their leading and trailing special tokens and the *last* tokens in between, as the runtime's
+default `keep_end` overflow policy does: the end decides a decoder's last hidden state, and training on the
+same view the runtime scores keeps the two consistent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from tqdm import tqdm
+
+from loraguard_train.model import GuardModel, render_all
+
+IntArray = npt.NDArray[np.int64]
+
+
+def keep_end(ids: list[int], max_tokens: int, special: frozenset[int]) -> list[int]:
+    if len(ids) <= max_tokens:
+        return ids
+    head = 0
+    while head < len(ids) and ids[head] in special:
+        head += 1
+    tail = 0
+    while tail < len(ids) - head and ids[len(ids) - 1 - tail] in special:
+        tail += 1
+    width = max_tokens - head - tail
+    if width < 1:
+        raise ValueError(f"max length {max_tokens} leaves no room beside {head + tail} special tokens")
+    return ids[:head] + ids[len(ids) - tail - width : len(ids) - tail] + ids[len(ids) - tail :]
+
+
+def tokenize(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str | None] | None,
+    template_prompt: str,
+    template_pair: str,
+    parse_special: bool,
+    max_tokens: int,
+) -> list[list[int]]:
+    """Render with the guard's templates, tokenize like llama_tokenize(add_special=True), cut to max_tokens."""
+    texts = render_all(prompts, responses, template_prompt, template_pair)
+    if not texts:
+        return []
+    ids: list[list[int]] = tokenizer(texts, add_special_tokens=True, split_special_tokens=not parse_special)[
+        "input_ids"
+    ]
+    if any(not row for row in ids):
+        raise ValueError("a text tokenized to zero tokens; the guard has nothing to pool")
+    special = frozenset(tokenizer.all_special_ids)
+    return [keep_end(row, max_tokens, special) for row in ids]
+
+
+def collate(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask; the pad id never matters because padded positions are masked."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def length_grouped_batches(lengths: IntArray, batch_size: int, rng: np.random.Generator) -> list[IntArray]:
+    """Shuffled batches of similar length: random mega-chunks sorted by length inside, then split and shuffled,
+    so little compute goes into padding while batch composition stays random from epoch to epoch."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 32
+    batches: list[IntArray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def sorted_batches(lengths: IntArray, batch_size: int) -> Iterator[IntArray]:
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def logits_of(
+    model: GuardModel,
+    ids: Sequence[list[int]],
+    pad: int,
+    batch_size: int,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    desc: str | None = None,
+) -> npt.NDArray[np.float32]:
+    """Head logits [N, n_labels] in eval mode, batched by length; `amp_dtype` runs under autocast (bf16 on GPUs)."""
+    out = np.zeros((len(ids), model.n_labels), dtype=np.float32)
+    if not ids:
+        return out
+    was_training = model.training
+    model.eval()
+    device = model.head.weight.device
+    lengths = np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
+    batches = list(sorted_batches(lengths, batch_size))
+    try:
+        for idx in tqdm(batches, desc=desc, unit="batch", leave=False, disable=True if desc is None else None):
+            input_ids, mask = collate([ids[i] for i in idx], pad)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(input_ids.to(device), mask.to(device))
+            out[idx] = logits.float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
