@@ -21,7 +21,9 @@ try:
     import torch
     from gguf import GGUFReader
 
+    from loraguard_convert import ConvertError, set_thresholds
     from loraguard_train.cli import eval_main, train_main
+    from loraguard_train.config import build_config, read_recipe
     from loraguard_train.data import (
         OPENAI_CATEGORIES,
         Columns,
@@ -403,9 +405,23 @@ def test_encoder_train_eval_calibrate(tmp_path: Path) -> None:
     for t in after.tensors:
         np.testing.assert_array_equal(np.array(t.data), tensors_before[t.name])
 
+    with pytest.raises(ConvertError, match="1 labels but 2 thresholds"):
+        set_thresholds(guard_file, [0.5, 0.5])
+    with pytest.raises(ConvertError, match=r"probabilities in \[0, 1\]"):
+        set_thresholds(guard_file, [1.5])
+
     # XSTest's safe prompts: no positives, so only over-flagging is measured
     xs = _eval(["-m", str(base_gguf), "-g", str(guard_file), str(XSTEST)], tmp_path / "xs.json")["datasets"][0]
     assert xs["safe_rows"] == 250 and 0.0 <= xs["safe_flag_rate"] <= 1.0
+
+
+@needs_data
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml")))
+def test_recipes_are_valid(recipe: Path) -> None:
+    config = build_config(read_recipe(recipe), recipe.parent)
+    for spec in config.train:
+        assert spec.path.is_file(), spec.path
+        spec.load(config.seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def _build(cls: type, data: Mapping[str, Any], where: str, root: Path) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+        raise ConfigError(f"{where or 'config'}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
     values: dict[str, Any] = {}
     for key, value in data.items():
         value = _check_type(f"{where}.{key}" if where else key, value, hints[key])

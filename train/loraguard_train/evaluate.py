@@ -17,10 +17,11 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from loraguard_cpp import Guard
 from loraguard_train.data import UNSAFE, Dataset
 from loraguard_train.inputs import logits_of, pad_id, tokenize
-from loraguard_train.metrics import best_f1_threshold, label_metrics, precision_recall_curve
-from loraguard_train.model import load_checkpoint, load_tokenizer
+from loraguard_train.metrics import best_f1_threshold, label_metrics, precision_recall_curve, sigmoid
+from loraguard_train.model import GuardModel, load_checkpoint, load_tokenizer
 from loraguard_train.train import RUN_FILE
 
 Probs = npt.NDArray[np.float64]
@@ -43,11 +44,7 @@ class Evaluation:
     labels: list[str] = field(default_factory=list)
 
 
-def _sigmoid(x: npt.NDArray[np.floating]) -> Probs:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
-
-
-def score_native(guard: Any, dataset: Dataset, batch_size: int, quiet: bool = False) -> Scored:
+def score_native(guard: Guard, dataset: Dataset, batch_size: int, quiet: bool = False) -> Scored:
     """Probabilities from the native runtime, in chunks of `batch_size` texts (one progress step each)."""
     prompts, responses = dataset.prompts, dataset.responses
     chunks: list[npt.NDArray[np.float32]] = []
@@ -59,14 +56,14 @@ def score_native(guard: Any, dataset: Dataset, batch_size: int, quiet: bool = Fa
         end = start + batch_size
         chunks.append(guard.logits(prompts[start:end], None if responses is None else responses[start:end]))
     seconds = time.perf_counter() - started
-    return Scored(dataset, _sigmoid(np.concatenate(chunks)), seconds)
+    return Scored(dataset, sigmoid(np.concatenate(chunks)), seconds)
 
 
 @dataclass
 class Reference:
     """The PyTorch model of a checkpoint, scoring as the runtime does (same template, tokens and cut)."""
 
-    model: Any
+    model: GuardModel
     tokenizer: Any
     guard_config: dict[str, Any]
     max_tokens: int
@@ -90,7 +87,7 @@ class Reference:
         )
         desc = None if quiet else f"torch {dataset.name}"
         logits = logits_of(self.model, ids, pad_id(self.tokenizer), batch_size, desc=desc)
-        return Scored(dataset, _sigmoid(logits), time.perf_counter() - started)
+        return Scored(dataset, sigmoid(logits), time.perf_counter() - started)
 
 
 def reference_base(ckpt: Path, given: Path | None) -> Path:

@@ -13,6 +13,11 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.floating]
 
 
+def sigmoid(logits: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Probabilities from head logits, in float64 so that ranking metrics see no float32 ties."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def _known(y: FloatArray, scores: FloatArray) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
     mask = ~np.isnan(y)
     return y[mask] == 1, np.asarray(scores, dtype=np.float64)[mask]

@@ -29,7 +29,7 @@ from loraguard_convert import base_fingerprint, convert_base, convert_guard, des
 from loraguard_train.config import ConfigError, TrainConfig, to_plain
 from loraguard_train.data import DataError, Dataset, label_names, split_dataset
 from loraguard_train.inputs import collate, length_grouped_batches, logits_of, pad_id, tokenize
-from loraguard_train.metrics import best_f1_threshold, label_metrics
+from loraguard_train.metrics import best_f1_threshold, label_metrics, sigmoid
 from loraguard_train.model import GuardModel, base_info_from_model, load_tokenizer, save_checkpoint
 
 STATE_FILE = Path("state") / "state.pt"
@@ -54,10 +54,6 @@ class _Split:
 def _log(quiet: bool, message: str) -> None:
     if not quiet:
         print(f"loraguard-train: {message}", file=sys.stderr, flush=True)
-
-
-def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
 def load_splits(config: TrainConfig) -> tuple[list[Dataset], list[Dataset]]:
@@ -157,7 +153,7 @@ def evaluate_splits(
 ) -> dict[str, npt.NDArray[np.float64]]:
     """Dev probabilities per split."""
     return {
-        s.name: _sigmoid(logits_of(model, s.ids, pad, batch_size, amp_dtype=amp, desc=f"eval {s.name}")) for s in splits
+        s.name: sigmoid(logits_of(model, s.ids, pad, batch_size, amp_dtype=amp, desc=f"eval {s.name}")) for s in splits
     }
 
 
