@@ -3,7 +3,7 @@
 `llama_cpp.Llama` cannot turn llama.cpp's extra CPU buffer types off, and on CPUs with AMX those kernels crash
 on multi-token decodes of quantized models (llama.cpp 0.3.36). loraguard turns them off exactly there
 (lg_model_params.cpu_repack = -1), so the contenders here follow the same rule (use_extra_bufts = not AMX),
-and their contexts get loraguard's guard-context settings: same n_ctx, one ubatch per decode, one unified
+and their contexts get loraguard's guard-context settings: same n_ctx, steps of 512 tokens, one unified
 K/V stream, default (F16) K/V cache and flash-attention choice.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 N_SEQ_MAX = 32  # loraguard's default: texts per batched decode
+N_UBATCH = 512  # loraguard's and llama.cpp's default: tokens per compute step
 
 
 def cpu_has_amx() -> bool:
@@ -52,7 +53,10 @@ class LlamaCpp:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = n_ctx
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
+        cparams.n_ctx = cparams.n_batch = n_ctx
+        # llama.cpp's default step, as loraguard's; encoders (mean/cls pooling) attend both ways and need a
+        # whole sequence in one step
+        cparams.n_ubatch = n_ctx if pooling in ("mean", "cls") else min(n_ctx, N_UBATCH)
         cparams.n_seq_max = N_SEQ_MAX
         cparams.kv_unified = True
         cparams.n_threads = cparams.n_threads_batch = n_threads
@@ -101,10 +105,10 @@ class LlamaCpp:
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
 
-    def decode_texts(self, texts: Sequence[str], template: str, batched: bool) -> Iterator[int]:
+    def decode_texts(self, texts: Sequence[str], template: str, batched: bool, parse_special: bool) -> Iterator[int]:
         """Decode the texts rendered in the template, one per decode or packed as loraguard packs a batch;
         after each decode, yield how many sequences it held (their outputs are valid until the next one)."""
-        seqs = [self.tokenize(template.replace("{prompt}", t)) for t in texts]
+        seqs = [self.tokenize(template.replace("{prompt}", t), parse_special=parse_special) for t in texts]
         groups = pack([len(s) for s in seqs], self.n_ctx) if batched else [range(i, i + 1) for i in range(len(seqs))]
         for group in groups:
             self.decode([seqs[i] for i in group])

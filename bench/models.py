@@ -134,6 +134,17 @@ class ModelCache:
     def _dir(self, shape: Shape) -> Path:
         return self.root / f"{shape.key}-{_recipe_hash(shape)}"
 
+    def retyped(self, base: Path, qtype: str) -> Path:
+        """BASE requantized to QTYPE by llama.cpp's quantizer (through loraguard's lg_quantize), cached."""
+        stat = base.stat()
+        out = self.root / "retyped" / f"{base.stem}-{stat.st_size:x}-{int(stat.st_mtime):x}-{qtype}.gguf"
+        if not out.is_file():
+            from loraguard_cpp import _native
+
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _native.Model.quantize(str(base), str(out), qtype, 0)  # written to a temp file, then renamed
+        return out
+
     def hf_dir(self, shape: Shape) -> Path:
         """Random-init weights (bf16 safetensors, as the released models ship) and the real tokenizer."""
         final = self._dir(shape) / "hf"

@@ -19,6 +19,8 @@ DESCRIPTIONS = {
     "limit": "the floor: base model on stock llama.cpp, no adapter, last-token logits only",
 }
 
+# CPU that other processes may take, on average over the run, before the report calls the machine busy
+QUIET_FOREIGN_CORES = 0.1
 _EXTRA_BUFTS_OFF = "off (AMX CPU: loraguard turns them off there, so the stock contenders do too)"
 
 
@@ -47,6 +49,8 @@ def _case_section(case: Mapping[str, Any]) -> list[str]:
         f"{g['params'] / 1e6:.2f} M params = {100 * g['params_vs_base']:.2f} % of the base, pooling "
         f"{g['pooling']}. Contexts of {case['n_ctx']} tokens."
     )
+    if case["mem_available_mib"] is not None:
+        out.append(f"Memory available with every contender loaded: {case['mem_available_mib'] / 1024:.1f} GiB.")
     if "generative_model" in case:
         gm = case["generative_model"]
         out.append(f"Generative guard: {gm['shape']} shape (random weights), {gm['file']}, {gm['file_mib']:.0f} MiB.")
@@ -128,22 +132,24 @@ def markdown(result: Mapping[str, Any], plots: Sequence[Path]) -> str:
     out.append(
         f"Machine: {m['cpu']}, {m['cores']} cores{' with AMX' if m['amx'] else ''}, {m['ram_gib']} GiB RAM, "
         f"{m['os']}; Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}, torch {m['torch']}, numpy "
-        f"{m['numpy']}. Load average at start {m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}."
+        f"{m['numpy']}. Other processes used {m['foreign_cpu_cores']:.2f} cores on average during the run "
+        f"(the hypervisor stole {m['steal_cores']:.2f}); load average at start {m['loadavg_start'][0]:.2f}, at end "
+        f"{m['loadavg_end'][0]:.2f}."
     )
     out.append(
         f"Settings, the same for every contender: {s['threads']} threads, llama.cpp contexts of {s['n_ctx']} "
-        f"tokens (one ubatch per decode, up to {s['n_seq_max']} texts per batched decode), K/V cache "
-        f"{s['kv_cache']}, flash attention {s['flash_attn']}, llama.cpp extra CPU buffer types "
-        f"{'on' if s['llama_cpp_extra_buffer_types'] else _EXTRA_BUFTS_OFF}. "
+        f"tokens, compute steps of {s['n_ubatch']} tokens (encoders: the whole context), up to {s['n_seq_max']} "
+        f"texts per batched decode, K/V cache {s['kv_cache']}, flash attention {s['flash_attn']}, llama.cpp "
+        f"extra CPU buffer types {'on' if s['llama_cpp_extra_buffer_types'] else _EXTRA_BUFTS_OFF}. "
         f"Latency: p50/p95 over {s['min_reps']}-{s['max_reps']} calls per length after a warm-up call, contenders "
         "interleaved call by call (rotating order) on the same texts of exact token length (template included), "
         "each contender in its own process. Weights are random: speed does not depend on their values."
     )
-    load = max(m["loadavg_start"][0], m["loadavg_end"][0])
-    if load > m["cores"] / 2:
+    if m["foreign_cpu_cores"] > QUIET_FOREIGN_CORES:
         out.append("")
         out.append(
-            f"**Warning: the machine was not quiet** (1-minute load average up to {load:.1f} on {m['cores']} cores). "
+            f"**Warning: the machine was not quiet**: other processes used {m['foreign_cpu_cores']:.2f} of "
+            f"{m['cores']} cores on average. "
             "Other processes competed for the CPU; that slows llama.cpp's multi-threaded decodes most (its threads "
             "meet at every op and wait for one that was preempted), so absolute numbers are pessimistic and ratios "
             "against PyTorch favour PyTorch. Interleaving spreads the disturbance over all contenders alike."

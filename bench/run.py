@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shlex
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from bench import models as M
 from bench.driver import CHILD_CWD, CliContender, ContenderFailed, Worker, child_env, run_process
-from bench.lowlevel import cpu_has_amx
+from bench.lowlevel import N_UBATCH, cpu_has_amx
 from bench.texts import exact_length_text
 
 SCHEMA_VERSION = 1
@@ -101,22 +102,29 @@ class CachedGuard:
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """A guard trained by loraguard-train: its run directory's train.json names base, checkpoint and guard."""
+    """A guard trained by loraguard-train: its run directory's train.json names base, checkpoint and guard. With
+    `base_type`, the guard runs on its base retyped by llama.cpp's quantizer, as a user would run another type
+    of the same model (the PyTorch contenders run the trained weights whatever the type)."""
 
     run_dir: Path
+    base_type: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.run_dir.name} (trained)"
+        return f"{self.run_dir.name} (trained){'' if self.base_type is None else ' on ' + self.base_type}"
 
     def build_steps(self) -> list[tuple[str, str, str]]:
         return []
 
     def files(self, cache: M.ModelCache, generative: M.Shape | None) -> CaseFiles:
         run = json.loads((self.run_dir / "train.json").read_text(encoding="utf-8"))
-        return CaseFiles(base=Path(run["base_gguf"]), guard=Path(run["guard"]), ckpt=Path(run["checkpoint"]),
+        base = Path(run["base_gguf"])
+        if self.base_type is not None:
+            base = cache.retyped(base, self.base_type)
+        return CaseFiles(base=base, guard=Path(run["guard"]), ckpt=Path(run["checkpoint"]),
                          hf_dir=Path(run["base"]), generative=None,
-                         description=f"trained guard {self.run_dir} on {Path(run['base']).name}")
+                         description=f"trained guard {self.run_dir.name} on {base.name} (trained on "
+                                     f"{Path(run['base']).name})")
 
 
 @dataclass(frozen=True)
@@ -149,28 +157,33 @@ ALL = ("loraguard", "loraguard-cli", "torch-fp32", "torch-bf16", "llama-cpp-pyth
 STOCK = ("loraguard", "llama-cpp-python", "limit")
 
 
-def find_minilm_run() -> Path | None:
-    """The newest trained MiniLM guard under runs/ (loraguard-train's recipes write there), if any."""
-    runs = sorted(REPO.glob("runs/minilm-*/train.json"), key=lambda p: p.stat().st_mtime)
+def find_run(kind: str) -> Path | None:
+    """The newest trained guard under runs/<kind>-* (loraguard-train's recipes write there), if any."""
+    runs = sorted(REPO.glob(f"runs/{kind}-*/train.json"), key=lambda p: p.stat().st_mtime)
     return runs[-1].parent if runs else None
 
 
-def full_plan(minilm_run: Path | None) -> Plan:
+def full_plan(minilm_run: Path | None, smollm2_run: Path | None) -> Plan:
     tl, qw = M.TINYLLAMA, M.QWEN
     cases = [
-        Case(CachedGuard(tl, "Q4_K_M", M.GUARD_QV8), ALL, LENGTHS, 40.0, {16: 64, 64: 32, 256: 8, 1024: 2},
+        Case(CachedGuard(tl, "Q4_K_M", M.GUARD_QV8), ALL, LENGTHS, 25.0, {16: 64, 64: 32, 256: 8, 1024: 2},
              primary=True),
-        Case(CachedGuard(tl, "Q4_K_M", M.GUARD_ALL16), STOCK, (16, 64, 256), 10.0),
-        Case(CachedGuard(tl, "Q8_0", M.GUARD_QV8), ("loraguard", "limit"), (16, 64, 256), 10.0),
-        Case(CachedGuard(qw, "Q4_K_M", M.GUARD_QV8), (*STOCK, "torch-fp32"), (16, 64, 256), 10.0, {16: 64}),
-        Case(CachedGuard(qw, "Q4_K_M", M.GUARD_ALL16), ("loraguard", "limit"), (16, 64, 256), 8.0),
-        Case(CachedGuard(qw, "Q8_0", M.GUARD_QV8), ("loraguard", "limit"), (16, 64, 256), 8.0),
+        Case(CachedGuard(tl, "Q4_K_M", M.GUARD_ALL16), STOCK, (16, 64, 256), 6.0),
+        Case(CachedGuard(tl, "Q8_0", M.GUARD_QV8), ("loraguard", "limit"), (16, 64, 256), 6.0),
+        Case(CachedGuard(qw, "Q4_K_M", M.GUARD_QV8), (*STOCK, "torch-fp32"), (16, 64, 256), 6.0, {16: 64}),
+        Case(CachedGuard(qw, "Q4_K_M", M.GUARD_ALL16), ("loraguard", "limit"), (16, 64, 256), 5.0),
+        Case(CachedGuard(qw, "Q8_0", M.GUARD_QV8), ("loraguard", "limit"), (16, 64, 256), 5.0),
     ]
+    if smollm2_run is not None:
+        # a real chat model guarding itself: the base type decides its speed more than anything else; the
+        # guard was trained on the package's Q4_1 weights (dequantized), F16 holds them to F16 rounding
+        for base_type in (None, "F16", "Q8_0", "Q4_0"):
+            cases.append(Case(TrainedRun(smollm2_run, base_type), (*STOCK, "torch-fp32"), (16, 64, 256), 4.0))
     if minilm_run is not None:
         # BERT has 512 positions
         cases.append(Case(TrainedRun(minilm_run), ("loraguard", "loraguard-cli", "torch-fp32", *STOCK[1:]),
-                          (16, 64, 256), 8.0, {16: 64}, n_ctx=512))
-    return Plan(tuple(cases), M.LLAMA_GUARD, busy_reps=10, startup_reps=3, deadline_s=25 * 60)
+                          (16, 64, 256), 5.0, {16: 64}, n_ctx=512))
+    return Plan(tuple(cases), M.LLAMA_GUARD, busy_reps=6, startup_reps=3, deadline_s=28 * 60)
 
 
 def smoke_plan() -> Plan:
@@ -211,6 +224,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine since boot, from /proc/stat (zeros where it is absent)."""
+    stat = Path("/proc/stat")
+    if not stat.is_file():
+        return 0.0, 0.0
+    fields = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and every child it has waited for (all of them, by the end of the run)."""
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def sgemm_peak(threads: Sequence[int], log: Path) -> dict[str, dict[str, float]]:
     peaks: dict[str, dict[str, float]] = {}
     for n in threads:
@@ -222,19 +252,37 @@ def sgemm_peak(threads: Sequence[int], log: Path) -> dict[str, dict[str, float]]
     return peaks
 
 
-def compute_params(hf_dir: Path) -> int:
+def compute_params(source: Path) -> int:
     """Weights one token is multiplied with in the layers: 2-D matrices but the token embeddings and the LM head,
-    which the guard never runs (the limit runs the head for one token per text, a rounding error)."""
+    which the guard never runs (the limit runs the head for one token per text, a rounding error). `source` is
+    an HF directory or a GGUF file."""
+    if source.suffix == ".gguf":
+        from gguf import GGUFReader
+
+        return sum(int(np.prod(t.shape)) for t in GGUFReader(source).tensors
+                   if t.name.startswith("blk.") and len(t.shape) == 2)
     from safetensors import safe_open
 
     total = 0
-    for path in sorted(hf_dir.glob("*.safetensors")):
+    for path in sorted(source.glob("*.safetensors")):
         with safe_open(str(path), "np") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 shape = f.get_slice(name).get_shape()
                 if len(shape) == 2 and not any(k in name for k in ("embed_tokens", "embeddings.", "lm_head")):
                     total += int(np.prod(shape))
     return total
+
+
+def mem_available_mib() -> float | None:
+    """Memory the machine still has for page cache and processes; with every contender loaded, a low value
+    means the models' mapped pages may be evicted and read again during timed calls."""
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**10
+    return None
 
 
 def mib(path: Path) -> float:
@@ -253,6 +301,7 @@ def summary(samples: Sequence[float]) -> dict[str, float | int]:
 @dataclass(frozen=True)
 class GuardFacts:
     template: str
+    parse_special: bool
     pooling: str
     guard_params: int
     base_params: int
@@ -267,7 +316,7 @@ def contender_spec(name: str, files: CaseFiles, threads: int, n_ctx: int, facts:
         return {"kind": "torch", "hf_dir": str(files.hf_dir), "ckpt": str(files.ckpt), "dtype": dtype, **common}
     if name in ("llama-cpp-python", "limit"):
         return {"kind": name, "base": str(files.base), "guard": str(files.guard), "template": facts.template,
-                "pooling": facts.pooling, **common}
+                "parse_special": facts.parse_special, "pooling": facts.pooling, **common}
     if name == "generative":
         return {"kind": "generative", "model": str(files.generative), "base": str(files.base), **common}
     raise ValueError(name)
@@ -303,7 +352,9 @@ class Bench:
         with Guard(files.base, files.guard, n_ctx=case.n_ctx, n_threads=1) as g:
             texts = {n: [exact_length_text(lambda t: len(g.tokenize(t)), n, seed)
                          for seed in range(max(8, case.throughput.get(n, 0)))] for n in case.lengths}
-            facts = GuardFacts(template=g.meta("template.prompt") or "{prompt}", pooling=g.meta("pooling") or "last",
+            facts = GuardFacts(template=g.meta("template.prompt") or "{prompt}",
+                               parse_special=g.meta("template.parse_special") == "true",
+                               pooling=g.meta("pooling") or "last",
                                guard_params=g.n_params, base_params=g.model.n_params)
         return texts, facts
 
@@ -405,6 +456,7 @@ class Bench:
         files = case.model.files(self.cache, self._generative(case))
         texts, facts = self.inputs(files, case)
         running, results = self.start(case, files, facts)
+        mem_available = mem_available_mib()
         try:
             self.latency(case, texts, running, results)
             self.throughput(case, texts, running, results)
@@ -418,6 +470,7 @@ class Bench:
             "primary": case.primary,
             "description": files.description,
             "n_ctx": case.n_ctx,
+            "mem_available_mib": mem_available,
             "model": {"file": files.base.name, "file_mib": mib(files.base), "params": facts.base_params,
                       "compute_params": compute_params(files.hf_dir)},
             "guard": {"file_mib": mib(files.guard), "params": facts.guard_params, "pooling": facts.pooling,
@@ -605,14 +658,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--minilm-run", type=Path, default=None,
                         help="a loraguard-train run directory of a trained MiniLM guard (default: the newest "
                              "runs/minilm-*; the case is skipped where there is none)")
+    parser.add_argument("--smollm2-run", type=Path, default=None,
+                        help="a loraguard-train run directory of a trained SmolLM2 guard (default: the newest "
+                             "runs/smollm2-*; its cases are skipped where there is none)")
     args = parser.parse_args(argv)
     from bench import report
 
-    minilm = None if args.smoke else (args.minilm_run or find_minilm_run())
-    plan = smoke_plan() if args.smoke else full_plan(minilm)
+    minilm = None if args.smoke else (args.minilm_run or find_run("minilm"))
+    smollm2 = None if args.smoke else (args.smollm2_run or find_run("smollm2"))
+    plan = smoke_plan() if args.smoke else full_plan(minilm, smollm2)
     cache = M.ModelCache(args.cache or M.default_cache())
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    busy_start, steal_start = machine_cpu_seconds()
+    own_start = own_cpu_seconds()
     result: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -621,9 +680,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "settings": {"threads": args.threads, "n_ctx": N_CTX, "llama_cpp_extra_buffer_types": not cpu_has_amx(),
                      "kv_cache": "F16 (llama.cpp default)", "flash_attn": "auto (llama.cpp default)",
-                     "n_seq_max": 32, "min_reps": MIN_REPS_SLOW, "max_reps": MAX_REPS,
+                     "n_seq_max": 32, "n_ubatch": N_UBATCH, "min_reps": MIN_REPS_SLOW, "max_reps": MAX_REPS,
                      "throughput_reps": THROUGHPUT_REPS, "lengths": sorted({n for c in plan.cases for n in c.lengths})},
-        "skipped": [] if args.smoke or minilm else ["trained MiniLM guard: no run directory (runs/minilm-*)"],
+        "skipped": [] if args.smoke else [f"trained {kind} guard: no run directory (runs/{kind}-*)"
+                                          for kind, run in (("minilm", minilm), ("smollm2", smollm2)) if run is None],
         "cases": [],
     }
     with tempfile.TemporaryDirectory(prefix="loraguard-bench-") as logs:
@@ -649,6 +709,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["targets"] = targets(primary)
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["wall_s"] = time.perf_counter() - started
+    busy_end, steal_end = machine_cpu_seconds()
+    # the load average counts this run's own threads; CPU time the machine spent outside this run does not
+    result["machine"]["foreign_cpu_cores"] = max(0.0, busy_end - busy_start - (own_cpu_seconds() - own_start)) / \
+        result["wall_s"]
+    result["machine"]["steal_cores"] = (steal_end - steal_start) / result["wall_s"]
 
     host = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in socket.gethostname())
     stem = args.out / f"{datetime.date.today().isoformat()}-{host}"

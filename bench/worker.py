@@ -15,6 +15,8 @@ time), one with "added": TEXT prints the memory a guard adds to a running chat m
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import resource
@@ -104,8 +106,14 @@ class TorchPeft:
         torch.set_num_threads(spec["threads"])
         model, config = load_checkpoint(spec["ckpt"], spec["hf_dir"])
         self.model = model.to(getattr(torch, spec["dtype"]))
+        # the fp32 weights a bf16 model was cast from stay in malloc's free lists unless handed back; in the
+        # meantime they crowd out the page cache that holds the other contenders' mapped models
+        gc.collect()
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.tokenizer = load_tokenizer(spec["hf_dir"])
         self.template = config["template"]["prompt"]
+        self.parse_special = bool(config["template"]["parse_special"])
 
     def _forward(self, texts: Sequence[str]) -> None:
         import torch
@@ -113,7 +121,8 @@ class TorchPeft:
         from loraguard_train.model import encode, render
 
         with torch.inference_mode():
-            enc = encode(self.tokenizer, [render(self.template, t, None) for t in texts])
+            enc = encode(self.tokenizer, [render(self.template, t, None) for t in texts],
+                         parse_special=self.parse_special)
             self.model(enc["input_ids"], enc["attention_mask"])
 
     def run(self, texts: Sequence[str], batched: bool) -> None:
@@ -152,9 +161,10 @@ class LlamaCppPythonGuard:
                             pooling=spec["pooling"], lora=spec["guard"])
         self.weight, self.bias = _guard_head(spec["guard"])
         self.template = spec["template"]
+        self.parse_special = spec["parse_special"]
 
     def run(self, texts: Sequence[str], batched: bool) -> None:
-        for n_seqs in self.llm.decode_texts(texts, self.template, batched):
+        for n_seqs in self.llm.decode_texts(texts, self.template, batched, self.parse_special):
             for s in range(n_seqs):
                 self.weight @ self.llm.pooled(s) + self.bias
 
@@ -172,9 +182,10 @@ class Limit:
         pooling = None if spec["pooling"] == "last" else spec["pooling"]
         self.llm = LlamaCpp(Path(spec["base"]), n_ctx=spec["n_ctx"], n_threads=spec["threads"], pooling=pooling)
         self.template = spec["template"]
+        self.parse_special = spec["parse_special"]
 
     def run(self, texts: Sequence[str], batched: bool) -> None:
-        for _ in self.llm.decode_texts(texts, self.template, batched):
+        for _ in self.llm.decode_texts(texts, self.template, batched, self.parse_special):
             pass
 
     def facts(self) -> dict[str, Any]:

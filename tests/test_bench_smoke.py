@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 # bench/README.md documents these fields
 TOP_FIELDS = {"schema", "date", "command", "smoke", "machine", "settings", "skipped", "cases", "sgemm_peak_gflops",
               "targets", "wall_s"}
-CASE_FIELDS = {"name", "primary", "description", "n_ctx", "model", "guard", "contenders", "gflops_peak_fraction"}
+CASE_FIELDS = {"name", "primary", "description", "n_ctx", "mem_available_mib", "model", "guard", "contenders",
+               "gflops_peak_fraction"}
 PRIMARY_FIELDS = {"startup", "added_memory", "busy", "generative_model"}
 CONTENDERS = {"loraguard", "loraguard-cli", "torch-fp32", "llama-cpp-python", "generative", "limit"}
 LATENCY_FIELDS = {"p50_ms", "p95_ms", "n"}

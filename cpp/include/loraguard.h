@@ -110,6 +110,9 @@ typedef struct lg_guard_params {
     bool f32_kv_cache;   // F32 K/V cache (default F16, as llama.cpp)
     int32_t flash_attn;  // -1: llama.cpp's choice (auto), 0: off, 1: on. Parity with an fp32 reference to ~1e-5
                          // needs f32_kv_cache and flash_attn = 0; the defaults add ~1e-3 relative error.
+    uint32_t n_ubatch;   // decoders: tokens per llama.cpp compute step (0 = min(n_ctx, 512)). llama.cpp sizes the
+                         // compute buffer for n_ubatch rows of LM-head output, which the guard never computes:
+                         // a bigger step reserves more (GPU) memory for nothing. Encoders always use n_ctx.
 } lg_guard_params;
 
 LORAGUARD_API lg_guard_params lg_guard_default_params(void);

@@ -12,6 +12,8 @@ namespace {
 
 // The decoder builders in llama.cpp name the final-norm output "result_norm"; the LM head follows it.
 constexpr const char * k_final_norm = "result_norm";
+// llama.cpp's own default ubatch
+constexpr uint32_t k_default_n_ubatch = 512;
 
 // Scheduler callback: asks for the final-norm tensor only, copies its rows, then returns false so the
 // scheduler skips the rest of the graph (the LM head, which the guard never needs).
@@ -67,7 +69,10 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx = n_ctx;
     cparams.n_batch = n_ctx;
-    cparams.n_ubatch = n_ctx;  // one ubatch per decode: encoders need it, and captured rows stay in batch order
+    // Encoders attend both ways, so a sequence must fit one ubatch. Decoders may split a decode into several
+    // ubatches: with a unified KV cache llama.cpp splits in order, so the captured rows stay in batch order.
+    const uint32_t n_ubatch = params.n_ubatch == 0 ? k_default_n_ubatch : params.n_ubatch;
+    cparams.n_ubatch = spec.pool == lg::pooling::last ? std::min(n_ubatch, n_ctx) : n_ctx;
     // More sequences than tokens cannot share a decode, and llama.cpp asserts (aborts) on that configuration.
     cparams.n_seq_max = std::min(params.n_seq_max, n_ctx);
     cparams.kv_unified = true;  // one stream: llama.cpp then splits batches in order (split_simple)

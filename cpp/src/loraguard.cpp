@@ -145,6 +145,7 @@ lg_guard_params lg_guard_default_params(void) {
     p.isolated = false;
     p.f32_kv_cache = false;
     p.flash_attn = -1;
+    p.n_ubatch = 0;
     return p;
 }
 

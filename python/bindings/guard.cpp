@@ -12,9 +12,10 @@ using guard_handle = handle<lg_guard, lg_guard_free>;
 class GuardPath {
   public:
     GuardPath(std::shared_ptr<Model> model, const std::string & path, uint32_t n_ctx, uint32_t n_seq_max,
-              int n_threads, int overflow, bool isolated, bool f32_kv_cache, int flash_attn)
+              int n_threads, int overflow, bool isolated, bool f32_kv_cache, int flash_attn, uint32_t n_ubatch)
         : model_(std::move(model)),
-          handle_(load(*model_, path, n_ctx, n_seq_max, n_threads, overflow, isolated, f32_kv_cache, flash_attn)) {}
+          handle_(load(*model_, path, n_ctx, n_seq_max, n_threads, overflow, isolated, f32_kv_cache, flash_attn,
+                       n_ubatch)) {}
 
     std::vector<std::string> labels() const {
         auto g = handle_.get("guard");
@@ -83,7 +84,8 @@ class GuardPath {
 
   private:
     static lg_guard * load(const Model & model, const std::string & path, uint32_t n_ctx, uint32_t n_seq_max,
-                           int n_threads, int overflow, bool isolated, bool f32_kv_cache, int flash_attn) {
+                           int n_threads, int overflow, bool isolated, bool f32_kv_cache, int flash_attn,
+                           uint32_t n_ubatch) {
         lg_guard_params p = lg_guard_default_params();
         p.n_ctx = n_ctx;
         p.n_seq_max = n_seq_max;
@@ -92,6 +94,7 @@ class GuardPath {
         p.isolated = isolated;
         p.f32_kv_cache = f32_kv_cache;
         p.flash_attn = flash_attn;
+        p.n_ubatch = n_ubatch;
         auto m = model.get();
         lg_guard * out = nullptr;
         py::gil_scoped_release release;
@@ -108,10 +111,11 @@ class GuardPath {
 
 void register_guard(py::module_ & m) {
     py::class_<GuardPath>(m, "GuardPath")
-        .def(py::init<std::shared_ptr<Model>, const std::string &, uint32_t, uint32_t, int, int, bool, bool, int>(),
+        .def(py::init<std::shared_ptr<Model>, const std::string &, uint32_t, uint32_t, int, int, bool, bool, int,
+                      uint32_t>(),
              py::arg("model"), py::arg("path"), py::arg("n_ctx") = 512, py::arg("n_seq_max") = 32,
              py::arg("n_threads") = 0, py::arg("overflow") = 0, py::arg("isolated") = false,
-             py::arg("f32_kv_cache") = false, py::arg("flash_attn") = -1)
+             py::arg("f32_kv_cache") = false, py::arg("flash_attn") = -1, py::arg("n_ubatch") = 0)
         .def_property_readonly("labels", &GuardPath::labels)
         .def_property_readonly("thresholds", &GuardPath::thresholds)
         .def_property_readonly("lora_rank", &GuardPath::lora_rank)

@@ -46,6 +46,7 @@ class GuardPath:
         isolated: bool = False,
         f32_kv_cache: bool = False,
         flash_attn: int = -1,
+        n_ubatch: int = 0,
     ) -> None: ...
     @property
     def labels(self) -> list[str]: ...
