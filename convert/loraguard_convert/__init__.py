@@ -6,7 +6,7 @@ from .fingerprint import base_fingerprint, describe_base
 from .guard import convert_guard
 from .inspect import inspect_guard
 from .llama_cpp_source import LLAMA_CPP_PYTHON_VERSION
-from .thresholds import set_thresholds
+from .metadata import set_measured_types, set_thresholds
 
 __all__ = [
     "LLAMA_CPP_PYTHON_VERSION",
@@ -17,5 +17,6 @@ __all__ = [
     "convert_guard",
     "describe_base",
     "inspect_guard",
+    "set_measured_types",
     "set_thresholds",
 ]

@@ -1,4 +1,4 @@
-"""Command line: `loraguard-convert {base,guard,inspect}`."""
+"""Command line: `loraguard-convert {base,guard,inspect,measured}`."""
 
 import argparse
 import json
@@ -11,6 +11,7 @@ from .base import DEFAULT_OUTTYPE, OUTTYPES, convert_base
 from .errors import ConvertError
 from .guard import convert_guard
 from .inspect import format_report, inspect_guard
+from .metadata import set_measured_types
 
 PROG = "loraguard-convert"
 EXIT_USER_ERROR = 2
@@ -24,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Convert models and guard checkpoints to GGUF for loraguard.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{base,guard,inspect}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{base,guard,inspect,measured}")
 
     base = commands.add_parser("base", help="convert a Hugging Face model directory to a base GGUF")
     base.add_argument("hf_dir", type=Path, metavar="HF_DIR")
@@ -43,6 +44,12 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show what a guard GGUF contains")
     inspect.add_argument("file", type=Path, metavar="FILE.gguf")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+
+    measured = commands.add_parser(
+        "measured", help="record the base types a guard's accuracy was measured on (the runtime warns on others)"
+    )
+    measured.add_argument("file", type=Path, metavar="GUARD.gguf")
+    measured.add_argument("types", nargs="*", metavar="TYPE", help="F16, Q8_0, Q4_1, ... (none: clear the list)")
     return parser
 
 
@@ -55,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "guard":
             out = convert_guard(args.ckpt_dir, args.out, args.base, quiet=args.quiet)
             print(f"wrote {out}", file=sys.stderr)
+        elif args.command == "measured":
+            out = set_measured_types(args.file, args.types)
+            print(f"wrote {out}: measured on {', '.join(args.types) or 'no types recorded'}", file=sys.stderr)
         else:
             info = inspect_guard(args.file)
             print(json.dumps(info, indent=2) if args.json else format_report(info))

@@ -107,7 +107,12 @@ def _run_lora_converter(script: Path, ckpt: Checkpoint, tmp: Path) -> Path:
     # The converter reads lora_alpha only: give it the folded alpha and nothing that would contradict it.
     patched = dict(ckpt.lora.config, lora_alpha=ckpt.lora.alpha, use_rslora=False, rank_pattern={}, alpha_pattern={})
     (adapter_dir / ADAPTER_CONFIG).write_text(json.dumps(patched, indent=2), encoding="utf-8")
-    shutil.copyfile(ckpt.directory / BASE_CONFIG, base_dir / "config.json")
+    base_config = json.loads((ckpt.directory / BASE_CONFIG).read_text(encoding="utf-8"))
+    # A base trained from a GGUF file carries transformers' {"quant_method": "gguf"} marker; its weights were
+    # dequantized, and the converter, which only needs the architecture and shapes, refuses any quant method.
+    if (base_config.get("quantization_config") or {}).get("quant_method") == "gguf":
+        del base_config["quantization_config"]
+    (base_dir / "config.json").write_text(json.dumps(base_config, indent=2), encoding="utf-8")
     out = tmp / "lora.gguf"
     run_converter(
         script,

@@ -12,6 +12,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from loraguard_cpp.registry import cache_dir
+
 from .errors import ConvertError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -24,14 +26,6 @@ REQUIRED_FILES = (
     "gguf-py/gguf/__init__.py",
 )
 _VENDOR_SUBDIR = ("vendor", "llama.cpp")
-
-
-def cache_dir() -> Path:
-    """Where the fetched tree lives: $XDG_CACHE_HOME/loraguard, else ~/.cache/loraguard."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    # The XDG spec says relative values are invalid and must be ignored.
-    root = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return root / "loraguard"
 
 
 def cached_tree() -> Path:
