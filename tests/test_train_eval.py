@@ -465,3 +465,46 @@ def test_cpu_trains_in_fp32() -> None:
     from loraguard_train.train import _amp_dtype
 
     assert _amp_dtype(TrainConfig(base=".", out=Path("."), train=[]), torch.device("cpu")) is None
+
+
+def test_gguf_base_of_a_type_transformers_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gguf import GGUFWriter
+
+    base = tmp_path / "f64.gguf"
+    writer = GGUFWriter(base, "llama")
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(8, dtype=np.float64))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code = train_main(["--base", str(base), "--out", str(tmp_path / "out"), "--train", str(TOXICCHAT)])
+    _one_line_error(capsys, code, r"tensor blk\.0\.attn_norm\.weight is of type F64, which transformers cannot")
+
+
+@needs_data
+def test_named_gguf_base_trains_converts_and_runs_natively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--base smollm2`: the real chat model's GGUF, prepared as the named guard runs it, dequantized by
+    transformers for a few training steps; the guard it writes runs natively on that same file."""
+    from loraguard_cpp import registry
+
+    try:
+        registry.BASES["smollm2"].package_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    monkeypatch.setenv("LORAGUARD_MODELS", str(tmp_path / "models"))
+    out = tmp_path / "run"
+    template = "<|im_start|>user\n{prompt}<|im_end|>"
+    _train(["--base", "smollm2", "--out", str(out), "--train", str(TOXICCHAT), "--target", "prompt", "--limit", "60",
+            "--batch-size", "4", "--max-length", "32", "--max-steps", "3", "--template-prompt", template,
+            "--parse-special"])
+    record = json.loads((out / "train.json").read_text(encoding="utf-8"))
+    prepared = registry.BASES["smollm2"].cached_path()
+    assert Path(record["base_gguf"]) == prepared and prepared.parent == tmp_path / "models"
+    report = _eval(["-m", "smollm2", "-g", str(out / "guard.gguf"), str(TOXICCHAT), "--limit", "60", "--split", "dev",
+                    "--target", "prompt", "--reference", str(out / "checkpoint")], tmp_path / "eval.json")
+    (d,) = report["datasets"]
+    assert d["rows"] == 12
+    # the F16 base: llama.cpp rounds activations to F16 in its matmuls (~1e-3 relative)
+    assert d["reference"]["max_abs_prob_diff"] < 0.02

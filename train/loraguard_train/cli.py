@@ -15,7 +15,14 @@ from transformers.utils import logging
 
 from loraguard_convert import ConvertError, set_thresholds
 from loraguard_cpp import Guard, LoraGuardError
-from loraguard_train.config import ConfigError, DataSpec, build_config, read_recipe
+from loraguard_train.config import (
+    PACKAGE_PREFIX,
+    ConfigError,
+    DataSpec,
+    build_config,
+    is_named_base,
+    read_recipe,
+)
 from loraguard_train.data import FORMATS, TARGETS, DataError, split_dataset
 from loraguard_train.evaluate import (
     Evaluation,
@@ -91,6 +98,8 @@ def _quiet_libraries() -> None:
 # options that set the config key of the same name
 _TRAIN_OVERRIDES = (
     "base",
+    "template_prompt",
+    "template_pair",
     "out",
     "labels",
     "epochs",
@@ -121,7 +130,7 @@ def _train_parser() -> argparse.ArgumentParser:
         description="Train a guard (LoRA + linear head on a frozen base) and write its checkpoint and guard GGUF.",
     )
     p.add_argument("--config", type=Path, metavar="RECIPE.toml", help="recipe; the options below override it")
-    p.add_argument("--base", help="HF model directory or GGUF file (or package:NAME/dir)")
+    p.add_argument("--base", help="HF model directory, GGUF file, package:NAME/path, or a named base (smollm2, minilm)")
     p.add_argument("--out", help="output directory")
     p.add_argument("--train", type=Path, action="append", metavar="FILE", help="training data (repeatable)")
     p.add_argument("--dev", type=Path, action="append", metavar="FILE", help="dev data (default: split --train)")
@@ -145,6 +154,10 @@ def _train_parser() -> argparse.ArgumentParser:
     h.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     h.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     h.add_argument("--calibrate", action="store_true", help="F1-maximising thresholds on the dev data")
+    h.add_argument("--template-prompt", help="input template of a prompt, with {prompt} (default 'user: {prompt}')")
+    h.add_argument("--template-pair", help="input template of a prompt and response, with {prompt} and {response}")
+    h.add_argument("--parse-special", action="store_true",
+                   help="special-token text in the templates (e.g. <|im_start|>) becomes those tokens")
     h.add_argument("--base-gguf", help="the base GGUF the guard is for (default: converted from --base)")
     h.add_argument("--base-outtype", choices=("f32", "f16", "bf16", "q8_0"), help="type of the converted base")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -165,10 +178,14 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             value = getattr(args, key)
             if value is not None:
                 # command-line paths are relative to the working directory, recipe paths to the recipe
-                is_path = key in _PATH_OPTIONS and not str(value).startswith("package:")
+                is_path = key in _PATH_OPTIONS and not str(value).startswith(PACKAGE_PREFIX)
+                if key == "base" and is_named_base(str(value), Path.cwd()):
+                    is_path = False
                 data[key] = str(Path(value).resolve()) if is_path else value
         if args.calibrate:
             data["calibrate"] = True
+        if args.parse_special:
+            data["parse_special"] = True
         options = _data_options(args)
         if options and not (args.train or args.dev):
             raise ConfigError("--format, --target, column options and --limit apply to --train/--dev files only")
@@ -195,8 +212,9 @@ def _eval_parser() -> argparse.ArgumentParser:
         "over-flagging of safe rows, speed.",
     )
     p.add_argument("data", nargs="+", type=Path, metavar="DATA", help="labelled data files")
-    p.add_argument("-m", "--model", type=Path, required=True, metavar="BASE.gguf", help="base model GGUF")
-    p.add_argument("-g", "--guard", type=Path, required=True, metavar="GUARD.gguf", help="guard GGUF")
+    p.add_argument("-m", "--model", metavar="BASE.gguf",
+                   help="base model GGUF or a named base (smollm2, minilm); default: the named guard's base")
+    p.add_argument("-g", "--guard", required=True, metavar="GUARD.gguf", help="guard GGUF or a named guard")
     _add_data_options(p)
     s = p.add_argument_group("rows")
     s.add_argument(
@@ -253,6 +271,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
         evaluations: list[Evaluation] = []
         with Guard(args.model, args.guard, n_threads=args.threads, n_ctx=args.n_ctx, exact=args.exact) as guard:
+            model_path, guard_path = guard.model_path, guard.guard_path
             labels, thresholds = list(guard.labels), guard.thresholds.copy()
             if reference is not None and reference.guard_config["labels"] != labels:
                 raise DataError(
@@ -265,8 +284,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 evaluations.append(Evaluation(dataset, native, ref, shared))
 
         report: dict[str, Any] = {
-            "guard": str(args.guard),
-            "model": str(args.model),
+            "guard": str(guard_path),
+            "model": str(model_path),
             "labels": labels,
             "thresholds": dict(zip(labels, thresholds.tolist(), strict=True)),
             "n_ctx": args.n_ctx,
@@ -277,9 +296,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             new, f1 = calibrate(evaluations, labels, thresholds)
             if not f1:
                 raise DataError("--calibrate: no data set has positive rows for any guard label")
-            set_thresholds(args.guard, new)
+            set_thresholds(guard_path, new)
             # the report's thresholds and P/R/F1 are those of the guard file as it is now
-            report["calibration"] = {"previous": report["thresholds"], "f1": f1, "written": str(args.guard)}
+            report["calibration"] = {"previous": report["thresholds"], "f1": f1, "written": str(guard_path)}
             report["thresholds"] = dict(zip(labels, new, strict=True))
             report["datasets"] = [summarize(e, labels, np.asarray(new, dtype=np.float32)) for e in evaluations]
         if args.plot is not None:
@@ -291,7 +310,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         if args.calibrate and not args.json:
             print(
                 "\ncalibrated thresholds written to "
-                + str(args.guard)
+                + str(guard_path)
                 + ": "
                 + ", ".join(f"{k} {v:.4f}" for k, v in report["thresholds"].items())
             )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraguard_cpp import LoraGuardError, registry
 from loraguard_train.data import FORMATS, TARGETS, Columns, DataError, Dataset, load_dataset, only_label, sample
 from loraguard_train.model import (
     DEFAULT_ALPHA,
@@ -146,6 +147,46 @@ def resolve_path(value: str, root: Path) -> Path:
     return (root / Path(value).expanduser()).resolve()
 
 
+def is_named_base(value: str, root: Path) -> bool:
+    """`smollm2`, `minilm`: loraguard's named bases, unless a file or directory of that name is at hand."""
+    return value in registry.BASES and not (root / value).exists()
+
+
+def resolve_base(value: str, root: Path) -> Path:
+    """A named base is prepared (found in its PyPI package, retyped into the user cache) and trained on as the
+    very GGUF the named guard runs on; anything else is a path."""
+    if is_named_base(value, root):
+        try:
+            return registry.prepare_base(value)
+        except LoraGuardError as e:
+            raise ConfigError(str(e)) from None
+    return resolve_path(value, root)
+
+
+def check_dequantizable(path: Path) -> None:
+    """transformers trains on a GGUF base by dequantizing every tensor with gguf-py; a type gguf-py cannot read
+    would fail deep inside that load, so name the tensor and the way out before any slow work."""
+    from gguf import GGUFReader, quants
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"base {path} is not a readable GGUF file ({e})") from None
+    checked: set[int] = set()
+    for tensor in reader.tensors:
+        if tensor.tensor_type in checked:
+            continue
+        try:
+            quants.dequantize(tensor.data.reshape(-1, tensor.data.shape[-1])[:1], tensor.tensor_type)
+        except NotImplementedError:
+            raise ConfigError(
+                f"base {path}: tensor {tensor.name} is of type {tensor.tensor_type.name}, which transformers cannot "
+                f"dequantize to train on; re-export the model as F16 (loraguard-cli quantize {path} base-f16.gguf "
+                "F16), then train on that file and run the guard on it"
+            ) from None
+        checked.add(tensor.tensor_type)
+
+
 def _check_type(where: str, value: Any, hint: Any) -> Any:
     """Check a value against a dataclass field's type (the few types configs use); ints pass for floats."""
     origin = typing.get_origin(hint)
@@ -207,7 +248,7 @@ def build_config(data: Mapping[str, Any], root: Path) -> TrainConfig:
         ]
     base = data.get("base")
     if isinstance(base, str):
-        data["base"] = str(resolve_path(base, root))
+        data["base"] = str(resolve_base(base, root))
     config: TrainConfig = _build(TrainConfig, {**data, **specs}, "", root)
     _validate(config)
     return config
@@ -245,7 +286,12 @@ def _validate(c: TrainConfig) -> None:
     if c.labels is not None and (not c.labels or c.labels[0] != "unsafe"):
         raise ConfigError(f"labels must start with 'unsafe', got {c.labels}")
     if not Path(c.base).exists():
-        raise ConfigError(f"base {c.base} does not exist (an HF model directory or a GGUF file)")
+        raise ConfigError(
+            f"base {c.base} does not exist (an HF model directory, a GGUF file, or a named base: "
+            f"{', '.join(registry.BASES)})"
+        )
+    if Path(c.base).suffix == ".gguf":
+        check_dequantizable(Path(c.base))
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
