@@ -2,7 +2,7 @@
 
 `llama_cpp.Llama` cannot turn llama.cpp's extra CPU buffer types off, and on CPUs with AMX those kernels crash
 on multi-token decodes of quantized models (llama.cpp 0.3.36). loraguard turns them off exactly there
-(lg_model_params.cpu_repack = -1), so the contenders here follow the same rule (use_extra_bufts = not AMX),
+(lg_model_params.cpu_repack = -1, for models with such types), so the contenders here follow the same rule,
 and their contexts get loraguard's guard-context settings: same n_ctx, steps of 512 tokens, one unified
 K/V stream, default (F16) K/V cache and flash-attention choice.
 """
@@ -22,9 +22,23 @@ N_UBATCH = 512  # loraguard's and llama.cpp's default: tokens per compute step
 
 
 def cpu_has_amx() -> bool:
-    """Whether this CPU offers AMX, where loraguard keeps llama.cpp's extra buffer types off."""
+    """Whether this CPU offers AMX, where loraguard keeps llama.cpp's extra buffer types off for quantized models."""
     cpuinfo = Path("/proc/cpuinfo")
     return cpuinfo.is_file() and "amx_tile" in cpuinfo.read_text().split()
+
+
+# tensor types with AMX kernels in the pinned llama.cpp (ggml-cpu/amx/common.h), as lg-model.cpp lists them
+AMX_TYPES = {"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
+
+
+def extra_bufts(model_path: Path) -> bool:
+    """loraguard's default (lg_model_params.cpu_repack = -1): llama.cpp's extra buffer types stay on unless the
+    CPU offers AMX and the model has tensors of a type whose AMX kernels crash on multi-token decodes."""
+    if not cpu_has_amx():
+        return True
+    from gguf import GGUFReader
+
+    return not any(t.tensor_type.name in AMX_TYPES for t in GGUFReader(model_path).tensors)
 
 
 POOLING = {
@@ -44,7 +58,7 @@ class LlamaCpp:
     ) -> None:
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
-        mparams.use_extra_bufts = not cpu_has_amx()
+        mparams.use_extra_bufts = extra_bufts(model_path)
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {model_path}")

@@ -21,7 +21,8 @@ DESCRIPTIONS = {
 
 # CPU that other processes may take, on average over the run, before the report calls the machine busy
 QUIET_FOREIGN_CORES = 0.1
-_EXTRA_BUFTS_OFF = "off (AMX CPU: loraguard turns them off there, so the stock contenders do too)"
+_EXTRA_BUFTS_OFF = ("off for models with AMX-kernel tensor types (AMX CPU: loraguard turns them off there, so the "
+                    "stock contenders do too), on otherwise")
 
 
 def _ms(v: float | None) -> str:

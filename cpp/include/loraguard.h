@@ -59,8 +59,8 @@ typedef struct lg_model lg_model;
 typedef struct lg_model_params {
     int32_t n_gpu_layers;  // layers to offload to the GPU backend llama.cpp was built with (0 = CPU only, -1 = all)
     int32_t cpu_repack;    // llama.cpp's extra CPU weight layouts (repacking, AMX): 1 on, 0 off, -1 (default) on
-                           // unless the CPU backend offers AMX, whose kernels in the pinned llama.cpp crash on
-                           // prompt decodes of quantized models (stock llama.cpp too)
+                           // unless the CPU backend offers AMX and the model has tensor types with AMX kernels:
+                           // those kernels in the pinned llama.cpp crash on prompt decodes (stock llama.cpp too)
     bool use_mmap;         // false: read the weights into memory instead of mapping the file
     bool verbose;          // let llama.cpp log to stderr (default: errors only)
 } lg_model_params;

@@ -67,6 +67,20 @@ bool cpu_offers_amx() {
     return false;
 }
 
+// The tensor types the AMX buffer takes (qtype_has_amx_kernels in ggml-cpu/amx/common.h of the pinned llama.cpp).
+bool has_amx_kernels(ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_Q4_0:
+        case GGML_TYPE_Q4_1:
+        case GGML_TYPE_Q8_0:
+        case GGML_TYPE_Q4_K:
+        case GGML_TYPE_Q5_K:
+        case GGML_TYPE_Q6_K:
+        case GGML_TYPE_IQ4_XS: return true;
+        default: return false;
+    }
+}
+
 std::string meta_str(const llama_model * model, const std::string & key) {
     char buf[512];
     const int32_t n = llama_model_meta_val_str(model, key.c_str(), buf, sizeof(buf));
@@ -90,16 +104,20 @@ lg_model::lg_model(const std::string & path_, const lg_model_params & params) : 
         lg::fail(LG_ERR_FORMAT, "model file " + path + " has no general.architecture: not a llama.cpp model");
     }
     fingerprint = lg::base_fingerprint(file);
+    bool amx_types = false;
     for (int64_t i = 0; i < file.n_tensors(); ++i) {
         const ggml_tensor * t = file.tensor(i);
         if (ggml_n_dims(t) == 2) {
             matrix_shapes[t->name] = {t->ne[0], t->ne[1]};
         }
+        amx_types = amx_types || has_amx_kernels(t->type);
     }
 
     llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = params.n_gpu_layers;
-    mparams.use_extra_bufts = params.cpu_repack < 0 ? !cpu_offers_amx() : params.cpu_repack != 0;
+    // Off only where the crash can happen, so that elsewhere (F16/F32 weights, CPUs without AMX) the weights sit
+    // in the very layouts stock llama.cpp uses and the chat path's logits stay bit-identical to it.
+    mparams.use_extra_bufts = params.cpu_repack < 0 ? !(amx_types && cpu_offers_amx()) : params.cpu_repack != 0;
     if (!params.use_mmap) {
         mparams.load_mode = LLAMA_LOAD_MODE_NONE;
     }
