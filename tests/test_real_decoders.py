@@ -125,3 +125,15 @@ def test_smollm2_chat_path_is_stock_llama_cpp(smollm2: RealGuard, tmp_path: Path
 def test_gemma3_tokens_and_logits_match_torch(gemma3: RealGuard, texts: list[str]) -> None:
     # GELU model: ggml's CPU GELU goes through an F16 lookup table (tests/test_parity.py)
     _check_tokens_and_f32_parity(gemma3, texts[:100], 3e-3)
+
+
+def test_smollm2_guard_warns_off_its_measured_types_and_is_refused_on_gemma(gemma3: RealGuard) -> None:
+    from loraguard_cpp import ModelMismatchError
+    from loraguard_cpp.registry import BASES, GUARDS
+
+    shipped = BASES["smollm2"].package_path()  # Q4_1: the named guard was measured on its F16 re-export only
+    with pytest.warns(UserWarning, match=r"measured on base types F16, model .* is Q4_1"):
+        Guard(shipped, guard="smollm2", n_threads=1).close()
+    refused = r"built for Smollm2.*architecture 'llama'; model Gemma 3 .* is 'gemma3'"
+    with pytest.raises(ModelMismatchError, match=refused):
+        Guard(gemma3.gguf, GUARDS["smollm2"].path, n_threads=1)

@@ -31,8 +31,10 @@ void check_stock_lora_keys(const gguf_file & file, const lg_model & model) {
     }
     const std::string arch = file.get_str("general.architecture").value_or("");
     if (arch != model.architecture) {
-        fail(LG_ERR_MISMATCH, "guard was built for architecture '" + arch + "', model " + model.name + " is '" +
-                                  model.architecture + "': use the base model the guard was trained on");
+        const std::string base_name = file.get_str("loraguard.base.name").value_or("");
+        fail(LG_ERR_MISMATCH, "guard was built for " + (base_name.empty() ? std::string() : base_name + ", ") +
+                                  "architecture '" + arch + "'; model " + model.name + " is '" + model.architecture +
+                                  "': use the base model the guard was trained on");
     }
     file.get_f32("adapter.lora.alpha");  // type check only: absent means llama.cpp's default
     if (file.has("adapter.alora.invocation_tokens")) {
