@@ -664,3 +664,29 @@ def test_llama_cpp_python_version_pin(monkeypatch: pytest.MonkeyPatch) -> None:
 def _stray_no_local_gguf(monkeypatch: pytest.MonkeyPatch) -> None:
     # The converters must use their own gguf-py even when the caller's environment says otherwise.
     monkeypatch.setenv("NO_LOCAL_GGUF", "1")
+
+
+def test_measured_types_roundtrip(stories_gguf: Path, stories_guard: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`loraguard-convert measured` records the base types; the runtime warns on another type of the same base,
+    and only the measured-types key changes in the file."""
+    from loraguard_cpp import Guard
+
+    guard = tmp_path / "guard.gguf"
+    shutil.copyfile(stories_guard, guard)
+    assert main(["measured", str(guard), "f16", "Q8_0"]) == 0
+    assert main(["inspect", "--json", str(guard)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["base"]["measured_types"] == ["F16", "Q8_0"]
+    before, after = GgufFile(stories_guard), GgufFile(guard)
+    assert {t.name: t.data.tobytes() for t in before.tensors} == {t.name: t.data.tobytes() for t in after.tensors}
+    assert set(after.reader.fields) - set(before.reader.fields) == {"loraguard.base.measured_types"}
+    with pytest.warns(UserWarning, match=r"measured on base types F16, Q8_0, model .* is F32"):
+        Guard(stories_gguf, guard, n_threads=1).close()
+    assert main(["measured", str(guard), "F32"]) == 0
+    with Guard(stories_gguf, guard, n_threads=1) as g:
+        assert g.meta("base.measured_types") is not None
+    assert main(["measured", str(guard), "Q9_Z!"]) == 2
+    assert "not a llama.cpp tensor type name" in capsys.readouterr().err
+    assert main(["measured", str(guard)]) == 0
+    assert "loraguard.base.measured_types" not in GgufFile(guard).reader.fields

@@ -1,13 +1,18 @@
 """Typed, error-checked access to GGUF key/values through the PyPI `gguf` package's reader."""
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGUFReader, GGUFValueType, ReaderField, ReaderTensor
+from gguf import GGUFReader, GGUFValueType, GGUFWriter, ReaderField, ReaderTensor
 
+from . import keys
 from .errors import ConvertError
+
+# (key, value, type, array element type): a key/value to write
+KeyValue = tuple[str, Any, GGUFValueType, GGUFValueType | None]
 
 _INTEGER_TYPES = frozenset(
     {
@@ -123,3 +128,33 @@ def _decode(path: Path, key: str, raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConvertError(f"{path}: key {key} is not valid UTF-8") from e
+
+
+def write_copy(
+    source: GgufFile, path: Path, architecture: str, kvs: list[KeyValue], drop: Collection[str] = ()
+) -> None:
+    """Write SOURCE's key/values and tensors to PATH with `kvs` added (replacing keys of the same name) and the
+    keys in `drop` left out; the tensors and every other key/value are copied byte for byte."""
+    replaced = {key for key, *_ in kvs} | set(drop)
+    writer = GGUFWriter(path, architecture)
+    try:
+        for key, field in source.reader.fields.items():
+            # GGUF.* are the reader's own header pseudo-keys; the writer emits general.architecture itself.
+            if key.startswith("GGUF.") or key == keys.GENERAL_ARCHITECTURE or key in replaced:
+                continue
+            if key == keys.GENERAL_ALIGNMENT:
+                writer.add_custom_alignment(int(field.parts[-1][0]))
+                continue
+            if len(field.types) > 2:
+                raise ConvertError(f"{source.path} has a nested array {key}, which cannot be copied")
+            sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
+            writer.add_key_value(key, field_value(field), field.types[0], sub_type=sub_type)
+        for key, value, vtype, sub_type in kvs:
+            writer.add_key_value(key, value, vtype, sub_type=sub_type)
+        for tensor in source.tensors:
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()

@@ -10,9 +10,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from gguf import GGUFValueType, GGUFWriter
+from gguf import GGUFValueType
 from tqdm import tqdm
 
 from . import keys
@@ -20,7 +19,7 @@ from .atomic import atomic_output, check_output_path
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_CONFIG, GUARD_CONFIG, Checkpoint, load_checkpoint
 from .errors import ConvertError
 from .fingerprint import describe, fingerprint_of
-from .gguf_read import GgufFile, field_value
+from .gguf_read import GgufFile, KeyValue, write_copy
 from .llama_cpp_source import converter_script
 from .subproc import run_converter
 
@@ -151,49 +150,26 @@ def _check_converted(lora: GgufFile, ckpt: Checkpoint, base: _Base) -> None:
 
 def _write_guard(lora: GgufFile, ckpt: Checkpoint, base: _Base, path: Path) -> None:
     guard = ckpt.guard
-    writer = GGUFWriter(path, base.architecture)
-    try:
-        for key, field in lora.reader.fields.items():
-            # GGUF.* are the reader's own header pseudo-keys; the writer emits general.architecture itself.
-            if key.startswith("GGUF.") or key == keys.GENERAL_ARCHITECTURE:
-                continue
-            if key == keys.GENERAL_ALIGNMENT:
-                writer.add_custom_alignment(int(field.parts[-1][0]))
-                continue
-            if len(field.types) > 2:
-                raise ConvertError(f"convert_lora_to_gguf.py wrote a nested array {key}, which cannot be copied")
-            sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
-            writer.add_key_value(key, field_value(field), field.types[0], sub_type=sub_type)
-
-        f32_array = (GGUFValueType.ARRAY, GGUFValueType.FLOAT32)
-        guard_kvs: list[tuple[str, Any, GGUFValueType, GGUFValueType | None]] = [
-            (keys.VERSION, keys.FORMAT_VERSION, GGUFValueType.UINT32, None),
-            (keys.LABELS, guard.labels, GGUFValueType.ARRAY, GGUFValueType.STRING),
-            (keys.THRESHOLDS, guard.thresholds, *f32_array),
-            (keys.HEAD_WEIGHT, ckpt.head_weight.reshape(-1).tolist(), *f32_array),
-            (keys.HEAD_BIAS, ckpt.head_bias.reshape(-1).tolist(), *f32_array),
-            (keys.POOLING, guard.pooling, GGUFValueType.STRING, None),
-            (keys.TEMPLATE_PROMPT, guard.template_prompt, GGUFValueType.STRING, None),
-            (keys.TEMPLATE_PAIR, guard.template_pair, GGUFValueType.STRING, None),
-            (keys.TEMPLATE_PARSE_SPECIAL, guard.parse_special, GGUFValueType.BOOL, None),
-            (keys.BASE_ARCHITECTURE, base.architecture, GGUFValueType.STRING, None),
-            (keys.BASE_N_EMBD, base.n_embd, GGUFValueType.UINT32, None),
-            (keys.BASE_N_LAYER, base.n_layer, GGUFValueType.UINT32, None),
-            (keys.BASE_FINGERPRINT, base.fingerprint, GGUFValueType.STRING, None),
-            (keys.BASE_NAME, base.name, GGUFValueType.STRING, None),
-        ]
-        # GGUF has no empty arrays, and the key is optional.
-        if guard.base.measured_types:
-            guard_kvs.append(
-                (keys.BASE_MEASURED_TYPES, guard.base.measured_types, GGUFValueType.ARRAY, GGUFValueType.STRING)
-            )
-        for key, value, vtype, sub_type in guard_kvs:
-            writer.add_key_value(key, value, vtype, sub_type=sub_type)
-
-        for tensor in lora.tensors:
-            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    f32_array = (GGUFValueType.ARRAY, GGUFValueType.FLOAT32)
+    guard_kvs: list[KeyValue] = [
+        (keys.VERSION, keys.FORMAT_VERSION, GGUFValueType.UINT32, None),
+        (keys.LABELS, guard.labels, GGUFValueType.ARRAY, GGUFValueType.STRING),
+        (keys.THRESHOLDS, guard.thresholds, *f32_array),
+        (keys.HEAD_WEIGHT, ckpt.head_weight.reshape(-1).tolist(), *f32_array),
+        (keys.HEAD_BIAS, ckpt.head_bias.reshape(-1).tolist(), *f32_array),
+        (keys.POOLING, guard.pooling, GGUFValueType.STRING, None),
+        (keys.TEMPLATE_PROMPT, guard.template_prompt, GGUFValueType.STRING, None),
+        (keys.TEMPLATE_PAIR, guard.template_pair, GGUFValueType.STRING, None),
+        (keys.TEMPLATE_PARSE_SPECIAL, guard.parse_special, GGUFValueType.BOOL, None),
+        (keys.BASE_ARCHITECTURE, base.architecture, GGUFValueType.STRING, None),
+        (keys.BASE_N_EMBD, base.n_embd, GGUFValueType.UINT32, None),
+        (keys.BASE_N_LAYER, base.n_layer, GGUFValueType.UINT32, None),
+        (keys.BASE_FINGERPRINT, base.fingerprint, GGUFValueType.STRING, None),
+        (keys.BASE_NAME, base.name, GGUFValueType.STRING, None),
+    ]
+    # GGUF has no empty arrays, and the key is optional.
+    if guard.base.measured_types:
+        guard_kvs.append(
+            (keys.BASE_MEASURED_TYPES, guard.base.measured_types, GGUFValueType.ARRAY, GGUFValueType.STRING)
+        )
+    write_copy(lora, path, base.architecture, guard_kvs)

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType, GGUFWriter
+from gguf import GGUFValueType
 
 from . import keys
 from .atomic import atomic_output
 from .errors import ConvertError
-from .gguf_read import GgufFile, field_value
+from .gguf_read import GgufFile, KeyValue, write_copy
 
 # llama.cpp's tensor type names as the runtime reports a model's file type (F16, Q8_0, Q4_K_M, ...)
 _TYPE_NAME = re.compile(r"^(F32|F16|BF16|Q[0-9]_[0-9A-Z_]+|IQ[0-9]_[0-9A-Z_]+|TQ[0-9]_[0-9])$")
@@ -25,32 +25,14 @@ def _open_guard(guard_path: Path | str) -> GgufFile:
 
 
 def _rewrite(guard: GgufFile, key: str, values: list[Any], sub_type: GGUFValueType) -> Path:
-    """Write GUARD with the array KEY set to `values`; every other key/value and tensor is copied byte for byte.
-    The new file replaces the old one by rename, so readers see the old file or the new one."""
+    """Write GUARD with the array KEY set to `values` (removed when empty: GGUF has no empty arrays); the new
+    file replaces the old one by rename, so readers see the old file or the new one."""
     architecture = guard.string(keys.GENERAL_ARCHITECTURE)
     if architecture is None:
         raise ConvertError(f"{guard.path} has no {keys.GENERAL_ARCHITECTURE}")
+    kvs: list[KeyValue] = [(key, values, GGUFValueType.ARRAY, sub_type)] if values else []
     with atomic_output(guard.path) as tmp:
-        writer = GGUFWriter(tmp, architecture)
-        try:
-            for name, field in guard.reader.fields.items():
-                # GGUF.* are the reader's header pseudo-keys; the writer emits general.architecture itself
-                if name.startswith("GGUF.") or name in (keys.GENERAL_ARCHITECTURE, key):
-                    continue
-                if name == keys.GENERAL_ALIGNMENT:
-                    writer.add_custom_alignment(int(field.parts[-1][0]))
-                    continue
-                field_sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
-                writer.add_key_value(name, field_value(field), field.types[0], sub_type=field_sub_type)
-            if values:
-                writer.add_key_value(key, values, GGUFValueType.ARRAY, sub_type=sub_type)
-            for tensor in guard.tensors:
-                writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-        finally:
-            writer.close()
+        write_copy(guard, tmp, architecture, kvs, drop=[key])
     return guard.path
 
 
