@@ -137,29 +137,17 @@ class TorchPeft:
         return {}
 
 
-def _guard_head(guard_path: str) -> tuple[np.ndarray, np.ndarray]:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(guard_path)
-
-    def floats(key: str) -> np.ndarray:
-        field = reader.fields[key]
-        return np.array([field.parts[i][0] for i in field.data], dtype=np.float32)
-
-    bias = floats("loraguard.head.bias")
-    return floats("loraguard.head.weight").reshape(len(bias), -1), bias
-
-
 class LlamaCppPythonGuard:
     """Contender 4: stock llama.cpp with the guard as a plain LoRA, embeddings pooled as the guard pools them
     (the last token for decoders), numpy head."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         from bench.lowlevel import LlamaCpp
+        from loraguard_convert import guard_head
 
         self.llm = LlamaCpp(Path(spec["base"]), n_ctx=spec["n_ctx"], n_threads=spec["threads"],
                             pooling=spec["pooling"], lora=spec["guard"])
-        self.weight, self.bias = _guard_head(spec["guard"])
+        self.weight, self.bias = guard_head(spec["guard"])
         self.template = spec["template"]
         self.parse_special = spec["parse_special"]
 

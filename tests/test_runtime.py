@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGUFValueType
 
 from chat_check import assert_chat_bit_identical
 from gguf_edit import edit_gguf
+from loraguard_convert import guard_head
 from loraguard_cpp import (
     FileAccessError,
     FileFormatError,
@@ -33,17 +34,6 @@ def guard(stories_gguf: Path, stories_guard: Path) -> Guard:
     g.close()
 
 
-def head_of(guard_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    reader = GGUFReader(guard_path)
-
-    def floats(key: str) -> np.ndarray:
-        f = reader.fields[key]
-        return np.array([f.parts[i][0] for i in f.data], dtype=np.float32)
-
-    bias = floats("loraguard.head.bias")
-    return floats("loraguard.head.weight").reshape(len(bias), -1), bias
-
-
 # -- guard path ------------------------------------------------------------------------------------------------
 
 
@@ -54,7 +44,7 @@ def test_guard_scores_match_llama_cpp_python_with_the_same_lora(
     embeddings mode (every token output), last-token pooling, and the head in numpy."""
     import llama_cpp
 
-    weight, bias = head_of(stories_guard)
+    weight, bias = guard_head(stories_guard)
     llm = llama_cpp.Llama(
         model_path=str(stories_gguf), lora_path=str(stories_guard), embedding=True,
         pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST, n_ctx=512, n_batch=512, n_threads=1, type_k=0, type_v=0,

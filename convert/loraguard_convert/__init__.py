@@ -4,7 +4,7 @@ from .base import convert_base
 from .errors import ConverterFailed, ConvertError
 from .fingerprint import base_fingerprint, describe_base
 from .guard import convert_guard
-from .inspect import inspect_guard
+from .inspect import guard_head, inspect_guard
 from .llama_cpp_source import LLAMA_CPP_PYTHON_VERSION
 from .metadata import set_measured_types, set_thresholds
 
@@ -16,6 +16,7 @@ __all__ = [
     "convert_base",
     "convert_guard",
     "describe_base",
+    "guard_head",
     "inspect_guard",
     "set_measured_types",
     "set_thresholds",

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import keys
 from .errors import ConvertError
@@ -16,6 +17,16 @@ _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)\.weight\.lora_b$")
 def _f32(value: float) -> float:
     # The shortest decimal that round-trips through f32, so 0.3 prints as 0.3, not 0.30000001192092896.
     return float(str(np.float32(value)))
+
+
+def guard_head(path: Path | str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The guard's linear head as the runtime applies it: logits = weight @ hidden + bias, weight of shape
+    (n_labels, n_embd)."""
+    guard = GgufFile(path)
+    weight, bias = guard.floats(keys.HEAD_WEIGHT), guard.floats(keys.HEAD_BIAS)
+    if weight is None or bias is None or not len(bias) or len(weight) % len(bias):
+        raise ConvertError(f"{guard.path} has no usable head ({keys.HEAD_WEIGHT}, {keys.HEAD_BIAS})")
+    return weight.reshape(len(bias), -1), bias
 
 
 def inspect_guard(path: Path | str) -> dict[str, Any]:
