@@ -28,8 +28,7 @@ class NamedBase:
     module: str  # its import name (located, not imported)
     relpath: str  # the model inside the package: a GGUF file or an HF directory
     source: Literal["gguf", "hf"]
-    # tensor type prepared into the cache ("" for a GGUF used as shipped)
-    prepared_type: str
+    prepared_type: str  # the tensor type prepared into the cache
     why: str
 
     def package_path(self) -> Path:
@@ -114,8 +113,12 @@ def models_dir() -> Path:
     return cache_dir() / "models"
 
 
-def _is_name(value: str | os.PathLike[str], table: dict[str, NamedBase] | dict[str, NamedGuard]) -> bool:
-    return isinstance(value, str) and value in table and not Path(value).exists()
+def is_name(
+    value: str | os.PathLike[str], table: dict[str, NamedBase] | dict[str, NamedGuard], root: Path | None = None
+) -> bool:
+    """Whether VALUE names an entry of TABLE: a plain string in it, unless a file or directory of that name is
+    at hand (in ROOT, default the working directory)."""
+    return isinstance(value, str) and value in table and not ((root or Path()) / value).exists()
 
 
 def prepare_base(name: str, *, quiet: bool = False) -> Path:
@@ -124,8 +127,6 @@ def prepare_base(name: str, *, quiet: bool = False) -> Path:
         raise InvalidInputError(f"unknown base model {name!r}; named bases: {', '.join(sorted(BASES))}")
     base = BASES[name]
     source = base.package_path()
-    if not base.prepared_type:
-        return source
     target = base.cached_path()
     if target.is_file():
         return target
@@ -162,7 +163,7 @@ def resolve(
     """(base GGUF, guard GGUF) from paths or names; no guard means the default guard."""
     if guard is None:
         guard = DEFAULT_GUARD
-    named_guard = GUARDS.get(str(guard)) if _is_name(guard, GUARDS) else None
+    named_guard = GUARDS.get(str(guard)) if is_name(guard, GUARDS) else None
     if named_guard is not None:
         guard_path = named_guard.path
         if not guard_path.is_file():
@@ -176,6 +177,6 @@ def resolve(
                 f"or use a named guard ({', '.join(sorted(GUARDS))})"
             )
         return prepare_base(named_guard.base, quiet=quiet), guard_path
-    if _is_name(model, BASES):
+    if is_name(model, BASES):
         return prepare_base(str(model), quiet=quiet), guard_path
     return Path(model), guard_path

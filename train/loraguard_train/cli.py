@@ -14,13 +14,12 @@ import numpy as np
 from transformers.utils import logging
 
 from loraguard_convert import ConvertError, set_thresholds
-from loraguard_cpp import Guard, LoraGuardError
+from loraguard_cpp import Guard, LoraGuardError, registry
 from loraguard_train.config import (
     PACKAGE_PREFIX,
     ConfigError,
     DataSpec,
     build_config,
-    is_named_base,
     read_recipe,
 )
 from loraguard_train.data import FORMATS, TARGETS, DataError, split_dataset
@@ -179,7 +178,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             if value is not None:
                 # command-line paths are relative to the working directory, recipe paths to the recipe
                 is_path = key in _PATH_OPTIONS and not str(value).startswith(PACKAGE_PREFIX)
-                if key == "base" and is_named_base(str(value), Path.cwd()):
+                if key == "base" and registry.is_name(str(value), registry.BASES):
                     is_path = False
                 data[key] = str(Path(value).resolve()) if is_path else value
         if args.calibrate:

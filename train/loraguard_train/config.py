@@ -147,15 +147,10 @@ def resolve_path(value: str, root: Path) -> Path:
     return (root / Path(value).expanduser()).resolve()
 
 
-def is_named_base(value: str, root: Path) -> bool:
-    """`smollm2`, `minilm`: loraguard's named bases, unless a file or directory of that name is at hand."""
-    return value in registry.BASES and not (root / value).exists()
-
-
 def resolve_base(value: str, root: Path) -> Path:
     """A named base is prepared (found in its PyPI package, retyped into the user cache) and trained on as the
     very GGUF the named guard runs on; anything else is a path."""
-    if is_named_base(value, root):
+    if registry.is_name(value, registry.BASES, root):
         try:
             return registry.prepare_base(value)
         except LoraGuardError as e:
