@@ -118,12 +118,11 @@ class TorchPeft:
     def _forward(self, texts: Sequence[str]) -> None:
         import torch
 
-        from loraguard_train.model import encode, render
+        from loraguard_train.inputs import collate, pad_id, tokenize
 
         with torch.inference_mode():
-            enc = encode(self.tokenizer, [render(self.template, t, None) for t in texts],
-                         parse_special=self.parse_special)
-            self.model(enc["input_ids"], enc["attention_mask"])
+            ids = tokenize(self.tokenizer, texts, None, self.template, self.template, self.parse_special, None)
+            self.model(*collate(ids, pad_id(self.tokenizer)))
 
     def run(self, texts: Sequence[str], batched: bool) -> None:
         if batched:

@@ -149,7 +149,8 @@ typedef struct lg_input {
 LORAGUARD_API lg_status lg_guard_classify(lg_guard * guard, const lg_input * inputs, size_t n, float * logits,
                                           float * probs, uint8_t * flagged);
 
-// The exact token ids the guard runs for one input (template applied, overflow policy not applied).
+// The exact token ids the guard runs for one input (template applied, overflow policy not applied). Only the
+// template's own special-token text becomes special tokens; the prompt and response are always plain text.
 LORAGUARD_API lg_status lg_guard_tokenize(const lg_guard * guard, const lg_input * input, int32_t * tokens,
                                           size_t n_max, size_t * n_tokens);
 

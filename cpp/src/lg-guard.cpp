@@ -44,7 +44,11 @@ enum llama_pooling_type llama_pooling(lg::pooling p) {
 }  // namespace
 
 lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_params & params_)
-    : model(model_), spec(lg::read_guard_file(path, model_)), params(params_) {
+    : model(model_),
+      spec(lg::read_guard_file(path, model_)),
+      prompt_template(model_.vocab, spec.template_prompt, spec.parse_special),
+      pair_template(model_.vocab, spec.template_pair, spec.parse_special),
+      params(params_) {
     if (params.n_seq_max == 0 || params.n_seq_max > llama_max_parallel_sequences()) {
         lg::fail(LG_ERR_INVALID_ARGUMENT, "n_seq_max must be between 1 and " +
                                               std::to_string(llama_max_parallel_sequences()) + ", got " +
@@ -127,15 +131,12 @@ std::vector<llama_token> lg_guard::tokenize(const lg_input & input) const {
     }
     const std::string_view prompt(input.prompt, input.prompt_len);
     lg::check_text(prompt, "prompt");
-    std::string text;
     if (input.response) {
         const std::string_view response(input.response, input.response_len);
         lg::check_text(response, "response");
-        text = lg::render_template(spec.template_pair, prompt, response);
-    } else {
-        text = lg::render_template(spec.template_prompt, prompt, {});
+        return pair_template.tokenize(prompt, response);
     }
-    return lg::tokenize(model.vocab, text, /*add_special=*/true, spec.parse_special);
+    return prompt_template.tokenize(prompt, {});
 }
 
 std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n) const {

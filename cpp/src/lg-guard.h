@@ -3,6 +3,7 @@
 
 #include "lg-guard-file.h"
 #include "lg-model.h"
+#include "lg-template.h"
 
 #include <mutex>
 #include <string>
@@ -27,6 +28,8 @@ struct lg_guard {
 
     lg_model & model;
     lg::guard_spec spec;
+    lg::guard_template prompt_template;
+    lg::guard_template pair_template;
     lg_guard_params params;
     llama_adapter_lora * adapter = nullptr;
     llama_context * ctx = nullptr;

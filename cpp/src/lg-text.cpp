@@ -63,22 +63,4 @@ void check_text(std::string_view text, const char * field) {
     }
 }
 
-std::string render_template(const std::string & tmpl, std::string_view prompt, std::string_view response) {
-    std::string out;
-    out.reserve(tmpl.size() + prompt.size() + response.size());
-    size_t i = 0;
-    while (i < tmpl.size()) {
-        if (tmpl.compare(i, 8, "{prompt}") == 0) {
-            out += prompt;
-            i += 8;
-        } else if (tmpl.compare(i, 10, "{response}") == 0) {
-            out += response;
-            i += 10;
-        } else {
-            out += tmpl[i++];
-        }
-    }
-    return out;
-}
-
 }  // namespace lg

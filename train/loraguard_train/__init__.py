@@ -15,11 +15,10 @@ from loraguard_train.model import (
     load_backbone,
     load_checkpoint,
     load_tokenizer,
-    render,
-    render_all,
     save_checkpoint,
     score_texts,
 )
+from loraguard_train.template import render, render_all, token_ids
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -40,4 +39,5 @@ __all__ = [
     "render_all",
     "save_checkpoint",
     "score_texts",
+    "token_ids",
 ]

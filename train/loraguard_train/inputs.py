@@ -8,14 +8,17 @@ same view the runtime scores keeps the two consistent.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from loraguard_train.model import GuardModel, render_all
+from loraguard_train.template import token_ids
+
+if TYPE_CHECKING:
+    from loraguard_train.model import GuardModel
 
 IntArray = npt.NDArray[np.int64]
 
@@ -42,17 +45,14 @@ def tokenize(
     template_prompt: str,
     template_pair: str,
     parse_special: bool,
-    max_tokens: int,
+    max_tokens: int | None,
 ) -> list[list[int]]:
-    """Render with the guard's templates, tokenize like llama_tokenize(add_special=True), cut to max_tokens."""
-    texts = render_all(prompts, responses, template_prompt, template_pair)
-    if not texts:
-        return []
-    ids: list[list[int]] = tokenizer(texts, add_special_tokens=True, split_special_tokens=not parse_special)[
-        "input_ids"
-    ]
+    """Guard inputs as the runtime tokenizes them (loraguard_train.template), cut to max_tokens like keep_end."""
+    ids = token_ids(tokenizer, prompts, responses, template_prompt, template_pair, parse_special)
     if any(not row for row in ids):
         raise ValueError("a text tokenized to zero tokens; the guard has nothing to pool")
+    if max_tokens is None:
+        return ids
     special = frozenset(tokenizer.all_special_ids)
     return [keep_end(row, max_tokens, special) for row in ids]
 

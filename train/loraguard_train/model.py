@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from loraguard_train.inputs import logits_of, pad_id, tokenize
 
 DEFAULT_TEMPLATE_PROMPT = "user: {prompt}"
 DEFAULT_TEMPLATE_PAIR = "user: {prompt}\n\nagent: {response}"
@@ -30,7 +31,6 @@ DEFAULT_DROPOUT = 0.05
 CHECKPOINT_FORMAT = "loraguard-checkpoint"
 CHECKPOINT_VERSION = 1
 POOLINGS = ("last", "mean", "cls")
-_PLACEHOLDER = re.compile(r"(\{prompt\}|\{response\})")
 
 # Encoders are run bidirectionally and pooled like sentence-embedding models; every other model type is
 # treated as a decoder whose final-norm hidden state of the last token is the guard's feature.
@@ -49,25 +49,6 @@ _DEFAULT_QV_TARGETS = ("q_proj", "v_proj")
 # llama.cpp's architecture names where they differ from the HF model_type (convert_hf_to_gguf maps Mistral
 # onto the llama graph, and Gemma 3's text-only config has its own model_type).
 _LLAMA_CPP_ARCH = {"mistral": "llama", "gemma3_text": "gemma3"}
-
-
-def render(template: str, prompt: str, response: str | None) -> str:
-    """Fill a guard template by plain replacement of {prompt} and {response}, exactly as the runtime does.
-
-    One pass over the template: the inserted texts are never scanned again, so a prompt that itself contains
-    "{response}" cannot pull the response (or anything else) into the rendered input.
-    """
-    values = {"{prompt}": prompt, "{response}": response}
-    parts = []
-    for piece in _PLACEHOLDER.split(template):
-        if piece in values:
-            value = values[piece]
-            if value is None:
-                raise ValueError(f"template {template!r} needs a response")
-            parts.append(value)
-        else:
-            parts.append(piece)
-    return "".join(parts)
 
 
 def encode(
@@ -355,28 +336,6 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def render_all(
-    prompts: Sequence[str],
-    responses: Sequence[str | None] | None,
-    template_prompt: str,
-    template_pair: str,
-) -> list[str]:
-    """Prompt-only items use the prompt template, items with a response the pair template."""
-    if responses is None:
-        return [render(template_prompt, p, None) for p in prompts]
-    if len(responses) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    return [
-        render(template_prompt, p, None) if r is None else render(template_pair, p, r)
-        for p, r in zip(prompts, responses, strict=True)
-    ]
-
-
-def _batches(order: Sequence[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(order), size):
-        yield list(order[start : start + size])
-
-
 @torch.no_grad()
 def score_texts(
     model: GuardModel,
@@ -389,24 +348,9 @@ def score_texts(
     batch_size: int = 16,
     max_length: int | None = None,
 ) -> np.ndarray:
-    """Logits [N, n_labels] as float32, computed in eval mode and fp32 (what the runtime is compared to)."""
-    texts = render_all(prompts, responses, template_prompt, template_pair)
-    out = np.zeros((len(texts), model.n_labels), dtype=np.float32)
-    if not texts:
-        return out
+    """Logits [N, n_labels] as float32, computed in eval mode and fp32 (what the runtime is compared to), on the
+    runtime's token ids (inputs longer than max_length keep their end, as its default overflow policy does)."""
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise TypeError("score_texts compares against the fp32 runtime; call model.float() first")
-    was_training = model.training
-    model.eval()
-    device = model.head.weight.device
-    try:
-        # batching texts of similar length wastes less compute on padding
-        lengths = [len(t) for t in texts]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
-        for idx in _batches(order, batch_size):
-            enc = encode(tokenizer, [texts[i] for i in idx], parse_special=parse_special, max_length=max_length)
-            logits = model(enc["input_ids"].to(device), enc["attention_mask"].to(device))
-            out[idx] = logits.cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out
+    ids = tokenize(tokenizer, prompts, responses, template_prompt, template_pair, parse_special, max_length)
+    return logits_of(model, ids, pad_id(tokenizer), batch_size)
