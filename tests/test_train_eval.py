@@ -236,6 +236,8 @@ def test_metrics_match_scikit_learn() -> None:
     m = label_metrics(np.array([1, 0, np.nan, 0], dtype=np.float32), np.array([0.9, 0.2, 0.99, 0.6]), 0.5)
     assert (m.n, m.n_pos, m.auprc, m.precision, m.recall, m.fpr) == (3, 1, 1.0, 0.5, 1.0, 0.5)
     assert label_metrics(np.zeros(3, dtype=np.float32), np.array([0.1, 0.7, 0.2]), 0.5).auprc is None
+    # too few positives to place a threshold by
+    assert best_f1_threshold(np.array([1, 0, 1, 0], dtype=np.float32), np.array([0.9, 0.1, 0.8, 0.2]), 3) is None
 
 
 def test_keep_end_keeps_special_tokens() -> None:
@@ -389,7 +391,10 @@ def test_encoder_train_eval_calibrate(tmp_path: Path) -> None:
     del before
 
     args = ["-m", str(base_gguf), "-g", str(guard_file), str(TOXICCHAT), "--limit", "160", "--split", "dev"]
-    report = _eval([*args, "--calibrate", "--plot", str(tmp_path / "pr.png")], tmp_path / "eval.json")
+    # 32 dev rows hold a few positives: the default minimum refuses to calibrate on them and writes nothing
+    assert eval_main([*args, "--calibrate", "-q"]) == 2
+    report = _eval([*args, "--calibrate", "--min-positives", "1", "--plot", str(tmp_path / "pr.png")],
+                   tmp_path / "eval.json")
     _check_report(report, ["unsafe"])
     assert (tmp_path / "pr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     calibrated = report["thresholds"]["unsafe"]

@@ -24,6 +24,7 @@ from loraguard_train.config import (
 )
 from loraguard_train.data import FORMATS, TARGETS, DataError, split_dataset
 from loraguard_train.evaluate import (
+    MIN_CALIBRATION_POSITIVES,
     Evaluation,
     Reference,
     calibrate,
@@ -241,6 +242,13 @@ def _eval_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write F1-maximising thresholds (from these rows, e.g. --split dev) into the guard GGUF",
     )
+    r.add_argument(
+        "--min-positives",
+        type=int,
+        default=MIN_CALIBRATION_POSITIVES,
+        metavar="N",
+        help=f"labels with fewer positive rows keep their threshold (default {MIN_CALIBRATION_POSITIVES})",
+    )
     n = p.add_argument_group("runtime")
     n.add_argument("--threads", type=int, help="CPU threads (default: free cores)")
     n.add_argument("--n-ctx", type=int, default=512, help="guard context; longer inputs keep their end")
@@ -292,9 +300,12 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             "datasets": [summarize(e, labels, thresholds) for e in evaluations],
         }
         if args.calibrate:
-            new, f1 = calibrate(evaluations, labels, thresholds)
+            new, f1 = calibrate(evaluations, labels, thresholds, args.min_positives)
             if not f1:
-                raise DataError("--calibrate: no data set has positive rows for any guard label")
+                raise DataError(
+                    f"--calibrate: no guard label has {args.min_positives} positive rows in these data sets; "
+                    "add labelled data or lower --min-positives"
+                )
             set_thresholds(guard_path, new)
             # the report's thresholds and P/R/F1 are those of the guard file as it is now
             report["calibration"] = {"previous": report["thresholds"], "f1": f1, "written": str(guard_path)}

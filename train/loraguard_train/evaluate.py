@@ -20,7 +20,13 @@ from tqdm import tqdm
 from loraguard_cpp import Guard
 from loraguard_train.data import UNSAFE, Dataset
 from loraguard_train.inputs import logits_of, pad_id, tokenize
-from loraguard_train.metrics import best_f1_threshold, label_metrics, precision_recall_curve, sigmoid
+from loraguard_train.metrics import (
+    MIN_CALIBRATION_POSITIVES,
+    best_f1_threshold,
+    label_metrics,
+    precision_recall_curve,
+    sigmoid,
+)
 from loraguard_train.model import GuardModel, load_checkpoint, load_tokenizer
 from loraguard_train.train import RUN_FILE
 
@@ -151,17 +157,22 @@ def summarize(
 
 
 def calibrate(
-    evaluations: Sequence[Evaluation], guard_labels: Sequence[str], thresholds: npt.NDArray[np.float32]
+    evaluations: Sequence[Evaluation],
+    guard_labels: Sequence[str],
+    thresholds: npt.NDArray[np.float32],
+    min_positives: int = MIN_CALIBRATION_POSITIVES,
 ) -> tuple[list[float], dict[str, float]]:
     """Per guard label, the F1-maximising threshold over every row (of all data sets) that knows the label;
-    labels no data set knows keep their threshold. Returns all thresholds and the F1 of each calibrated one."""
+    labels with fewer than min_positives positive rows keep their threshold. Returns all thresholds and the F1 of
+    each calibrated one."""
     new = [float(t) for t in thresholds]
     f1: dict[str, float] = {}
     for g, label in enumerate(guard_labels):
         parts = [(e.dataset.targets([label])[:, 0], e.native.probs[:, g]) for e in evaluations if label in e.labels]
         if not parts:
             continue
-        best = best_f1_threshold(np.concatenate([y for y, _ in parts]), np.concatenate([p for _, p in parts]))
+        y, scores = np.concatenate([y for y, _ in parts]), np.concatenate([p for _, p in parts])
+        best = best_f1_threshold(y, scores, min_positives)
         if best is not None:
             new[g], f1[label] = best
     return new, f1

@@ -75,14 +75,21 @@ def precision_recall_curve(y: FloatArray, scores: FloatArray) -> tuple[np.ndarra
     return np.r_[0.0, tps / tps[-1]], np.r_[precision[0], precision]
 
 
-def best_f1_threshold(y: FloatArray, scores: FloatArray) -> tuple[float, float] | None:
-    """The threshold (flag when score >= it) that maximises F1, and that F1; None without positives.
+# An F1-maximising threshold found on a handful of positives lands on one of their scores, anywhere: measured on
+# the smollm2 guard, 2 positives of violence/graphic put its threshold at 0.14, and "The capital of France is
+# Paris." was flagged. Labels with fewer positives keep their threshold.
+MIN_CALIBRATION_POSITIVES = 20
+
+
+def best_f1_threshold(y: FloatArray, scores: FloatArray, min_positives: int = 1) -> tuple[float, float] | None:
+    """The threshold (flag when score >= it) that maximises F1, and that F1; None with fewer than min_positives
+    positive rows.
 
     The threshold sits halfway between the deciding score and the next lower one rather than on the score
     itself, so the small score differences between batched and one-at-a-time runs do not flip that row.
     """
     positive, s = _known(y, scores)
-    if not positive.any():
+    if not positive.any() or int(positive.sum()) < min_positives:
         return None
     tps, fps, thresholds = _curve(positive, s)
     n_pos = tps[-1]

@@ -29,7 +29,7 @@ from loraguard_convert import base_fingerprint, convert_base, convert_guard, des
 from loraguard_train.config import ConfigError, TrainConfig, to_plain
 from loraguard_train.data import DataError, Dataset, label_names, split_dataset
 from loraguard_train.inputs import collate, length_grouped_batches, logits_of, pad_id, tokenize
-from loraguard_train.metrics import best_f1_threshold, label_metrics, sigmoid
+from loraguard_train.metrics import MIN_CALIBRATION_POSITIVES, best_f1_threshold, label_metrics, sigmoid
 from loraguard_train.model import GuardModel, base_info_from_model, load_tokenizer, save_checkpoint
 
 STATE_FILE = Path("state") / "state.pt"
@@ -174,12 +174,13 @@ def _auprc_table(
 def calibrated_thresholds(
     splits: list[_Split], probs: dict[str, npt.NDArray[np.float64]], labels: list[str], default: float
 ) -> list[float]:
-    """Per label, the threshold that maximises F1 over all dev rows that know the label."""
+    """Per label, the threshold that maximises F1 over all dev rows that know the label (labels with too few
+    positives keep the default)."""
     targets = np.concatenate([s.targets for s in splits])
     scores = np.concatenate([probs[s.name] for s in splits])
     out = []
     for j in range(len(labels)):
-        best = best_f1_threshold(targets[:, j], scores[:, j])
+        best = best_f1_threshold(targets[:, j], scores[:, j], MIN_CALIBRATION_POSITIVES)
         out.append(default if best is None else best[0])
     return out
 
