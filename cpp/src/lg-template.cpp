@@ -20,8 +20,8 @@ struct special_token {
 };
 
 // The tokens llama.cpp matches as text when parse_special is on (its special-token cache), longest first as it
-// matches them, restricted to those the template spells out.
-std::vector<special_token> specials_in(const llama_vocab * vocab, const std::string & literal) {
+// matches them, restricted to those spelled in one of the template's literal texts.
+std::vector<special_token> specials_in(const llama_vocab * vocab, const std::vector<std::string_view> & literals) {
     std::vector<special_token> found;
     const int32_t n_vocab = llama_vocab_n_tokens(vocab);
     for (llama_token id = 0; id < n_vocab; ++id) {
@@ -30,7 +30,9 @@ std::vector<special_token> specials_in(const llama_vocab * vocab, const std::str
             continue;
         }
         const char * text = llama_vocab_get_text(vocab, id);
-        if (text && *text && literal.find(text) != std::string::npos) {
+        if (text && *text &&
+            std::any_of(literals.begin(), literals.end(),
+                        [&](std::string_view literal) { return literal.find(text) != std::string_view::npos; })) {
             found.push_back({id, text, attr});
         }
     }
@@ -57,13 +59,11 @@ void strip_leading_space(std::string & s) {
 
 guard_template::guard_template(const llama_vocab * vocab_, const std::string & text, bool parse_special_)
     : vocab(vocab_), parse_special(parse_special_) {
-    std::string literal_text;  // all template text outside the placeholders, to find its special tokens
     size_t i = 0;
     size_t literal_start = 0;
     const auto close_literal = [&](size_t end) {
         if (end > literal_start) {
             parts.push_back({part::kind::text, text.substr(literal_start, end - literal_start)});
-            literal_text += parts.back().text + '\n';
         }
     };
     while (i < text.size()) {
@@ -88,7 +88,16 @@ guard_template::guard_template(const llama_vocab * vocab_, const std::string & t
     }
 
     // Split the template's own text at its special tokens, as llama.cpp's tokenizer partitions a string.
-    for (const special_token & special : specials_in(vocab, literal_text)) {
+    const std::vector<special_token> specials = [&] {
+        std::vector<std::string_view> literals;
+        for (const part & p : parts) {
+            if (p.what == part::kind::text) {
+                literals.push_back(p.text);
+            }
+        }
+        return specials_in(vocab, literals);
+    }();
+    for (const special_token & special : specials) {
         std::vector<part> split;
         for (part & p : parts) {
             if (p.what != part::kind::text) {
