@@ -135,15 +135,24 @@ class Guard:
 
     def classify(self, text: str, response: str | None = None) -> GuardResult:
         """Classify one prompt, or a prompt with the response to it."""
-        logits = self.logits([text], None if response is None else [response])[0]
+        return self.classify_many([text], None if response is None else [response])[0]
+
+    def classify_many(self, texts: Sequence[str], responses: Sequence[str | None] | None = None) -> list[GuardResult]:
+        """One verdict per text, computed in as few decodes as :meth:`classify_batch`."""
+        logits = self.logits(texts, responses)
         probs = _sigmoid(logits)
-        flagged = [label for label, p, t in zip(self.labels, probs, self.thresholds, strict=True) if p >= t]
-        return GuardResult(
-            flagged=bool(flagged),
-            scores={label: float(p) for label, p in zip(self.labels, probs, strict=True)},
-            logits={label: float(x) for label, x in zip(self.labels, logits, strict=True)},
-            flagged_labels=flagged,
-        )
+        results = []
+        for row_logits, row_probs in zip(logits, probs, strict=True):
+            flagged = [label for label, p, t in zip(self.labels, row_probs, self.thresholds, strict=True) if p >= t]
+            results.append(
+                GuardResult(
+                    flagged=bool(flagged),
+                    scores={label: float(p) for label, p in zip(self.labels, row_probs, strict=True)},
+                    logits={label: float(x) for label, x in zip(self.labels, row_logits, strict=True)},
+                    flagged_labels=flagged,
+                )
+            )
+        return results
 
     def tokenize(self, text: str, response: str | None = None) -> list[int]:
         """The token ids the guard runs for this input (its template applied)."""
