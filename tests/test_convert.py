@@ -6,7 +6,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -645,6 +645,91 @@ def test_llama_cpp_source_override_and_cache(tmp_path: Path, monkeypatch: pytest
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).touch()
     assert llama_cpp_source_mod.llama_cpp_source(fetch=False) == tree
+
+
+def _fake_sdist(root: Path) -> Path:
+    """A small sdist laid out as llama-cpp-python's: the converters under vendor/llama.cpp, other files beside."""
+    import tarfile
+
+    top = root / f"llama_cpp_python-{llama_cpp_source_mod.LLAMA_CPP_PYTHON_VERSION}"
+    for rel in [*(f"vendor/llama.cpp/{r}" for r in llama_cpp_source_mod.REQUIRED_FILES), "setup.py"]:
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        (top / rel).write_text(f"# {rel}\n")
+    files = root / "index" / "files"
+    files.mkdir(parents=True)
+    sdist = files / llama_cpp_source_mod.SDIST_NAME
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(top, arcname=top.name)
+    return sdist
+
+
+@pytest.fixture
+def loopback_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A PEP 503 simple index on loopback listing a fake llama-cpp-python sdist; pip's index variable points at
+    it and the user cache is empty. Yields the sdist served."""
+    import functools
+    import http.server
+    import threading
+
+    sdist = _fake_sdist(tmp_path)
+    page = tmp_path / "index" / "simple" / "llama-cpp-python" / "index.html"
+    page.parent.mkdir(parents=True)
+    href = f"../../files/{sdist.name}#sha256={llama_cpp_source_mod.SDIST_SHA256}"
+    page.write_text(f'<html><body><a href="{href}">{sdist.name}</a></body></html>\n')
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path / "index"))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        monkeypatch.setenv(llama_cpp_source_mod.INDEX_ENV_VAR, f"http://127.0.0.1:{server.server_port}/simple/")
+        monkeypatch.delenv(llama_cpp_source_mod.ENV_VAR, raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        try:
+            yield sdist
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+def test_sdist_with_another_sha256_is_refused(loopback_index: Path, tmp_path: Path) -> None:
+    """The fetched sdist must carry the pinned sha256; a mismatch leaves nothing in the cache."""
+    with pytest.raises(ConvertError, match=r"refusing .*sha256 .*pinned to " + llama_cpp_source_mod.SDIST_SHA256):
+        llama_cpp_source_mod.llama_cpp_source()
+    assert list((tmp_path / "cache" / "loraguard").iterdir()) == []
+
+
+def test_sdist_is_fetched_without_pip_and_unpacked(loopback_index: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sdist is a plain download from the index page (pip download would build its metadata, and under
+    build isolation CMake from source); only vendor/llama.cpp is unpacked, atomically, into the cache."""
+    import hashlib
+
+    monkeypatch.setattr(llama_cpp_source_mod, "SDIST_SHA256", hashlib.sha256(loopback_index.read_bytes()).hexdigest())
+    tree = llama_cpp_source_mod.llama_cpp_source()
+    assert tree == llama_cpp_source_mod.cached_tree() and tree.is_relative_to(tmp_path / "cache")
+    assert not llama_cpp_source_mod.missing_files(tree)
+    release = tree.parents[1]
+    assert sorted(p.name for p in release.iterdir()) == ["vendor"]  # setup.py stayed out
+    assert sorted(p.name for p in release.parent.iterdir()) == [release.name]  # no staging left behind
+
+
+def test_converter_imports_without_the_runtime() -> None:
+    """loraguard_convert runs without the native extension: importing it (CLI included) loads no loraguard_cpp,
+    and the runtime's registry finds the user cache through the converter's standard-library cache module."""
+    probe = (
+        "import sys\n"
+        "import loraguard_convert, loraguard_convert.cli, loraguard_convert.llama_cpp_source\n"
+        "from loraguard_convert import convert_base, convert_guard, inspect_guard\n"
+        "print(sorted(m for m in sys.modules if m.startswith('loraguard_cpp')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_llama_cpp_python_version_pin(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,22 +2,40 @@
 
 Guards must be converted by the same llama.cpp that runs them, so the converter scripts come from the
 llama-cpp-python release the runtime is built on, never from whatever llama.cpp happens to be around.
+
+The sdist is fetched as a plain file from the package index and checked against a pinned sha256. Nothing is
+built: `pip download` would prepare the sdist's metadata, which runs its build backend (and, under build
+isolation with --no-binary, compiles CMake from source for 20 minutes) just to fetch a tarball.
 """
 
+import hashlib
+import http.client
 import importlib.metadata
 import os
-import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
-from loraguard_cpp.registry import cache_dir
+from tqdm import tqdm
 
+from .cache import cache_dir
 from .errors import ConvertError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+# From PyPI's simple index for llama-cpp-python 0.3.36; a file with any other digest is refused.
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 ENV_VAR = "LORAGUARD_LLAMA_CPP_SRC"
+# The index pip itself would use when configured by environment (a mirror), else PyPI.
+INDEX_ENV_VAR = "PIP_INDEX_URL"
+DEFAULT_INDEX = "https://pypi.org/simple/"
+_TIMEOUT_S = 60
+_CHUNK = 1 << 20
 
 REQUIRED_FILES = (
     "convert_hf_to_gguf.py",
@@ -86,22 +104,13 @@ def _fetch_into_cache(tree: Path) -> Path:
     )
     # Staging inside the cache directory keeps the final rename on one filesystem, hence atomic.
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=release_dir.parent) as tmp:
-        download_dir = Path(tmp) / "download"
-        pip_download = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-        what = [f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(download_dir)]
-        proc = subprocess.run([*pip_download, *what], capture_output=True, text=True)
-        sdists = sorted(download_dir.glob("llama_cpp_python-*.tar.gz")) if proc.returncode == 0 else []
-        if not sdists:
-            last = (proc.stderr.strip().splitlines() or ["no sdist downloaded"])[-1]
-            raise ConvertError(
-                f"could not download llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} source ({last}); "
-                f"set {ENV_VAR} to a llama.cpp source tree instead"
-            )
+        sdist = Path(tmp) / SDIST_NAME
+        _download_pinned_sdist(sdist)
         staging = Path(tmp) / "staging"
-        _extract_vendor_tree(sdists[0], staging)
+        _extract_vendor_tree(sdist, staging)
         lacking = missing_files(staging / Path(*_VENDOR_SUBDIR))
         if lacking:
-            raise ConvertError(f"{sdists[0].name} lacks {', '.join(lacking)}")
+            raise ConvertError(f"{sdist.name} lacks {', '.join(lacking)}")
         try:
             staging.rename(release_dir)
         except OSError:
@@ -109,6 +118,76 @@ def _fetch_into_cache(tree: Path) -> Path:
             if missing_files(tree):
                 raise
     return tree
+
+
+class _Anchors(HTMLParser):
+    """(href, text) of every link on a PEP 503 simple-index page, whose link texts are file names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+            self._text = []
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            self.links.append((self._href, "".join(self._text).strip()))
+            self._href = None
+
+
+def _open(url: str) -> http.client.HTTPResponse:
+    request = urllib.request.Request(url, headers={"User-Agent": "loraguard-convert", "Accept": "text/html"})
+    try:
+        return urllib.request.urlopen(request, timeout=_TIMEOUT_S)
+    except (urllib.error.URLError, OSError) as e:
+        raise ConvertError(
+            f"could not fetch {url} ({e}); check the network or ${INDEX_ENV_VAR}, or set {ENV_VAR} to a "
+            f"llama.cpp source tree of llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}"
+        ) from e
+
+
+def sdist_url(index: str) -> str:
+    """The pinned sdist's URL, read from the index's simple page for llama-cpp-python."""
+    page = urllib.parse.urljoin(index.rstrip("/") + "/", "llama-cpp-python/")
+    with _open(page) as response:
+        parser = _Anchors()
+        parser.feed(response.read().decode("utf-8", errors="replace"))
+    for href, text in parser.links:
+        if text == SDIST_NAME:
+            return urllib.parse.urldefrag(urllib.parse.urljoin(page, href)).url
+    raise ConvertError(f"{page} lists no {SDIST_NAME}; set {ENV_VAR} to a llama.cpp source tree instead")
+
+
+def _download_pinned_sdist(dest: Path) -> None:
+    """Download the sdist to DEST, refusing (and deleting) it unless its sha256 is the pinned one."""
+    url = sdist_url(os.environ.get(INDEX_ENV_VAR) or DEFAULT_INDEX)
+    digest = hashlib.sha256()
+    with _open(url) as response, open(dest, "wb") as out:
+        size = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=size, unit="B", unit_scale=True, desc=SDIST_NAME, file=sys.stderr, disable=None) as bar:
+            try:
+                while chunk := response.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as e:
+                raise ConvertError(f"download of {url} broke off ({e!r}); retry, or set {ENV_VAR}") from e
+    # DEST lies in the caller's staging directory, which goes away with a refused file in it.
+    if digest.hexdigest() != SDIST_SHA256:
+        raise ConvertError(
+            f"refusing {url}: its sha256 is {digest.hexdigest()}, but llama-cpp-python "
+            f"{LLAMA_CPP_PYTHON_VERSION}'s sdist is pinned to {SDIST_SHA256} (a wrong or tampered file); "
+            f"check ${INDEX_ENV_VAR}, or set {ENV_VAR} to a llama.cpp source tree you trust"
+        )
 
 
 def _extract_vendor_tree(sdist: Path, dest: Path) -> None:

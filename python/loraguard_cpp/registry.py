@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from loraguard_convert.cache import models_dir
+
 from .errors import FileAccessError, InvalidInputError
 
 GUARDS_DIR = Path(__file__).resolve().parent / "guards"
@@ -96,21 +98,6 @@ GUARDS: dict[str, NamedGuard] = {
         "SmolLM2-135M-Instruct guarding itself, trained on permissively licensed sets",
     ),
 }
-
-
-def cache_dir() -> Path:
-    """$XDG_CACHE_HOME/loraguard, else ~/.cache/loraguard."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    # the XDG spec says relative values are invalid and must be ignored
-    root = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return root / "loraguard"
-
-
-def models_dir() -> Path:
-    """Where named bases are prepared: $LORAGUARD_MODELS, else the cache's models/."""
-    if explicit := os.environ.get("LORAGUARD_MODELS"):
-        return Path(explicit).expanduser()
-    return cache_dir() / "models"
 
 
 def is_name(
