@@ -247,6 +247,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .server import command  # its web stack loads only when the server runs
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server: /v1/moderations and guarded /v1/chat/completions")
+    _guard_options(p)
+    command.add_arguments(p)
+    p.set_defaults(func=command.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraguard-cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("type", help="Q8_0, Q4_K_M, Q4_0, F16, ...")
     p.add_argument("--threads", "-t", type=int, default=None)
     p.set_defaults(func=cmd_quantize)
+    _serve_parser(sub)
     return parser
 
 

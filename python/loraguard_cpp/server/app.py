@@ -1,0 +1,569 @@
+"""The ASGI application: OpenAI's moderation, chat-completion and model endpoints on one loaded guard."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..cli import REFUSAL
+from ..errors import InvalidInputError, LoraGuardError
+from ..guard import Guard, GuardResult
+from .batching import Batcher, QueueFullError
+from .categories import content_filter_results, moderation_result
+from .schema import APIError, ChatRequest, ModerationRequest, moderation_inputs, parse_body, text_of_parts
+
+log = logging.getLogger("loraguard.server")
+
+API_KEY_ENV = "LORAGUARD_API_KEY"
+T = TypeVar("T")
+_ENDPOINTS = ("/health", "/metrics", "/v1/models", "/v1/moderations", "/v1/chat/completions")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What ``loraguard-cli serve`` is told; every limit has a safe default."""
+
+    model_name: str
+    aliases: tuple[str, ...] = ()
+    api_key: str | None = None
+    batch_window_ms: float = 5.0
+    max_batch: int = 32
+    max_queue: int = 256
+    max_chat_queue: int = 4
+    max_body_bytes: int = 1 << 20
+    max_input_chars: int = 32_000
+    max_inputs: int = 64
+    default_max_tokens: int = 256
+    max_tokens: int = 1024
+    window: int = 16
+    chat_n_ctx: int = 2048
+    request_timeout_s: float = 120.0
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("loraguard_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
+        self.latency = Histogram(
+            "loraguard_request_seconds", "time to the last byte of a response", ["endpoint"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.queue_depth = Gauge("loraguard_queue_depth", "guard inputs waiting for a batch", registry=r)
+        self.chat_waiting = Gauge("loraguard_chat_waiting", "chat requests waiting for the chat slot", registry=r)
+        self.batch_size = Histogram(
+            "loraguard_batch_size", "guard inputs per decode", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+        )
+        self.inputs = Counter("loraguard_guard_inputs", "texts the guard scored", registry=r)
+        self.flagged = Counter("loraguard_flagged", "verdicts flagging a label", ["label"], registry=r)
+        self.completion_tokens = Counter("loraguard_completion_tokens", "tokens generated on the chat path", registry=r)
+
+
+@dataclass
+class _Turn:
+    """One chat request after its checks: what to generate and what to guard."""
+
+    messages: list[tuple[str, str]]
+    user: str
+    max_tokens: int
+    params: dict[str, Any]
+    deadline: float
+    include_usage: bool
+    prompt_tokens: int = 0
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class _Server:
+    """The loaded guard and everything the endpoints share: batcher, chat slot, limits, metrics."""
+
+    def __init__(self, config: ServerConfig, open_guard: Callable[[], Guard],
+                 on_load_error: Callable[[BaseException], None]) -> None:
+        self.config = config
+        self._open_guard = open_guard
+        self._on_load_error = on_load_error
+        self.metrics = _Metrics()
+        self.guard: Guard | None = None
+        self.batcher: Batcher | None = None
+        self.is_encoder = False
+        # One thread per native context: the guard context scores batches, the chat context generates.
+        self._guard_executor = ThreadPoolExecutor(1, thread_name_prefix="loraguard-guard")
+        self._chat_executor = ThreadPoolExecutor(1, thread_name_prefix="loraguard-chat")
+        self._chat_slot = asyncio.Semaphore(1)
+        self.chat_busy = 0
+        self._loading: asyncio.Task[None] | None = None
+        self.metrics.chat_waiting.set_function(lambda: max(0, self.chat_busy - 1))
+
+    # -- lifetime -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loading = asyncio.get_running_loop().create_task(self._load())
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            guard = await loop.run_in_executor(self._guard_executor, self._open_guard)
+            self.is_encoder = guard.model.is_encoder
+            if not self.is_encoder:
+                # Creates the chat context now, so that the first chat request does not pay for it.
+                await loop.run_in_executor(self._chat_executor, guard.format_chat, [("user", "hello")])
+        except Exception as e:
+            log.error("loading the guard failed: %s", e)
+            self._on_load_error(e)
+            return
+        self.batcher = Batcher(
+            guard.classify_many, self._guard_executor, window_s=self.config.batch_window_ms / 1000,
+            max_batch=self.config.max_batch, max_pending=self.config.max_queue,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.batcher.start()
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth if self.batcher else 0)
+        self.guard = guard
+        log.info("ready: %r", guard)
+
+    async def close(self) -> None:
+        if self._loading is not None:
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self._chat_executor.shutdown(wait=True)
+        self._guard_executor.shutdown(wait=True)
+        if self.guard is not None:
+            self.guard.close()
+
+    # -- shared checks --------------------------------------------------------------------------------------
+
+    def ready_guard(self) -> tuple[Guard, Batcher]:
+        if self.guard is None or self.batcher is None:
+            raise APIError(503, "the guard is still loading: retry shortly (GET /health answers 200 when ready)",
+                           type="server_error", code="model_loading")
+        return self.guard, self.batcher
+
+    def check_model(self, name: str | None) -> None:
+        if name is None or name == self.config.model_name or name in self.config.aliases:
+            return
+        served = ", ".join((self.config.model_name, *self.config.aliases))
+        raise APIError(404, f"model {name!r} is not served here; this server serves: {served} (GET /v1/models)",
+                       param="model", code="model_not_found")
+
+    async def verdicts(self, pairs: Sequence[tuple[str, str | None]]) -> list[GuardResult]:
+        _, batcher = self.ready_guard()
+        try:
+            results = await batcher.classify(pairs)
+        except QueueFullError as e:
+            raise APIError(429, str(e), type="rate_limit_error", code="queue_full") from e
+        except InvalidInputError as e:
+            raise APIError(400, str(e)) from e
+        self.metrics.inputs.inc(len(results))
+        for result in results:
+            for label in result.flagged_labels:
+                self.metrics.flagged.labels(label).inc()
+        return results
+
+    # -- chat path ------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def chat_slot(self, deadline: float) -> AsyncIterator[None]:
+        self.chat_busy += 1
+        try:
+            await asyncio.wait_for(self._chat_slot.acquire(), max(0.0, deadline - time.monotonic()))
+            try:
+                yield
+            finally:
+                self._chat_slot.release()
+        finally:
+            self.chat_busy -= 1
+
+    async def generate(self, prompt: str, params: dict[str, Any], deadline: float) -> AsyncIterator[str]:
+        """Text pieces from the chat path; the native generation runs on the chat thread and stops at the next
+        token once the consumer goes away or the deadline passes."""
+        guard, _ = self.ready_guard()
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: str | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+                loop.call_soon_threadsafe(pieces.put_nowait, item)
+
+        def pump() -> None:
+            try:
+                with contextlib.closing(guard.stream(prompt, **params)) as stream:
+                    for piece in stream:
+                        put(piece)
+                        if stop.is_set():
+                            break
+            except Exception as e:
+                put(e)
+            finally:
+                put(None)
+
+        worker = loop.run_in_executor(self._chat_executor, pump)
+        try:
+            while (item := await asyncio.wait_for(pieces.get(), max(0.0, deadline - time.monotonic()))) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            await worker
+
+
+class _GuardedReply:
+    """The assistant's reply, released only in pieces the guard has passed.
+
+    Every ``window`` pieces the guard reads (prompt, reply so far); the pieces are released once it passes and
+    the reply is cut there with ``finish_reason: "content_filter"`` once it does not, so no flagged text leaves
+    the server. The whole reply is guarded once more when generation ends."""
+
+    def __init__(self, server: _Server, turn: _Turn, prompt_text: str) -> None:
+        self._server = server
+        self._turn = turn
+        self._prompt_text = prompt_text
+        self.text = ""
+        self.verdict: GuardResult | None = None
+        self.finish_reason = "stop"
+        self.completion_tokens = 0
+
+    async def chunks(self) -> AsyncIterator[str]:
+        window = self._server.config.window
+        pending: list[str] = []
+        async with self._server.chat_slot(self._turn.deadline):
+            generated = self._server.generate(self._prompt_text, self._turn.params, self._turn.deadline)
+            async with contextlib.aclosing(generated):
+                async for piece in generated:
+                    pending.append(piece)
+                    if window and len(pending) >= window:
+                        if not await self._passes(pending):
+                            return
+                        yield "".join(pending)
+                        pending = []
+        if await self._passes(pending):
+            if pending:
+                yield "".join(pending)
+            guard, _ = self._server.ready_guard()
+            self.completion_tokens = len(guard.model.tokenize(self.text, add_special=False))
+            self._server.metrics.completion_tokens.inc(self.completion_tokens)
+            if self.completion_tokens >= self._turn.max_tokens:
+                self.finish_reason = "length"
+
+    async def _passes(self, pending: list[str]) -> bool:
+        candidate = self.text + "".join(pending)
+        if not pending or not candidate.strip():
+            return True
+        (self.verdict,) = await self._server.verdicts([(self._turn.user, candidate)])
+        if self.verdict.flagged:
+            self.finish_reason = "content_filter"
+            return False
+        self.text = candidate
+        return True
+
+
+# -- HTTP layer -------------------------------------------------------------------------------------------------
+
+
+def _error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def _summary(results: Sequence[GuardResult | None]) -> str:
+    labels = sorted({label for r in results if r is not None for label in r.flagged_labels})
+    flagged = sum(1 for r in results if r is not None and r.flagged)
+    return f"flagged={flagged}/{len(results)}" + (f" labels={','.join(labels)}" if labels else "")
+
+
+def _prompt_filter(verdict: GuardResult) -> list[dict[str, object]]:
+    return [{"prompt_index": 0, "content_filter_results": content_filter_results(verdict)}]
+
+
+class _Observe:
+    """Outermost layer: API-key check, then one log line and the metrics for every request (never its text)."""
+
+    def __init__(self, app: ASGIApp, server: _Server) -> None:
+        self.app = app
+        self.server = server
+        key = server.config.api_key
+        self._key = key.encode() if key else None
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self._key is None or scope["path"] == "/health":
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        scope.setdefault("state", {})
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self._authorized(scope):
+                await self.app(scope, receive, observed_send)
+            else:
+                error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' with the key the "
+                                 f"server was started with (--api-key or ${API_KEY_ENV})", code="invalid_api_key")
+                await _error_response(error)(scope, receive, observed_send)
+        finally:
+            elapsed = time.perf_counter() - start
+            path = scope["path"]
+            endpoint = path if path in _ENDPOINTS else "/v1/models/{model}" if path.startswith("/v1/models/") \
+                else "unmatched"
+            self.server.metrics.requests.labels(endpoint, str(status)).inc()
+            self.server.metrics.latency.labels(endpoint).observe(elapsed)
+            verdict = scope["state"].get("verdict", "")
+            log.info("%s %s %d %.1fms %s", scope["method"], scope["path"], status, elapsed * 1000, verdict)
+
+
+def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
+               on_load_error: Callable[[BaseException], None] = lambda _e: None) -> ASGIApp:
+    """The server as an ASGI app. The guard loads in the background once the app starts: until then every
+    endpoint but /health and /metrics answers 503."""
+    server = _Server(config, open_guard, on_load_error)
+
+    async def read(request: Request, model: type[Any]) -> Any:
+        limit = config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"the request body has {declared} bytes, the limit is {limit} (--max-body-bytes)",
+                           code="request_too_large")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise APIError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)",
+                               code="request_too_large")
+        return parse_body(bytes(body), model)
+
+    async def within_deadline(work: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(work, config.request_timeout_s)
+        except TimeoutError as e:
+            raise APIError(504, f"the request took longer than {config.request_timeout_s:g} s (--request-timeout)",
+                           type="server_error", code="timeout") from e
+
+    async def health(_request: Request) -> Response:
+        if server.guard is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok", "model": config.model_name})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def model_card(name: str) -> dict[str, object]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "loraguard"}
+
+    async def list_models(_request: Request) -> Response:
+        names = (config.model_name, *config.aliases)
+        return JSONResponse({"object": "list", "data": [model_card(n) for n in names]})
+
+    async def get_model(request: Request) -> Response:
+        server.check_model(request.path_params["model"])
+        return JSONResponse(model_card(request.path_params["model"]))
+
+    async def moderations(request: Request) -> Response:
+        server.ready_guard()
+        body: ModerationRequest = await read(request, ModerationRequest)
+        server.check_model(body.model)
+        texts = moderation_inputs(body.input, config.max_input_chars, config.max_inputs)
+
+        async def answer() -> Response:
+            results = await server.verdicts([(text, None) for text in texts])
+            request.state.verdict = _summary(results)
+            return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": body.model or config.model_name,
+                                 "results": [moderation_result(r) for r in results]})
+
+        return await within_deadline(answer())
+
+    def chat_turn(body: ChatRequest) -> _Turn:
+        if server.is_encoder:
+            raise APIError(400, f"the guard {config.model_name!r} runs on an encoder model, which cannot chat: start "
+                           "the server with a chat model's guard (loraguard-cli serve --guard smollm2) for chat "
+                           "completions; /v1/moderations works with this one", param="model",
+                           code="model_not_supported")
+        messages = []
+        for i, message in enumerate(body.messages):
+            role = "system" if message.role == "developer" else message.role
+            messages.append((role, text_of_parts(message.content, f"messages[{i}].content", config.max_input_chars)))
+        if messages[-1][0] != "user":
+            raise APIError(400, "the last message must be the user's: the reply to it is what is generated",
+                           param="messages")
+        max_tokens = body.max_completion_tokens or body.max_tokens or config.default_max_tokens
+        if max_tokens > config.max_tokens:
+            raise APIError(400, f"max_tokens {max_tokens} exceeds this server's limit {config.max_tokens}",
+                           param="max_tokens")
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        params = {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p,
+                  "seed": body.seed, "stop": stop}
+        include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
+        return _Turn(messages, messages[-1][1], max_tokens, params, time.monotonic() + config.request_timeout_s,
+                     include_usage)
+
+    def usage(turn: _Turn, reply: _GuardedReply | None) -> dict[str, int]:
+        prompt_tokens = turn.prompt_tokens
+        completion = reply.completion_tokens if reply else 0
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion}
+
+    async def chat_completions(request: Request) -> Response:
+        guard, _ = server.ready_guard()
+        body: ChatRequest = await read(request, ChatRequest)
+        server.check_model(body.model)
+        turn = chat_turn(body)
+        if server.chat_busy > config.max_chat_queue:
+            raise APIError(429, f"{server.chat_busy} chat requests are in progress or waiting (limit "
+                           f"{config.max_chat_queue + 1}): retry later", type="rate_limit_error", code="queue_full")
+
+        def render() -> str:
+            # The chat template and the tokenizer run off the event loop: long histories take a while.
+            text = guard.format_chat(turn.messages)
+            turn.prompt_tokens = len(guard.model.tokenize(text, add_special=True, parse_special=True))
+            return text
+
+        prompt_text = await asyncio.get_running_loop().run_in_executor(None, render)
+        if turn.prompt_tokens + turn.max_tokens > config.chat_n_ctx:
+            raise APIError(400, f"the messages take {turn.prompt_tokens} tokens; with max_tokens {turn.max_tokens} "
+                           f"that exceeds the chat context of {config.chat_n_ctx} tokens: shorten the history or "
+                           "max_tokens", param="messages", code="context_length_exceeded")
+        (prompt_verdict,) = await within_deadline(server.verdicts([(turn.user, None)]))
+        request.state.verdict = f"prompt {_summary([prompt_verdict])}"
+        reply = None if prompt_verdict.flagged else _GuardedReply(server, turn, prompt_text)
+        if body.stream:
+            return StreamingResponse(sse(turn, prompt_verdict, reply, request), media_type="text/event-stream")
+
+        async def complete() -> Response:
+            if reply is not None:
+                async with contextlib.aclosing(reply.chunks()) as chunks:
+                    async for _ in chunks:
+                        pass
+            return JSONResponse(completion(turn, prompt_verdict, reply, request))
+
+        return await within_deadline(complete())
+
+    def choice_end(prompt_verdict: GuardResult, reply: _GuardedReply | None) -> tuple[str, dict[str, object]]:
+        if reply is None:
+            return "content_filter", {}
+        filters = content_filter_results(reply.verdict) if reply.verdict else {}
+        return reply.finish_reason, filters
+
+    def completion(turn: _Turn, prompt_verdict: GuardResult, reply: _GuardedReply | None,
+                   request: Request) -> dict[str, object]:
+        finish_reason, filters = choice_end(prompt_verdict, reply)
+        message = ({"role": "assistant", "content": None, "refusal": REFUSAL} if reply is None
+                   else {"role": "assistant", "content": reply.text, "refusal": None})
+        request.state.verdict += f" reply {_summary([reply.verdict if reply else None])} finish={finish_reason}"
+        return {
+            "id": turn.id, "object": "chat.completion", "created": turn.created, "model": config.model_name,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None,
+                         "content_filter_results": filters}],
+            "usage": usage(turn, reply),
+            "prompt_filter_results": _prompt_filter(prompt_verdict),
+        }
+
+    async def sse(turn: _Turn, prompt_verdict: GuardResult, reply: _GuardedReply | None,
+                  request: Request) -> AsyncIterator[str]:
+        def event(choices: list[dict[str, object]], **extra: object) -> str:
+            chunk = {"id": turn.id, "object": "chat.completion.chunk", "created": turn.created,
+                     "model": config.model_name, "choices": choices, **extra}
+            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+        def delta(content: dict[str, object], finish_reason: str | None = None,
+                  filters: dict[str, object] | None = None) -> list[dict[str, object]]:
+            choice: dict[str, object] = {"index": 0, "delta": content, "finish_reason": finish_reason,
+                                         "logprobs": None}
+            if filters is not None:
+                choice["content_filter_results"] = filters
+            return [choice]
+
+        yield event([], prompt_filter_results=_prompt_filter(prompt_verdict))
+        try:
+            if reply is None:
+                yield event(delta({"role": "assistant", "refusal": REFUSAL}))
+            else:
+                yield event(delta({"role": "assistant", "content": ""}))
+                async with contextlib.aclosing(reply.chunks()) as chunks:
+                    async for text in chunks:
+                        yield event(delta({"content": text}, filters=content_filter_results(reply.verdict)
+                                          if reply.verdict else {}))
+            finish_reason, filters = choice_end(prompt_verdict, reply)
+            request.state.verdict += f" reply {_summary([reply.verdict if reply else None])} finish={finish_reason}"
+            yield event(delta({}, finish_reason, filters))
+            if turn.include_usage:
+                yield event([], usage=usage(turn, reply))
+        except (APIError, TimeoutError, LoraGuardError) as e:
+            # Headers are out: the error travels as an SSE event, which OpenAI's clients raise as an APIError.
+            error = e if isinstance(e, APIError) else APIError(
+                504 if isinstance(e, TimeoutError) else 500,
+                "the reply took longer than the request timeout (--request-timeout)" if isinstance(e, TimeoutError)
+                else "generation failed", type="server_error")
+            request.state.verdict += f" stream-error={error.code or error.status}"
+            yield f"data: {json.dumps(error.body())}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def api_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        return _error_response(exc)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {404: "no such endpoint: this server has /v1/moderations, /v1/chat/completions, /v1/models, "
+                        "/health and /metrics",
+                   405: "method not allowed on this endpoint"}.get(exc.status_code, str(exc.detail))
+        return _error_response(APIError(exc.status_code, message))
+
+    async def internal_error(_request: Request, exc: Exception) -> Response:
+        log.exception("internal error", exc_info=exc)
+        return _error_response(APIError(500, "internal server error (the server log has the details)",
+                                        type="server_error"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.close()
+
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            Route("/v1/moderations", moderations, methods=["POST"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        ],
+        exception_handlers={APIError: api_error, HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
+    return _Observe(app, server)

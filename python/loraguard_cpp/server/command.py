@@ -1,0 +1,84 @@
+"""``loraguard-cli serve``: its options and its run. The web stack is imported only when the server runs, so
+the rest of the CLI works without the ``serve`` extra."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .. import registry
+from ..errors import LoraGuardError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``serve`` beyond the guard options every subcommand shares."""
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/* and /metrics (default: $LORAGUARD_API_KEY)")
+    p.add_argument("--model-alias", action="append", default=[], metavar="NAME",
+                   help="another model name requests may use (e.g. omni-moderation-latest); repeatable")
+    p.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="how long a moderation input waits for others to share its decode")
+    p.add_argument("--max-batch", type=int, default=32, help="guard inputs per decode")
+    p.add_argument("--max-queue", type=int, default=256, help="guard inputs waiting at most; beyond: 429")
+    p.add_argument("--max-chat-queue", type=int, default=4, help="chat requests waiting at most; beyond: 429")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--max-input-chars", type=int, default=32_000, help="characters per input or message")
+    p.add_argument("--max-inputs", type=int, default=64, help="inputs per moderation request")
+    p.add_argument("--max-tokens", type=int, default=1024, help="the largest max_tokens a chat request may ask")
+    p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a chat request has none")
+    p.add_argument("--window", type=int, default=16,
+                   help="guard the streamed reply every N pieces and release them only then (0: when finished)")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="on SIGINT/SIGTERM, seconds to let requests in flight finish")
+
+
+def model_name(guard: str | None) -> str:
+    """The name clients pass as ``model``: the named guard, or a guard file's stem."""
+    if guard is None:
+        return registry.DEFAULT_GUARD
+    return guard if guard in registry.GUARDS else Path(guard).stem
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .app import API_KEY_ENV, ServerConfig, create_app
+    except ImportError as e:
+        raise LoraGuardError(f"loraguard-cli serve needs the serve extra ({e}): pip install 'loraguard[serve]'") from e
+    from ..cli import _open_guard
+
+    config = ServerConfig(
+        model_name=model_name(args.guard), aliases=tuple(args.model_alias),
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch, max_queue=args.max_queue, max_chat_queue=args.max_chat_queue,
+        max_body_bytes=args.max_body_bytes, max_input_chars=args.max_input_chars, max_inputs=args.max_inputs,
+        default_max_tokens=min(args.default_max_tokens, args.max_tokens), max_tokens=args.max_tokens,
+        window=args.window, request_timeout_s=args.request_timeout,
+    )
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    load_errors: list[BaseException] = []
+
+    def on_load_error(error: BaseException) -> None:
+        load_errors.append(error)
+        server.should_exit = True
+
+    app = create_app(config, lambda: _open_guard(args), on_load_error)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host, port=args.port, access_log=False, log_level="info", lifespan="on",
+        timeout_graceful_shutdown=args.graceful_timeout,
+    ))
+    auth = "API key required" if config.api_key else "no API key (--api-key)"
+    logging.getLogger("loraguard.server").info(
+        "serving %s on http://%s:%d (%s); loading the guard", config.model_name, args.host, args.port, auth
+    )
+    server.run()
+    if load_errors:
+        raise load_errors[0]
+    return 0
