@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -15,10 +16,28 @@ DATA = SHARED / "data"
 STORIES = SHARED / "models" / "stories260K"
 
 
+# CI sets it (.ci/run): a suite that silently skipped its real-model tests must not pass there.
+REQUIRE_SHARED = "LORAGUARD_REQUIRE_SHARED"
+
+
+def shared_required() -> bool:
+    return os.environ.get(REQUIRE_SHARED, "") not in ("", "0")
+
+
 def require_shared(path: Path) -> Path:
+    """PATH under ../shared; the test skips where it is absent, and fails instead under LORAGUARD_REQUIRE_SHARED=1."""
     if not path.exists():
-        pytest.skip(f"{path} is absent: these tests need the shared data/models checkout beside the repo")
+        why = f"{path} is absent: these tests need the shared data/models checkout beside the repo"
+        if shared_required():
+            pytest.fail(f"{why} ({REQUIRE_SHARED}=1: missing shared files fail the run)", pytrace=False)
+        pytest.skip(why)
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Some modules decide at import whether they have data to run on; without ../shared at all, stop first.
+    if shared_required() and not SHARED.is_dir():
+        raise pytest.UsageError(f"{SHARED} is absent and {REQUIRE_SHARED}=1: check out the shared data/models there")
 
 
 def load_real_texts(n: int, *, min_special: int = 6) -> list[str]:
