@@ -43,7 +43,7 @@ typedef enum lg_status {
     LG_ERR_MISMATCH = 4,          // a guard built for another base model
     LG_ERR_TOO_LONG = 5,          // input past the context with LG_OVERFLOW_ERROR
     LG_ERR_BACKEND = 6,           // llama.cpp failed to allocate or compute
-    LG_ERR_CANCELLED = 7,         // a callback asked to stop
+    LG_ERR_CANCELLED = 7,         // lg_chat_cancel stopped a generation in flight
     LG_ERR_INTERNAL = 8,
 } lg_status;
 
@@ -51,23 +51,44 @@ typedef enum lg_status {
 LORAGUARD_API const char * lg_last_error(void);
 LORAGUARD_API const char * lg_status_name(lg_status status);
 
+// Threads for a call when none are named: the cores this process may use (CPU affinity, and the cgroup CPU
+// quota where one is set, as in containers), read anew on each call.
+LORAGUARD_API int32_t lg_default_n_threads(void);
+
 // ---------------------------------------------------------------------------------------------------------
 // model: one llama_model shared by both paths
 
 typedef struct lg_model lg_model;
 
+// llama.cpp's extra CPU weight layouts (repacking, AMX).
+typedef enum lg_cpu_repack {
+    LG_CPU_REPACK_AUTO = -1,  // on unless the CPU backend offers AMX and the model has tensor types with AMX
+                              // kernels: those kernels in the pinned llama.cpp crash on prompt decodes (stock too)
+    LG_CPU_REPACK_OFF = 0,
+    LG_CPU_REPACK_ON = 1,
+} lg_cpu_repack;
+
+typedef enum lg_flash_attn {
+    LG_FLASH_ATTN_AUTO = -1,  // llama.cpp's choice
+    LG_FLASH_ATTN_OFF = 0,
+    LG_FLASH_ATTN_ON = 1,
+} lg_flash_attn;
+
 typedef struct lg_model_params {
-    int32_t n_gpu_layers;  // layers to offload to the GPU backend llama.cpp was built with (0 = CPU only, -1 = all)
-    int32_t cpu_repack;    // llama.cpp's extra CPU weight layouts (repacking, AMX): 1 on, 0 off, -1 (default) on
-                           // unless the CPU backend offers AMX and the model has tensor types with AMX kernels:
-                           // those kernels in the pinned llama.cpp crash on prompt decodes (stock llama.cpp too)
-    bool use_mmap;         // false: read the weights into memory instead of mapping the file
-    bool verbose;          // let llama.cpp log to stderr (default: errors only)
+    int32_t n_gpu_layers;      // layers to offload to the GPU backend llama.cpp was built with (0 = CPU only, -1 = all)
+    lg_cpu_repack cpu_repack;
+    bool use_mmap;             // false: read the weights into memory instead of mapping the file
+    bool verbose;              // let llama.cpp log to stderr (default: errors only)
+    int32_t n_threads;         // the thread budget that the model's guard and chat paths share: paths running at
+                               // the same time split it between them. <= 0: lg_default_n_threads()
 } lg_model_params;
 
 LORAGUARD_API lg_model_params lg_model_default_params(void);
 LORAGUARD_API lg_status lg_model_load(const char * path, const lg_model_params * params, lg_model ** out);
+// Releases the caller's reference. Guards and chats made from the model hold references of their own, so the
+// weights are freed when the last of them is freed, in any order.
 LORAGUARD_API void lg_model_free(lg_model * model);
+LORAGUARD_API int32_t lg_model_n_threads(const lg_model * model);  // the resolved thread budget
 
 LORAGUARD_API const char * lg_model_architecture(const lg_model * model);  // llama.cpp name, e.g. "llama"
 LORAGUARD_API const char * lg_model_name(const lg_model * model);          // general.name or the file name
@@ -104,22 +125,23 @@ typedef enum lg_overflow {
 typedef struct lg_guard_params {
     uint32_t n_ctx;      // tokens per sequence window and per decode (0 = 512, capped at the model's training context)
     uint32_t n_seq_max;  // texts packed into one decode (batch classification)
-    int32_t n_threads;   // <= 0: a default that never oversubscribes the machine
+    int32_t n_threads;   // > 0: exactly this many; <= 0: a share of the model's thread budget
     lg_overflow overflow;
     bool isolated;       // score every text in its own decode: bit-reproducible, independent of batch mates
     bool f32_kv_cache;   // F32 K/V cache (default F16, as llama.cpp)
-    int32_t flash_attn;  // -1: llama.cpp's choice (auto), 0: off, 1: on. Parity with an fp32 reference to ~1e-5
-                         // needs f32_kv_cache and flash_attn = 0; the defaults add ~1e-3 relative error.
+    lg_flash_attn flash_attn;  // parity with an fp32 reference to ~1e-5 needs f32_kv_cache and LG_FLASH_ATTN_OFF;
+                               // the defaults add ~1e-3 relative error
     uint32_t n_ubatch;   // decoders: tokens per llama.cpp compute step (0 = min(n_ctx, 512)). llama.cpp sizes the
                          // compute buffer for n_ubatch rows of LM-head output, which the guard never computes:
                          // a bigger step reserves more (GPU) memory for nothing. Encoders always use n_ctx.
+    size_t max_text_bytes;  // longest prompt or response accepted, checked before tokenizing (0 = 4 MiB); longer
+                            // input fails with LG_ERR_TOO_LONG whatever the overflow policy
 } lg_guard_params;
 
 LORAGUARD_API lg_guard_params lg_guard_default_params(void);
 
 // Loads a guard GGUF made by loraguard-convert and checks it against the model (architecture, width, layer
-// count, LoRA tensor names and shapes, base fingerprint). The guard keeps a pointer to the model: free the
-// guard first.
+// count, LoRA tensor names and shapes, base fingerprint). The guard holds a reference to the model.
 LORAGUARD_API lg_status lg_guard_load(lg_model * model, const char * path, const lg_guard_params * params,
                                       lg_guard ** out);
 LORAGUARD_API void lg_guard_free(lg_guard * guard);
@@ -154,6 +176,15 @@ LORAGUARD_API lg_status lg_guard_classify(lg_guard * guard, const lg_input * inp
 LORAGUARD_API lg_status lg_guard_tokenize(const lg_guard * guard, const lg_input * input, int32_t * tokens,
                                           size_t n_max, size_t * n_tokens);
 
+// The token sequences the guard scores for one input after its overflow policy: one for an input that fits or
+// under LG_OVERFLOW_KEEP_END, one per window under LG_OVERFLOW_WINDOWS. Every sequence keeps the template's
+// own tokens whole; only the prompt and response are cut. The sequences are written one after another into
+// tokens (at most n_max ids) and their lengths into lengths (at most n_lengths_max); *n_tokens and *n_sequences
+// receive the full counts.
+LORAGUARD_API lg_status lg_guard_sequences(const lg_guard * guard, const lg_input * input, int32_t * tokens,
+                                           size_t n_max, size_t * n_tokens, size_t * lengths, size_t n_lengths_max,
+                                           size_t * n_sequences);
+
 // ---------------------------------------------------------------------------------------------------------
 // chat path: the model with no adapter, exactly as stock llama.cpp runs it
 
@@ -163,8 +194,8 @@ typedef struct lg_chat_params {
     uint32_t n_ctx;     // 0 = 2048, capped at the model's training context
     uint32_t n_batch;   // logical batch (llama.cpp default 2048)
     uint32_t n_ubatch;  // physical batch (llama.cpp default 512)
-    int32_t n_threads;  // <= 0: default
-    int32_t flash_attn; // -1: llama.cpp's choice (auto), 0: off (llama-cpp-python's default), 1: on
+    int32_t n_threads;  // > 0: exactly this many; <= 0: a share of the model's thread budget
+    lg_flash_attn flash_attn;  // LG_FLASH_ATTN_OFF is llama-cpp-python's default
 } lg_chat_params;
 
 LORAGUARD_API lg_chat_params lg_chat_default_params(void);
@@ -172,13 +203,22 @@ LORAGUARD_API lg_status lg_chat_create(lg_model * model, const lg_chat_params * 
 LORAGUARD_API void lg_chat_free(lg_chat * chat);
 
 typedef struct lg_message {
-    const char * role;  // "system", "user", "assistant"
-    const char * content;
+    const char * role;  // "system", "user", "assistant" or "tool"
+    size_t role_len;
+    const char * content;  // UTF-8, no NUL bytes
+    size_t content_len;
 } lg_message;
 
 // Renders messages with the model's chat template (from its GGUF; add_assistant = true). A model without a
 // template gets the contents joined by newlines. *out is malloc'ed: free it with lg_string_free.
 LORAGUARD_API lg_status lg_chat_format(const lg_chat * chat, const lg_message * messages, size_t n, char ** out);
+
+// The token ids the chat path runs for messages: the rendered template, where only the template's own markers
+// (<|im_start|>, <end_of_turn>, ...) become special tokens and every message's content stays plain text, so a
+// message that spells out a turn marker cannot forge a turn. (Stock llama.cpp parses special-token text inside
+// messages too.) Fails with LG_ERR_FORMAT for a template that changes message text beyond trimming it.
+LORAGUARD_API lg_status lg_chat_tokenize(const lg_chat * chat, const lg_message * messages, size_t n,
+                                         int32_t * tokens, size_t n_max, size_t * n_tokens);
 
 // Called for each generated token; piece is its text (not NUL-terminated) and logits the n_vocab logits it was
 // sampled from (valid only during the call). Return false to stop.
@@ -191,18 +231,30 @@ typedef struct lg_generate_params {
     int32_t top_k;              // <= 0: off
     float top_p;                // >= 1: off
     uint32_t seed;
-    const char * const * stop;  // stop strings (not included in the output)
+    const char * const * stop;  // stop strings (NUL-terminated, non-empty): the output ends before the first one
     size_t n_stop;
+    // Called as text becomes final: with stop strings, text that could begin one is held back until it cannot,
+    // so the pieces passed here concatenate to exactly the returned text (a piece may span several tokens, and
+    // token is the last of them).
     lg_token_callback on_token;
     void * user_data;
 } lg_generate_params;
 
 LORAGUARD_API lg_generate_params lg_generate_default_params(void);
 
-// Clears the chat context, evaluates the prompt (raw text, special tokens parsed, BOS as the model declares)
-// and generates. *out (malloc'ed, free with lg_string_free) receives the generated text; out may be NULL.
-LORAGUARD_API lg_status lg_chat_generate(lg_chat * chat, const char * prompt, const lg_generate_params * params,
-                                         char ** out);
+// Clears the chat context, evaluates the prompt and generates. *out (malloc'ed, free with lg_string_free)
+// receives the generated text; out may be NULL. The prompt is trusted text: special-token text in it is parsed
+// as llama.cpp does (BOS as the model declares); text from users belongs in lg_chat_generate_messages.
+LORAGUARD_API lg_status lg_chat_generate(lg_chat * chat, const char * prompt, size_t prompt_len,
+                                         const lg_generate_params * params, char ** out);
+
+// Generates the assistant's reply to messages, tokenized as lg_chat_tokenize does.
+LORAGUARD_API lg_status lg_chat_generate_messages(lg_chat * chat, const lg_message * messages, size_t n,
+                                                  const lg_generate_params * params, char ** out);
+
+// Makes a generation running on chat (in another thread) stop after its current token and return
+// LG_ERR_CANCELLED. Thread-safe; the chat itself stays usable.
+LORAGUARD_API void lg_chat_cancel(lg_chat * chat);
 
 // Low level: appends tokens to the chat context (clear = true starts afresh) and copies the last token's
 // n_vocab logits into logits (may be NULL).

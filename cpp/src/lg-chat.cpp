@@ -1,10 +1,12 @@
 #include "lg-chat.h"
 
 #include "lg-error.h"
+#include "lg-template.h"
 #include "lg-text.h"
 #include "lg-threads.h"
 
 #include <algorithm>
+#include <cctype>
 #include <memory>
 
 namespace {
@@ -29,6 +31,35 @@ sampler_ptr make_sampler(const lg_generate_params & p) {
     llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(p.temperature));
     llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(p.seed));
     return chain;
+}
+
+constexpr const char * k_roles[] = {"system", "user", "assistant", "tool"};
+
+// Stands in for message i's content while the template is rendered, to find where each content goes.
+std::string slot_marker(size_t i) { return "\x1blg-message-" + std::to_string(i) + "\x1b"; }
+
+std::string_view trim_space(std::string_view s, bool front, bool back) {
+    while (front && !s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) {
+        s.remove_prefix(1);
+    }
+    while (back && !s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) {
+        s.remove_suffix(1);
+    }
+    return s;
+}
+
+// The longest suffix of text that is a proper prefix of one of the stop strings: text that may yet become a stop.
+size_t stop_prefix_at_end(const std::string & text, const std::vector<std::string> & stops) {
+    size_t longest = 0;
+    for (const std::string & stop : stops) {
+        for (size_t k = std::min(stop.size() - 1, text.size()); k > longest; --k) {
+            if (text.compare(text.size() - k, k, stop, 0, k) == 0) {
+                longest = k;
+                break;
+            }
+        }
+    }
+    return longest;
 }
 
 std::string token_piece(const llama_vocab * vocab, llama_token token) {
@@ -61,7 +92,7 @@ lg_chat::lg_chat(lg_model & model_, const lg_chat_params & params_) : model(mode
     if (params.n_ubatch > 0) {
         cparams.n_ubatch = params.n_ubatch;
     }
-    const int n_threads = lg::resolve_n_threads(params.n_threads);
+    const int n_threads = params.n_threads > 0 ? lg::resolve_n_threads(params.n_threads) : model.n_threads_budget();
     cparams.n_threads = n_threads;
     cparams.n_threads_batch = n_threads;
     cparams.no_perf = true;
@@ -73,30 +104,31 @@ lg_chat::lg_chat(lg_model & model_, const lg_chat_params & params_) : model(mode
         lg::fail(LG_ERR_BACKEND, "llama.cpp could not create the chat context (n_ctx " + std::to_string(n_ctx) +
                                      "): out of memory? try a smaller n_ctx");
     }
+    model.retain();
 }
 
 lg_chat::~lg_chat() {
     if (ctx) {
         llama_free(ctx);
     }
+    model.release();
 }
 
-std::string lg_chat::format(const lg_message * messages, size_t n) const {
-    std::vector<llama_chat_message> msgs(n);
-    for (size_t i = 0; i < n; ++i) {
-        if (!messages[i].role || !messages[i].content) {
-            lg::fail(LG_ERR_INVALID_ARGUMENT, "message " + std::to_string(i) + " has a NULL role or content");
-        }
-        lg::check_text(messages[i].content, "message content");
-        msgs[i] = {messages[i].role, messages[i].content};
-    }
+std::string lg_chat::render(const lg_message * messages, const std::vector<std::string> & values) const {
+    const size_t n = values.size();
     const char * tmpl = llama_model_chat_template(model.model, nullptr);
     if (!tmpl) {
         std::string joined;
         for (size_t i = 0; i < n; ++i) {
-            joined += (i ? "\n" : "") + std::string(messages[i].content);
+            joined += (i ? "\n" : "") + values[i];
         }
         return joined;
+    }
+    std::vector<std::string> roles(n);
+    std::vector<llama_chat_message> msgs(n);
+    for (size_t i = 0; i < n; ++i) {
+        roles[i].assign(messages[i].role, messages[i].role_len);
+        msgs[i] = {roles[i].c_str(), values[i].c_str()};
     }
     std::vector<char> buf(4096);
     int32_t len = llama_chat_apply_template(tmpl, msgs.data(), n, true, buf.data(), static_cast<int32_t>(buf.size()));
@@ -109,6 +141,116 @@ std::string lg_chat::format(const lg_message * messages, size_t n) const {
                                     ": format the prompt yourself and use generate");
     }
     return std::string(buf.data(), static_cast<size_t>(len));
+}
+
+namespace {
+
+// The messages' contents, checked: known roles, text that is valid UTF-8 without NUL bytes.
+std::vector<std::string> checked_contents(const lg_message * messages, size_t n, size_t max_bytes) {
+    std::vector<std::string> contents(n);
+    size_t total = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const lg_message & m = messages[i];
+        if (!m.role || !m.content) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, "message " + std::to_string(i) + " has a NULL role or content");
+        }
+        const std::string_view role(m.role, m.role_len);
+        if (std::none_of(std::begin(k_roles), std::end(k_roles), [&](const char * r) { return role == r; })) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, "message " + std::to_string(i) + " has role '" + std::string(role) +
+                                                  "': use system, user, assistant or tool");
+        }
+        const std::string_view content(m.content, m.content_len);
+        lg::check_text(content, "message content");
+        total += content.size();
+        if (total > max_bytes) {
+            lg::fail(LG_ERR_TOO_LONG, "messages are " + std::to_string(total) +
+                                          "+ bytes, more than the chat context can hold: shorten the conversation");
+        }
+        contents[i].assign(content);
+    }
+    return contents;
+}
+
+}  // namespace
+
+std::string lg_chat::format(const lg_message * messages, size_t n) const {
+    return render(messages, checked_contents(messages, n, n_ctx * model.max_token_bytes));
+}
+
+std::vector<llama_token> lg_chat::tokenize(const lg_message * messages, size_t n) const {
+    const std::vector<std::string> contents = checked_contents(messages, n, n_ctx * model.max_token_bytes);
+    const auto template_error = [&](const std::string & what) {
+        lg::fail(LG_ERR_FORMAT, "the chat template of model " + model.name + " " + what +
+                                    ": loraguard cannot tell its markers from message text, so it will not run it");
+    };
+
+    // Where the template puts each content, and the template's own text around them.
+    std::vector<std::string> markers(n);
+    for (size_t i = 0; i < n; ++i) {
+        markers[i] = slot_marker(i);
+    }
+    const std::string marked = render(messages, markers);
+    std::vector<lg::token_template::piece> pieces;
+    size_t pos = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const size_t at = marked.find(markers[i], pos);
+        if (at == std::string::npos) {
+            template_error("drops or reorders message " + std::to_string(i));
+        }
+        pieces.push_back({marked.substr(pos, at - pos)});
+        pieces.push_back({std::string(), static_cast<int>(i)});
+        pos = at + markers[i].size();
+    }
+    pieces.push_back({marked.substr(pos)});
+    for (const auto & p : pieces) {
+        if (p.text.find("\x1blg-message-") != std::string::npos) {
+            template_error("repeats a message");
+        }
+    }
+
+    // What the template does to each content (some trim it), read off the real rendering.
+    const std::string rendered = render(messages, contents);
+    std::vector<std::string_view> values(n);
+    size_t at = 0;
+    for (size_t k = 0; k < pieces.size(); ++k) {
+        const auto & p = pieces[k];
+        if (p.slot < 0) {
+            if (rendered.compare(at, p.text.size(), p.text) != 0) {
+                template_error("changes with the message text");
+            }
+            at += p.text.size();
+            continue;
+        }
+        const std::string & next = pieces[k + 1].text;  // the trailing literal always follows the last slot
+        const std::string_view content = contents[static_cast<size_t>(p.slot)];
+        bool placed = false;
+        for (const std::string_view candidate :
+             {content, trim_space(content, true, true), trim_space(content, false, true), trim_space(content, true, false)}) {
+            if (rendered.compare(at, candidate.size(), candidate) == 0 &&
+                rendered.compare(at + candidate.size(), next.size(), next) == 0) {
+                values[static_cast<size_t>(p.slot)] = candidate;
+                at += candidate.size();
+                placed = true;
+                break;
+            }
+        }
+        if (!placed) {
+            template_error("changes message " + std::to_string(p.slot) + " beyond trimming it");
+        }
+    }
+    if (at != rendered.size()) {
+        template_error("changes with the message text");
+    }
+    return lg::token_template(model, std::move(pieces), /*parse_special=*/true).tokenize(values);
+}
+
+std::vector<llama_token> lg_chat::tokenize_raw(std::string_view prompt) const {
+    lg::check_text(prompt, "prompt");
+    if (prompt.size() > n_ctx * model.max_token_bytes) {
+        lg::fail(LG_ERR_TOO_LONG, "prompt of " + std::to_string(prompt.size()) +
+                                      " bytes is more than the chat context can hold: shorten it or raise n_ctx");
+    }
+    return lg::tokenize(model.vocab, std::string(prompt), /*add_special=*/true, /*parse_special=*/true);
 }
 
 void lg_chat::decode(const llama_token * tokens, size_t n, bool clear) {
@@ -130,6 +272,7 @@ void lg_chat::decode(const llama_token * tokens, size_t n, bool clear) {
         lg::fail(LG_ERR_TOO_LONG, "chat context is full: " + std::to_string(n_past) + " + " + std::to_string(n) +
                                       " tokens > n_ctx " + std::to_string(n_ctx) + ": raise n_ctx or shorten the prompt");
     }
+    const lg::thread_share threads(model, ctx, params.n_threads);
     const size_t n_batch = llama_n_batch(ctx);
     llama_batch batch = llama_batch_init(static_cast<int32_t>(std::min(n, n_batch)), 0, 1);
     for (size_t start = 0; start < n; start += n_batch) {
@@ -154,41 +297,59 @@ void lg_chat::decode(const llama_token * tokens, size_t n, bool clear) {
 
 const float * lg_chat::last_logits() const { return llama_get_logits_ith(ctx, -1); }
 
-std::string lg_chat::generate(const std::string & prompt, const lg_generate_params & p) {
-    lg::check_text(prompt, "prompt");
-    const std::vector<llama_token> tokens = lg::tokenize(model.vocab, prompt, /*add_special=*/true, /*parse_special=*/true);
-    decode(tokens.data(), tokens.size(), /*clear=*/true);
+std::string lg_chat::generate(const std::vector<llama_token> & prompt, const lg_generate_params & p) {
+    std::vector<std::string> stops;
+    for (size_t i = 0; i < p.n_stop; ++i) {
+        if (!p.stop[i] || !p.stop[i][0]) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, "stop string " + std::to_string(i) + " is NULL or empty");
+        }
+        stops.emplace_back(p.stop[i]);
+    }
+    cancel_requested = false;
+    decode(prompt.data(), prompt.size(), /*clear=*/true);
 
     sampler_ptr sampler = make_sampler(p);
     std::string out;
-    size_t max_stop = 0;
-    for (size_t i = 0; i < p.n_stop; ++i) {
-        max_stop = std::max(max_stop, std::string(p.stop[i]).size());
-    }
+    size_t final_end = 0;  // out[0, final_end) has been handed to on_token and can no longer change
+    llama_token last = LLAMA_TOKEN_NULL;
+    // Hands out[final_end, end) to the callback; false when the callback asks to stop.
+    const auto release = [&](size_t end) {
+        if (end <= final_end) {
+            return true;
+        }
+        const bool go_on = !p.on_token ||
+                           p.on_token(last, out.data() + final_end, end - final_end, last_logits(), p.user_data);
+        final_end = end;
+        return go_on;
+    };
     for (int32_t step = 0; p.max_tokens <= 0 || step < p.max_tokens; ++step) {
-        const llama_token token = llama_sampler_sample(sampler.get(), ctx, -1);
-        if (llama_vocab_is_eog(model.vocab, token)) {
+        if (cancel_requested) {
+            lg::fail(LG_ERR_CANCELLED, "generation cancelled: the chat was closed or cancelled");
+        }
+        last = llama_sampler_sample(sampler.get(), ctx, -1);
+        if (llama_vocab_is_eog(model.vocab, last)) {
             break;
         }
-        const std::string piece = token_piece(model.vocab, token);
-        out += piece;
-        if (p.on_token && !p.on_token(token, piece.data(), piece.size(), last_logits(), p.user_data)) {
+        out += token_piece(model.vocab, last);
+        // A stop string can only begin in text not yet released: released text never ended in a stop's prefix.
+        size_t stop_at = std::string::npos;
+        for (const std::string & stop : stops) {
+            stop_at = std::min(stop_at, out.find(stop, final_end));
+        }
+        if (stop_at != std::string::npos) {
+            out.resize(stop_at);
+            release(stop_at);
+            return out;
+        }
+        if (!release(out.size() - stop_prefix_at_end(out, stops))) {
+            out.resize(final_end);
+            return out;
+        }
+        if (n_past >= n_ctx) {
             break;
         }
-        // Stop strings: only the tail that the new piece could have completed needs a look.
-        bool stopped = false;
-        const size_t from = out.size() > piece.size() + max_stop ? out.size() - piece.size() - max_stop : 0;
-        for (size_t i = 0; i < p.n_stop && !stopped; ++i) {
-            const size_t at = out.find(p.stop[i], from);
-            if (at != std::string::npos && p.stop[i][0] != '\0') {
-                out.resize(at);
-                stopped = true;
-            }
-        }
-        if (stopped || n_past >= n_ctx) {
-            break;
-        }
-        decode(&token, 1, /*clear=*/false);
+        decode(&last, 1, /*clear=*/false);
     }
+    release(out.size());
     return out;
 }

@@ -3,7 +3,9 @@
 
 #include "lg-model.h"
 
+#include <atomic>
 #include <mutex>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -14,7 +16,12 @@ struct lg_chat {
     lg_chat & operator=(const lg_chat &) = delete;
 
     std::string format(const lg_message * messages, size_t n) const;
-    std::string generate(const std::string & prompt, const lg_generate_params & params);
+    // Token ids of messages: only the template's own markers are special tokens (lg_chat_tokenize).
+    std::vector<llama_token> tokenize(const lg_message * messages, size_t n) const;
+    // Trusted raw text, special-token text parsed as llama.cpp does.
+    std::vector<llama_token> tokenize_raw(std::string_view prompt) const;
+    // Clears the context, evaluates the prompt tokens and samples until a stop condition.
+    std::string generate(const std::vector<llama_token> & prompt, const lg_generate_params & params);
     // Appends tokens in n_batch chunks, only the last token of each chunk an output (as llama-cpp-python does).
     void decode(const llama_token * tokens, size_t n, bool clear);
     const float * last_logits() const;
@@ -24,7 +31,12 @@ struct lg_chat {
     llama_context * ctx = nullptr;
     uint32_t n_ctx = 0;
     std::mutex mutex;
+    std::atomic<bool> cancel_requested{false};
 
   private:
+    // The text the template makes of messages whose contents are values[i] (the model's template, or the
+    // contents joined by newlines for a model without one).
+    std::string render(const lg_message * messages, const std::vector<std::string> & values) const;
+
     size_t n_past = 0;
 };

@@ -5,6 +5,7 @@
 #include "lg-threads.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -14,6 +15,8 @@ namespace {
 constexpr const char * k_final_norm = "result_norm";
 // llama.cpp's own default ubatch
 constexpr uint32_t k_default_n_ubatch = 512;
+// Past this a text is refused before tokenizing (llama.cpp allocates 4 bytes per input byte to tokenize it)
+constexpr size_t k_default_max_text_bytes = size_t{4} << 20;
 
 // Scheduler callback: asks for the final-norm tensor only, copies its rows, then returns false so the
 // scheduler skips the rest of the graph (the LM head, which the guard never needs).
@@ -46,8 +49,8 @@ enum llama_pooling_type llama_pooling(lg::pooling p) {
 lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_params & params_)
     : model(model_),
       spec(lg::read_guard_file(path, model_)),
-      prompt_template(model_.vocab, spec.template_prompt, spec.parse_special),
-      pair_template(model_.vocab, spec.template_pair, spec.parse_special),
+      prompt_template(lg::guard_template(model_, spec.template_prompt, spec.parse_special)),
+      pair_template(lg::guard_template(model_, spec.template_pair, spec.parse_special)),
       params(params_) {
     if (params.n_seq_max == 0 || params.n_seq_max > llama_max_parallel_sequences()) {
         lg::fail(LG_ERR_INVALID_ARGUMENT, "n_seq_max must be between 1 and " +
@@ -62,7 +65,10 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
         lg::fail(LG_ERR_INVALID_ARGUMENT, "n_ctx " + std::to_string(n_ctx) + " is too small for a guard (at least 8)");
     }
 
-    const int n_threads = lg::resolve_n_threads(params.n_threads);
+    const int n_threads = params.n_threads > 0 ? lg::resolve_n_threads(params.n_threads) : model.n_threads_budget();
+    if (params.max_text_bytes == 0) {
+        params.max_text_bytes = k_default_max_text_bytes;
+    }
 
     adapter = llama_adapter_lora_init(model.model, path.c_str());
     if (!adapter) {
@@ -113,6 +119,7 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
         lg::fail(LG_ERR_BACKEND, "llama.cpp could not attach the guard adapter to its context");
     }
     batch = llama_batch_init(static_cast<int32_t>(n_ctx), 0, 1);
+    model.retain();
 }
 
 lg_guard::~lg_guard() {
@@ -123,6 +130,7 @@ lg_guard::~lg_guard() {
     if (adapter) {
         llama_adapter_lora_free(adapter);
     }
+    model.release();  // after the adapter: llama.cpp's model keeps a list of its adapters
 }
 
 std::vector<llama_token> lg_guard::tokenize(const lg_input & input) const {
@@ -130,25 +138,46 @@ std::vector<llama_token> lg_guard::tokenize(const lg_input & input) const {
         lg::fail(LG_ERR_INVALID_ARGUMENT, "prompt is NULL");
     }
     const std::string_view prompt(input.prompt, input.prompt_len);
-    lg::check_text(prompt, "prompt");
+    const auto check = [&](std::string_view text, const char * field) {
+        if (text.size() > params.max_text_bytes) {
+            lg::fail(LG_ERR_TOO_LONG, std::string(field) + " is " + std::to_string(text.size()) +
+                                          " bytes, past the guard's limit of " + std::to_string(params.max_text_bytes) +
+                                          " (max_text_bytes): split it, or raise the limit");
+        }
+        lg::check_text(text, field);
+    };
+    check(prompt, "prompt");
     if (input.response) {
         const std::string_view response(input.response, input.response_len);
-        lg::check_text(response, "response");
-        return pair_template.tokenize(prompt, response);
+        check(response, "response");
+        return pair_template.tokenize({prompt, response});
     }
-    return prompt_template.tokenize(prompt, {});
+    return prompt_template.tokenize({prompt});
+}
+
+std::vector<std::vector<llama_token>> lg_guard::sequences(const lg_input & input) const {
+    return fit(tokenize(input), 0);
 }
 
 std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n) const {
     std::vector<job> jobs;
     for (size_t i = 0; i < n; ++i) {
-        std::vector<llama_token> tokens = tokenize(inputs[i]);
-        if (tokens.size() <= n_ctx) {
+        for (std::vector<llama_token> & tokens : fit(tokenize(inputs[i]), i)) {
             jobs.push_back({i, std::move(tokens)});
-            continue;
         }
+    }
+    return jobs;
+}
+
+std::vector<std::vector<llama_token>> lg_guard::fit(std::vector<llama_token> tokens, size_t input_index) const {
+    std::vector<std::vector<llama_token>> out;
+    if (tokens.size() <= n_ctx) {
+        out.push_back(std::move(tokens));
+        return out;
+    }
+    {
         if (params.overflow == LG_OVERFLOW_ERROR) {
-            lg::fail(LG_ERR_TOO_LONG, "input " + std::to_string(i) + " is " + std::to_string(tokens.size()) +
+            lg::fail(LG_ERR_TOO_LONG, "input " + std::to_string(input_index) + " is " + std::to_string(tokens.size()) +
                                           " tokens, the guard context holds " + std::to_string(n_ctx) +
                                           ": raise n_ctx or choose the keep-end or windows overflow policy");
         }
@@ -175,19 +204,19 @@ std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n
             return w;
         };
         if (params.overflow == LG_OVERFLOW_KEEP_END) {
-            jobs.push_back({i, window(content - width)});
+            out.push_back(window(content - width));
         } else {
             const size_t stride = std::max<size_t>(1, width / 2);
             for (size_t start = 0;; start += stride) {
                 const size_t s = std::min(start, content - width);
-                jobs.push_back({i, window(s)});
+                out.push_back(window(s));
                 if (s == content - width) {
                     break;
                 }
             }
         }
     }
-    return jobs;
+    return out;
 }
 
 void lg_guard::run_decode(const std::vector<job> & jobs, size_t begin, size_t end, std::vector<float> & states) {
@@ -237,6 +266,7 @@ void lg_guard::classify(const lg_input * inputs, size_t n, float * logits) {
     const std::vector<job> jobs = make_jobs(inputs, n);
 
     std::lock_guard<std::mutex> lock(mutex);
+    const lg::thread_share threads(model, ctx, params.n_threads);
     std::vector<float> states;
     states.reserve(jobs.size() * static_cast<size_t>(model.n_embd));
     size_t begin = 0;
@@ -265,6 +295,19 @@ void lg_guard::classify(const lg_input * inputs, size_t n, float * logits) {
                 acc += static_cast<double>(w[k]) * h[k];
             }
             out[l] = std::max(out[l], static_cast<float>(acc));  // windows: the max logit per label
+        }
+    }
+}
+
+void lg_guard::verdicts(const float * logits, size_t n, float * probs, uint8_t * flagged) const {
+    const size_t n_labels = spec.labels.size();
+    for (size_t i = 0; i < n * n_labels; ++i) {
+        const float p = 1.0f / (1.0f + std::exp(-logits[i]));
+        if (probs) {
+            probs[i] = p;
+        }
+        if (flagged) {
+            flagged[i] = p >= spec.thresholds[i % n_labels];
         }
     }
 }

@@ -24,12 +24,16 @@ struct lg_guard {
 
     // The token ids one input runs as (template applied, no overflow handling).
     std::vector<llama_token> tokenize(const lg_input & input) const;
+    // The sequences one input is scored as, its overflow policy applied.
+    std::vector<std::vector<llama_token>> sequences(const lg_input & input) const;
     void classify(const lg_input * inputs, size_t n, float * logits);
+    // Sigmoid of the logits and the guard's thresholds: the one place the verdict rule lives.
+    void verdicts(const float * logits, size_t n, float * probs, uint8_t * flagged) const;
 
     lg_model & model;
     lg::guard_spec spec;
-    lg::guard_template prompt_template;
-    lg::guard_template pair_template;
+    lg::token_template prompt_template;
+    lg::token_template pair_template;
     lg_guard_params params;
     llama_adapter_lora * adapter = nullptr;
     llama_context * ctx = nullptr;
@@ -41,6 +45,7 @@ struct lg_guard {
         std::vector<llama_token> tokens;
     };
     std::vector<job> make_jobs(const lg_input * inputs, size_t n) const;
+    std::vector<std::vector<llama_token>> fit(std::vector<llama_token> tokens, size_t input_index) const;
     // Runs jobs [begin, end) in one decode; appends one pooled state (n_embd floats) per job to states.
     void run_decode(const std::vector<job> & jobs, size_t begin, size_t end, std::vector<float> & states);
 

@@ -4,10 +4,13 @@
 #include "lg-file-type.h"
 #include "lg-fingerprint.h"
 #include "lg-gguf.h"
+#include "lg-threads.h"
 
 #include "ggml-backend.h"
 
+#include <algorithm>
 #include <atomic>
+#include <limits>
 #include <cstdio>
 #include <cstring>
 #include <unistd.h>
@@ -138,6 +141,19 @@ lg_model::lg_model(const std::string & path_, const lg_model_params & params) : 
     const std::string ftype = meta_str(model, "general.file_type");
     file_type = ftype.empty() ? "F32" : lg::file_type_name(static_cast<llama_ftype>(std::stoi(ftype)));
     is_encoder = meta_str(model, architecture + ".attention.causal") == "false";
+    special_tokens = lg::special_tokens_of(vocab);
+    for (llama_token id = 0; id < llama_vocab_n_tokens(vocab); ++id) {
+        // A token's stored text is never shorter than the bytes it stands for (byte-level BPE and SentencePiece
+        // both spell bytes with one or more characters), so this bounds the bytes per token.
+        const char * text = llama_vocab_get_text(vocab, id);
+        max_token_bytes = std::max(max_token_bytes, text ? std::strlen(text) : size_t{0});
+    }
+    max_token_bytes = std::max(max_token_bytes, size_t{4});  // byte-fallback and unknown tokens: one UTF-8 character
+    n_threads_requested = params.n_threads > 0 ? lg::resolve_n_threads(params.n_threads) : 0;
+}
+
+int lg_model::n_threads_budget() const {
+    return n_threads_requested > 0 ? n_threads_requested : lg::default_n_threads();
 }
 
 lg_model::~lg_model() {
@@ -146,10 +162,35 @@ lg_model::~lg_model() {
     }
 }
 
+void lg_model::retain() { refs.fetch_add(1, std::memory_order_relaxed); }
+
+void lg_model::release() {
+    if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        delete this;
+    }
+}
+
+namespace lg {
+
+thread_share::thread_share(lg_model & model, llama_context * ctx, int fixed_n_threads) : model_(model) {
+    const int running = model_.n_running.fetch_add(1) + 1;
+    const int n = fixed_n_threads > 0 ? fixed_n_threads : std::max(1, model_.n_threads_budget() / running);
+    if (llama_n_threads(ctx) != n) {
+        llama_set_n_threads(ctx, n, n);
+    }
+}
+
+thread_share::~thread_share() { model_.n_running.fetch_sub(1); }
+
+}  // namespace lg
+
 namespace lg {
 
 std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool add_special,
                                   bool parse_special) {
+    if (text.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max()) - 16) {
+        fail(LG_ERR_TOO_LONG, "text of " + std::to_string(text.size()) + " bytes is past what llama.cpp can tokenize");
+    }
     std::vector<llama_token> tokens(text.size() + 8);
     int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), tokens.data(),
                                static_cast<int32_t>(tokens.size()), add_special, parse_special);

@@ -13,34 +13,6 @@ namespace {
 constexpr std::string_view k_prompt = "{prompt}";
 constexpr std::string_view k_response = "{response}";
 
-struct special_token {
-    llama_token id;
-    std::string text;
-    llama_token_attr attr;
-};
-
-// The tokens llama.cpp matches as text when parse_special is on (its special-token cache), longest first as it
-// matches them, restricted to those spelled in one of the template's literal texts.
-std::vector<special_token> specials_in(const llama_vocab * vocab, const std::vector<std::string_view> & literals) {
-    std::vector<special_token> found;
-    const int32_t n_vocab = llama_vocab_n_tokens(vocab);
-    for (llama_token id = 0; id < n_vocab; ++id) {
-        const llama_token_attr attr = llama_vocab_get_attr(vocab, id);
-        if (!(attr & (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN))) {
-            continue;
-        }
-        const char * text = llama_vocab_get_text(vocab, id);
-        if (text && *text &&
-            std::any_of(literals.begin(), literals.end(),
-                        [&](std::string_view literal) { return literal.find(text) != std::string_view::npos; })) {
-            found.push_back({id, text, attr});
-        }
-    }
-    std::stable_sort(found.begin(), found.end(),
-                     [](const special_token & a, const special_token & b) { return a.text.size() > b.text.size(); });
-    return found;
-}
-
 void strip_trailing_space(std::string & s) {
     while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) {
         s.pop_back();
@@ -57,47 +29,31 @@ void strip_leading_space(std::string & s) {
 
 }  // namespace
 
-guard_template::guard_template(const llama_vocab * vocab_, const std::string & text, bool parse_special_)
-    : vocab(vocab_), parse_special(parse_special_) {
-    size_t i = 0;
-    size_t literal_start = 0;
-    const auto close_literal = [&](size_t end) {
-        if (end > literal_start) {
-            parts.push_back({part::kind::text, text.substr(literal_start, end - literal_start)});
-        }
-    };
-    while (i < text.size()) {
-        const std::string_view rest = std::string_view(text).substr(i);
-        if (rest.substr(0, k_prompt.size()) == k_prompt) {
-            close_literal(i);
-            parts.push_back({part::kind::prompt});
-            i += k_prompt.size();
-            literal_start = i;
-        } else if (rest.substr(0, k_response.size()) == k_response) {
-            close_literal(i);
-            parts.push_back({part::kind::response});
-            i += k_response.size();
-            literal_start = i;
-        } else {
-            ++i;
+token_template::token_template(const lg_model & model, std::vector<piece> pieces, bool parse_special_)
+    : vocab(model.vocab), parse_special(parse_special_) {
+    for (piece & p : pieces) {
+        if (p.slot >= 0) {
+            part slot{part::kind::slot};
+            slot.slot = p.slot;
+            parts.push_back(std::move(slot));
+            n_slots_ = std::max(n_slots_, p.slot + 1);
+        } else if (!p.text.empty()) {
+            parts.push_back({part::kind::text, std::move(p.text)});
         }
     }
-    close_literal(text.size());
     if (!parse_special) {
         return;
     }
 
-    // Split the template's own text at its special tokens, as llama.cpp's tokenizer partitions a string.
-    const std::vector<special_token> specials = [&] {
-        std::vector<std::string_view> literals;
-        for (const part & p : parts) {
-            if (p.what == part::kind::text) {
-                literals.push_back(p.text);
-            }
+    // Split the template's own text at its special tokens, as llama.cpp's tokenizer partitions a string: longest
+    // token first, each over what is left of the literal texts.
+    for (const special_token & special : model.special_tokens) {
+        const bool spelled = std::any_of(parts.begin(), parts.end(), [&](const part & p) {
+            return p.what == part::kind::text && p.text.find(special.text) != std::string::npos;
+        });
+        if (!spelled) {
+            continue;
         }
-        return specials_in(vocab, literals);
-    }();
-    for (const special_token & special : specials) {
         std::vector<part> split;
         for (part & p : parts) {
             if (p.what != part::kind::text) {
@@ -131,13 +87,12 @@ guard_template::guard_template(const llama_vocab * vocab_, const std::string & t
     tail.assign(body == framed.end() ? body : body + static_cast<long>(bare.size()), framed.end());
 }
 
-std::vector<llama_token> guard_template::tokenize(std::string_view prompt, std::string_view response) const {
+std::vector<llama_token> token_template::tokenize(const std::vector<std::string_view> & values) const {
     const auto fill = [&](const part & p) -> std::string_view {
-        switch (p.what) {
-            case part::kind::prompt: return prompt;
-            case part::kind::response: return response;
-            default: return p.text;
+        if (p.what == part::kind::slot) {
+            return static_cast<size_t>(p.slot) < values.size() ? values[static_cast<size_t>(p.slot)] : std::string_view();
         }
+        return p.text;
     };
     if (!parse_special) {
         std::string rendered;
@@ -175,6 +130,31 @@ std::vector<llama_token> guard_template::tokenize(std::string_view prompt, std::
     flush_run(false);
     tokens.insert(tokens.end(), tail.begin(), tail.end());
     return tokens;
+}
+
+token_template guard_template(const lg_model & model, const std::string & text, bool parse_special) {
+    std::vector<token_template::piece> pieces;
+    size_t literal_start = 0;
+    for (size_t i = 0; i < text.size();) {
+        const std::string_view rest = std::string_view(text).substr(i);
+        int slot = -1;
+        size_t width = 0;
+        if (rest.substr(0, k_prompt.size()) == k_prompt) {
+            slot = 0, width = k_prompt.size();
+        } else if (rest.substr(0, k_response.size()) == k_response) {
+            slot = 1, width = k_response.size();
+        }
+        if (slot < 0) {
+            ++i;
+            continue;
+        }
+        pieces.push_back({text.substr(literal_start, i - literal_start)});
+        pieces.push_back({std::string(), slot});
+        i += width;
+        literal_start = i;
+    }
+    pieces.push_back({text.substr(literal_start)});
+    return token_template(model, std::move(pieces), parse_special);
 }
 
 }  // namespace lg

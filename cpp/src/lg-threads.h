@@ -2,8 +2,8 @@
 
 namespace lg {
 
-// Threads for a call when the user names none: the cores this process may run on, less the cores other
-// processes keep busy (two threads sharing one free core run slower than one).
+// Threads when the user names none: the cores this process may run on (CPU affinity), capped by the cgroup CPU
+// quota where one is set. Read anew on each call, so a long-lived process follows a changed quota.
 int default_n_threads();
 
 // The thread count for a call: default_n_threads() for requested <= 0; fails with LG_ERR_INVALID_ARGUMENT past

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace {
@@ -61,12 +62,15 @@ const char * lg_status_name(lg_status status) {
     return "unknown status";
 }
 
+int32_t lg_default_n_threads(void) { return lg::default_n_threads(); }
+
 lg_model_params lg_model_default_params(void) {
     lg_model_params p{};
     p.n_gpu_layers = 0;
-    p.cpu_repack = -1;
+    p.cpu_repack = LG_CPU_REPACK_AUTO;
     p.use_mmap = true;
     p.verbose = false;
+    p.n_threads = 0;
     return p;
 }
 
@@ -80,7 +84,13 @@ lg_status lg_model_load(const char * path, const lg_model_params * params, lg_mo
     });
 }
 
-void lg_model_free(lg_model * model) { delete model; }
+void lg_model_free(lg_model * model) {
+    if (model) {
+        model->release();
+    }
+}
+
+int32_t lg_model_n_threads(const lg_model * m) { return m ? m->n_threads_budget() : 0; }
 
 const char * lg_model_architecture(const lg_model * m) { return m ? m->architecture.c_str() : ""; }
 const char * lg_model_name(const lg_model * m) { return m ? m->name.c_str() : ""; }
@@ -144,8 +154,9 @@ lg_guard_params lg_guard_default_params(void) {
     p.overflow = LG_OVERFLOW_KEEP_END;
     p.isolated = false;
     p.f32_kv_cache = false;
-    p.flash_attn = -1;
+    p.flash_attn = LG_FLASH_ATTN_AUTO;
     p.n_ubatch = 0;
+    p.max_text_bytes = 0;
     return p;
 }
 
@@ -207,16 +218,7 @@ lg_status lg_guard_classify(lg_guard * guard, const lg_input * inputs, size_t n,
         }
         require(inputs, "inputs");
         guard->classify(inputs, n, logits);
-        const size_t n_labels = guard->spec.labels.size();
-        for (size_t i = 0; i < n * n_labels; ++i) {
-            const float p = 1.0f / (1.0f + std::exp(-logits[i]));
-            if (probs) {
-                probs[i] = p;
-            }
-            if (flagged) {
-                flagged[i] = p >= guard->spec.thresholds[i % n_labels];
-            }
-        }
+        guard->verdicts(logits, n, probs, flagged);
     });
 }
 
@@ -230,6 +232,26 @@ lg_status lg_guard_tokenize(const lg_guard * guard, const lg_input * input, int3
     });
 }
 
+lg_status lg_guard_sequences(const lg_guard * guard, const lg_input * input, int32_t * tokens, size_t n_max,
+                             size_t * n_tokens, size_t * lengths, size_t n_lengths_max, size_t * n_sequences) {
+    return lg::call([&] {
+        require(guard, "guard");
+        require(input, "input");
+        require(n_tokens, "n_tokens");
+        require(n_sequences, "n_sequences");
+        std::vector<llama_token> all;
+        const auto sequences = guard->sequences(*input);
+        for (size_t i = 0; i < sequences.size(); ++i) {
+            if (lengths && i < n_lengths_max) {
+                lengths[i] = sequences[i].size();
+            }
+            all.insert(all.end(), sequences[i].begin(), sequences[i].end());
+        }
+        *n_tokens = copy_tokens(all, tokens, n_max);
+        *n_sequences = sequences.size();
+    });
+}
+
 lg_chat_params lg_chat_default_params(void) {
     const llama_context_params d = llama_context_default_params();
     lg_chat_params p{};
@@ -237,7 +259,7 @@ lg_chat_params lg_chat_default_params(void) {
     p.n_batch = d.n_batch;
     p.n_ubatch = d.n_ubatch;
     p.n_threads = 0;
-    p.flash_attn = -1;
+    p.flash_attn = LG_FLASH_ATTN_AUTO;
     return p;
 }
 
@@ -264,6 +286,19 @@ lg_status lg_chat_format(const lg_chat * chat, const lg_message * messages, size
     });
 }
 
+lg_status lg_chat_tokenize(const lg_chat * chat, const lg_message * messages, size_t n, int32_t * tokens,
+                           size_t n_max, size_t * n_tokens) {
+    return lg::call([&] {
+        require(chat, "chat");
+        require(n_tokens, "n_tokens");
+        if (n == 0) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, "no messages to tokenize");
+        }
+        require(messages, "messages");
+        *n_tokens = copy_tokens(chat->tokenize(messages, n), tokens, n_max);
+    });
+}
+
 lg_generate_params lg_generate_default_params(void) {
     lg_generate_params p{};
     p.max_tokens = 256;
@@ -278,20 +313,53 @@ lg_generate_params lg_generate_default_params(void) {
     return p;
 }
 
-lg_status lg_chat_generate(lg_chat * chat, const char * prompt, const lg_generate_params * params, char ** out) {
+namespace {
+
+lg_status generate_with(lg_chat * chat, const lg_generate_params * params, char ** out,
+                        const std::function<std::vector<llama_token>()> & prompt_tokens) {
     return lg::call([&] {
         require(chat, "chat");
-        require(prompt, "prompt");
+        if (out) {
+            *out = nullptr;
+        }
         const lg_generate_params p = params ? *params : lg_generate_default_params();
         if (p.n_stop > 0) {
             require(p.stop, "stop");
         }
+        const std::vector<llama_token> tokens = prompt_tokens();
         std::lock_guard<std::mutex> lock(chat->mutex);
-        const std::string text = chat->generate(prompt, p);
+        const std::string text = chat->generate(tokens, p);
         if (out) {
             *out = copy_string(text);
         }
     });
+}
+
+}  // namespace
+
+lg_status lg_chat_generate(lg_chat * chat, const char * prompt, size_t prompt_len, const lg_generate_params * params,
+                           char ** out) {
+    return generate_with(chat, params, out, [&] {
+        require(prompt, "prompt");
+        return chat->tokenize_raw(std::string_view(prompt, prompt_len));
+    });
+}
+
+lg_status lg_chat_generate_messages(lg_chat * chat, const lg_message * messages, size_t n,
+                                    const lg_generate_params * params, char ** out) {
+    return generate_with(chat, params, out, [&] {
+        if (n == 0) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, "no messages to answer");
+        }
+        require(messages, "messages");
+        return chat->tokenize(messages, n);
+    });
+}
+
+void lg_chat_cancel(lg_chat * chat) {
+    if (chat) {
+        chat->cancel_requested = true;
+    }
 }
 
 lg_status lg_chat_decode(lg_chat * chat, const int32_t * tokens, size_t n, bool clear, float * logits) {

@@ -16,6 +16,11 @@ namespace py = pybind11;
 
 namespace lgpy {
 
+// Python str or bytes arguments arrive as std::string: UTF-8 bytes, NUL bytes included.
+inline lg_message message_of(const std::string & role, const std::string & content) {
+    return {role.data(), role.size(), content.data(), content.size()};
+}
+
 // A failed C call; translated into the matching loraguard_cpp.errors exception.
 struct native_error : std::runtime_error {
     native_error(lg_status s, const std::string & message) : std::runtime_error(message), status(s) {}
@@ -29,7 +34,9 @@ inline void check(lg_status status) {
     }
 }
 
-// Owns a C handle; calls take a reference-counted copy so close() during another thread's call is safe.
+// Owns a C handle; calls take a reference-counted copy, so close() during another thread's call only drops the
+// handle's own reference: the call finishes on a live object, which is freed when the last call returns, and
+// later calls fail with "... is closed".
 template <typename T, void (*Free)(T *)> class handle {
   public:
     explicit handle(T * raw) : ptr_(raw, Free) {}
@@ -38,6 +45,10 @@ template <typename T, void (*Free)(T *)> class handle {
         if (!ptr_) {
             throw native_error(LG_ERR_INVALID_ARGUMENT, std::string(what) + " is closed");
         }
+        return ptr_;
+    }
+    std::shared_ptr<T> peek() const {  // nullptr once closed
+        std::lock_guard<std::mutex> lock(mutex_);
         return ptr_;
     }
     void close() {
@@ -57,9 +68,11 @@ template <typename T, void (*Free)(T *)> class handle {
 class Model;
 using model_handle = handle<lg_model, lg_model_free>;
 
+// The Python-side owner of an lg_model. Guard and chat paths made from it hold references of their own in the C
+// library, so closing the model while they live only drops this one.
 class Model {
   public:
-    Model(const std::string & path, int n_gpu_layers, int cpu_repack, bool use_mmap, bool verbose);
+    Model(const std::string & path, int n_gpu_layers, int cpu_repack, bool use_mmap, bool verbose, int n_threads);
     std::shared_ptr<lg_model> get() const { return handle_.get("model"); }
     void close() { handle_.close(); }
     bool closed() const { return handle_.closed(); }

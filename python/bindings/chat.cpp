@@ -38,16 +38,15 @@ bool forward_token(int32_t token, const char * piece, size_t len, const float * 
 
 class ChatPath {
   public:
-    ChatPath(std::shared_ptr<Model> model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, int n_threads,
-             int flash_attn)
-        : model_(std::move(model)), handle_(create(*model_, n_ctx, n_batch, n_ubatch, n_threads, flash_attn)) {}
+    using messages_t = std::vector<std::pair<std::string, std::string>>;
 
-    std::string format(const std::vector<std::pair<std::string, std::string>> & messages) const {
+    ChatPath(const Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, int n_threads, int flash_attn)
+        : n_vocab_(lg_model_n_vocab(model.get().get())),
+          handle_(create(model, n_ctx, n_batch, n_ubatch, n_threads, flash_attn)) {}
+
+    std::string format(const messages_t & messages) const {
         auto c = handle_.get("chat");
-        std::vector<lg_message> msgs;
-        for (const auto & [role, content] : messages) {
-            msgs.push_back({role.c_str(), content.c_str()});
-        }
+        const std::vector<lg_message> msgs = to_messages(messages);
         char * out = nullptr;
         check(lg_chat_format(c.get(), msgs.data(), msgs.size(), &out));
         std::string text(out);
@@ -55,10 +54,76 @@ class ChatPath {
         return text;
     }
 
-    // on_token(token_id, piece_bytes, logits_or_None) -> bool | None; returning False stops generation.
+    std::vector<int32_t> tokenize(const messages_t & messages) const {
+        auto c = handle_.get("chat");
+        const std::vector<lg_message> msgs = to_messages(messages);
+        size_t n = 0;
+        check(lg_chat_tokenize(c.get(), msgs.data(), msgs.size(), nullptr, 0, &n));
+        std::vector<int32_t> tokens(n);
+        check(lg_chat_tokenize(c.get(), msgs.data(), msgs.size(), tokens.data(), tokens.size(), &n));
+        return tokens;
+    }
+
+    // Trusted raw prompt text (special-token text parsed). on_token(token_id, piece_bytes, logits_or_None) ->
+    // bool | None; returning False stops generation.
     py::bytes generate(const std::string & prompt, int max_tokens, float temperature, int top_k, float top_p,
                        uint32_t seed, const std::vector<std::string> & stop, const py::object & on_token,
                        bool with_logits) const {
+        return run(max_tokens, temperature, top_k, top_p, seed, stop, on_token, with_logits,
+                   [&](lg_chat * c, const lg_generate_params & p, char ** out) {
+                       return lg_chat_generate(c, prompt.data(), prompt.size(), &p, out);
+                   });
+    }
+
+    // The assistant's reply to messages; their contents are always plain text.
+    py::bytes generate_messages(const messages_t & messages, int max_tokens, float temperature, int top_k, float top_p,
+                                uint32_t seed, const std::vector<std::string> & stop, const py::object & on_token,
+                                bool with_logits) const {
+        const std::vector<lg_message> msgs = to_messages(messages);
+        return run(max_tokens, temperature, top_k, top_p, seed, stop, on_token, with_logits,
+                   [&](lg_chat * c, const lg_generate_params & p, char ** out) {
+                       return lg_chat_generate_messages(c, msgs.data(), msgs.size(), &p, out);
+                   });
+    }
+
+    py::array_t<float> decode(const std::vector<int32_t> & tokens, bool clear) const {
+        auto c = handle_.get("chat");
+        py::array_t<float> logits(n_vocab_);
+        float * out = logits.mutable_data();
+        {
+            py::gil_scoped_release release;
+            check(lg_chat_decode(c.get(), tokens.data(), tokens.size(), clear, out));
+        }
+        return logits;
+    }
+
+    // Stops a generation in flight (it raises "cancelled"); the chat stays open.
+    void cancel() const {
+        if (auto c = handle_.peek()) {
+            lg_chat_cancel(c.get());
+        }
+    }
+
+    // A generation in flight is cancelled; the context is freed when the last call on it returns.
+    void close() {
+        cancel();
+        handle_.close();
+    }
+    bool closed() const { return handle_.closed(); }
+
+  private:
+    static std::vector<lg_message> to_messages(const messages_t & messages) {
+        std::vector<lg_message> msgs;
+        for (const auto & [role, content] : messages) {
+            msgs.push_back(message_of(role, content));
+        }
+        return msgs;
+    }
+
+    template <typename Generate>
+    py::bytes run(int max_tokens, float temperature, int top_k, float top_p, uint32_t seed,
+                  const std::vector<std::string> & stop, const py::object & on_token, bool with_logits,
+                  Generate && generate_fn) const {
         auto c = handle_.get("chat");
         lg_generate_params p = lg_generate_default_params();
         p.max_tokens = max_tokens;
@@ -68,11 +133,14 @@ class ChatPath {
         p.seed = seed;
         std::vector<const char *> stop_ptrs;
         for (const auto & s : stop) {
+            if (s.find('\0') != std::string::npos) {
+                throw native_error(LG_ERR_INVALID_ARGUMENT, "a stop string contains a NUL byte");
+            }
             stop_ptrs.push_back(s.c_str());
         }
         p.stop = stop_ptrs.data();
         p.n_stop = stop_ptrs.size();
-        stream_state st{on_token, lg_model_n_vocab(model_->get().get()), with_logits, nullptr};
+        stream_state st{on_token, n_vocab_, with_logits, nullptr};
         if (!on_token.is_none()) {
             p.on_token = forward_token;
             p.user_data = &st;
@@ -81,7 +149,7 @@ class ChatPath {
         lg_status status;
         {
             py::gil_scoped_release release;
-            status = lg_chat_generate(c.get(), prompt.c_str(), &p, &out);
+            status = generate_fn(c.get(), p, &out);
         }
         if (st.error) {
             lg_string_free(out);
@@ -93,23 +161,11 @@ class ChatPath {
         return text;
     }
 
-    py::array_t<float> decode(const std::vector<int32_t> & tokens, bool clear) const {
-        auto c = handle_.get("chat");
-        py::array_t<float> logits(lg_model_n_vocab(model_->get().get()));
-        float * out = logits.mutable_data();
-        {
-            py::gil_scoped_release release;
-            check(lg_chat_decode(c.get(), tokens.data(), tokens.size(), clear, out));
-        }
-        return logits;
-    }
-
-    void close() { handle_.close(); }
-    bool closed() const { return handle_.closed(); }
-
-  private:
     static lg_chat * create(const Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, int n_threads,
-                           int flash_attn) {
+                            int flash_attn) {
+        if (flash_attn < LG_FLASH_ATTN_AUTO || flash_attn > LG_FLASH_ATTN_ON) {
+            throw native_error(LG_ERR_INVALID_ARGUMENT, "flash_attn must be -1 (auto), 0 (off) or 1 (on)");
+        }
         lg_chat_params p = lg_chat_default_params();
         p.n_ctx = n_ctx;
         if (n_batch > 0) {
@@ -119,7 +175,7 @@ class ChatPath {
             p.n_ubatch = n_ubatch;
         }
         p.n_threads = n_threads;
-        p.flash_attn = flash_attn;
+        p.flash_attn = static_cast<lg_flash_attn>(flash_attn);
         auto m = model.get();
         lg_chat * out = nullptr;
         py::gil_scoped_release release;
@@ -127,7 +183,7 @@ class ChatPath {
         return out;
     }
 
-    std::shared_ptr<Model> model_;
+    int32_t n_vocab_;
     chat_handle handle_;
 };
 
@@ -135,15 +191,21 @@ class ChatPath {
 
 void register_chat(py::module_ & m) {
     py::class_<ChatPath>(m, "ChatPath")
-        .def(py::init<std::shared_ptr<Model>, uint32_t, uint32_t, uint32_t, int, int>(), py::arg("model"),
+        .def(py::init<const Model &, uint32_t, uint32_t, uint32_t, int, int>(), py::arg("model"),
              py::arg("n_ctx") = 2048, py::arg("n_batch") = 0, py::arg("n_ubatch") = 0, py::arg("n_threads") = 0,
              py::arg("flash_attn") = -1)
         .def("format", &ChatPath::format, py::arg("messages"))
+        .def("tokenize", &ChatPath::tokenize, py::arg("messages"))
         .def("generate", &ChatPath::generate, py::arg("prompt"), py::arg("max_tokens") = 256,
              py::arg("temperature") = 0.0f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("seed") = 0,
              py::arg("stop") = std::vector<std::string>{}, py::arg("on_token") = py::none(),
              py::arg("with_logits") = false)
+        .def("generate_messages", &ChatPath::generate_messages, py::arg("messages"), py::arg("max_tokens") = 256,
+             py::arg("temperature") = 0.0f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("seed") = 0,
+             py::arg("stop") = std::vector<std::string>{}, py::arg("on_token") = py::none(),
+             py::arg("with_logits") = false)
         .def("decode", &ChatPath::decode, py::arg("tokens"), py::arg("clear") = true)
+        .def("cancel", &ChatPath::cancel)
         .def_property_readonly("closed", &ChatPath::closed)
         .def("close", &ChatPath::close);
 }

@@ -1,6 +1,7 @@
 #include "bindings.h"
 
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace lgpy {
@@ -11,11 +12,10 @@ using guard_handle = handle<lg_guard, lg_guard_free>;
 
 class GuardPath {
   public:
-    GuardPath(std::shared_ptr<Model> model, const std::string & path, uint32_t n_ctx, uint32_t n_seq_max,
-              int n_threads, int overflow, bool isolated, bool f32_kv_cache, int flash_attn, uint32_t n_ubatch)
-        : model_(std::move(model)),
-          handle_(load(*model_, path, n_ctx, n_seq_max, n_threads, overflow, isolated, f32_kv_cache, flash_attn,
-                       n_ubatch)) {}
+    GuardPath(const Model & model, const std::string & path, uint32_t n_ctx, uint32_t n_seq_max, int n_threads,
+              int overflow, bool isolated, bool f32_kv_cache, int flash_attn, uint32_t n_ubatch, size_t max_text_bytes)
+        : handle_(load(model, path, n_ctx, n_seq_max, n_threads, overflow, isolated, f32_kv_cache, flash_attn, n_ubatch,
+                       max_text_bytes)) {}
 
     std::vector<std::string> labels() const {
         auto g = handle_.get("guard");
@@ -40,9 +40,16 @@ class GuardPath {
         return v ? std::optional<std::string>(v) : std::nullopt;
     }
 
+    using responses_t = std::optional<std::vector<std::optional<std::string>>>;
+
     // Logits of shape (N, n_labels); the GIL is released while llama.cpp runs.
-    py::array_t<float> classify(const std::vector<std::string> & prompts,
-                                const std::optional<std::vector<std::optional<std::string>>> & responses) const {
+    py::array_t<float> classify(const std::vector<std::string> & prompts, const responses_t & responses) const {
+        return std::get<0>(score(prompts, responses));
+    }
+
+    // Logits, probabilities and flags (bool), each (N, n_labels), from the C library's one verdict rule.
+    std::tuple<py::array_t<float>, py::array_t<float>, py::array_t<bool>> score(const std::vector<std::string> & prompts,
+                                                                               const responses_t & responses) const {
         auto g = handle_.get("guard");
         if (responses && responses->size() != prompts.size()) {
             throw native_error(LG_ERR_INVALID_ARGUMENT, "responses has " + std::to_string(responses->size()) +
@@ -57,13 +64,39 @@ class GuardPath {
             }
         }
         const auto n_labels = static_cast<py::ssize_t>(lg_guard_n_labels(g.get()));
-        py::array_t<float> logits({static_cast<py::ssize_t>(prompts.size()), n_labels});
-        float * out = logits.mutable_data();
+        const std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(prompts.size()), n_labels};
+        py::array_t<float> logits(shape);
+        py::array_t<float> probs(shape);
+        py::array_t<bool> flagged(shape);
+        static_assert(sizeof(bool) == sizeof(uint8_t), "flags are written as bytes");
+        float * logits_out = logits.mutable_data();
+        float * probs_out = probs.mutable_data();
+        auto * flagged_out = reinterpret_cast<uint8_t *>(flagged.mutable_data());
         {
             py::gil_scoped_release release;
-            check(lg_guard_classify(g.get(), inputs.data(), inputs.size(), out, nullptr, nullptr));
+            check(lg_guard_classify(g.get(), inputs.data(), inputs.size(), logits_out, probs_out, flagged_out));
         }
-        return logits;
+        return {logits, probs, flagged};
+    }
+
+    std::vector<std::vector<int32_t>> sequences(const std::string & prompt,
+                                                const std::optional<std::string> & response) const {
+        auto g = handle_.get("guard");
+        lg_input input{prompt.data(), prompt.size(), response ? response->data() : nullptr, response ? response->size() : 0};
+        size_t n_tokens = 0;
+        size_t n_sequences = 0;
+        check(lg_guard_sequences(g.get(), &input, nullptr, 0, &n_tokens, nullptr, 0, &n_sequences));
+        std::vector<int32_t> tokens(n_tokens);
+        std::vector<size_t> lengths(n_sequences);
+        check(lg_guard_sequences(g.get(), &input, tokens.data(), tokens.size(), &n_tokens, lengths.data(), lengths.size(),
+                                 &n_sequences));
+        std::vector<std::vector<int32_t>> out;
+        size_t at = 0;
+        for (const size_t len : lengths) {
+            out.emplace_back(tokens.begin() + static_cast<long>(at), tokens.begin() + static_cast<long>(at + len));
+            at += len;
+        }
+        return out;
     }
 
     std::vector<int32_t> tokenize(const std::string & prompt, const std::optional<std::string> & response) const {
@@ -85,7 +118,13 @@ class GuardPath {
   private:
     static lg_guard * load(const Model & model, const std::string & path, uint32_t n_ctx, uint32_t n_seq_max,
                            int n_threads, int overflow, bool isolated, bool f32_kv_cache, int flash_attn,
-                           uint32_t n_ubatch) {
+                           uint32_t n_ubatch, size_t max_text_bytes) {
+        if (overflow < LG_OVERFLOW_KEEP_END || overflow > LG_OVERFLOW_ERROR) {
+            throw native_error(LG_ERR_INVALID_ARGUMENT, "overflow must be 0 (keep_end), 1 (windows) or 2 (error)");
+        }
+        if (flash_attn < LG_FLASH_ATTN_AUTO || flash_attn > LG_FLASH_ATTN_ON) {
+            throw native_error(LG_ERR_INVALID_ARGUMENT, "flash_attn must be -1 (auto), 0 (off) or 1 (on)");
+        }
         lg_guard_params p = lg_guard_default_params();
         p.n_ctx = n_ctx;
         p.n_seq_max = n_seq_max;
@@ -93,8 +132,9 @@ class GuardPath {
         p.overflow = static_cast<lg_overflow>(overflow);
         p.isolated = isolated;
         p.f32_kv_cache = f32_kv_cache;
-        p.flash_attn = flash_attn;
+        p.flash_attn = static_cast<lg_flash_attn>(flash_attn);
         p.n_ubatch = n_ubatch;
+        p.max_text_bytes = max_text_bytes;
         auto m = model.get();
         lg_guard * out = nullptr;
         py::gil_scoped_release release;
@@ -102,8 +142,6 @@ class GuardPath {
         return out;
     }
 
-    // Declared before handle_: the guard is freed before the model it points into.
-    std::shared_ptr<Model> model_;
     guard_handle handle_;
 };
 
@@ -111,11 +149,12 @@ class GuardPath {
 
 void register_guard(py::module_ & m) {
     py::class_<GuardPath>(m, "GuardPath")
-        .def(py::init<std::shared_ptr<Model>, const std::string &, uint32_t, uint32_t, int, int, bool, bool, int,
-                      uint32_t>(),
+        .def(py::init<const Model &, const std::string &, uint32_t, uint32_t, int, int, bool, bool, int, uint32_t,
+                      size_t>(),
              py::arg("model"), py::arg("path"), py::arg("n_ctx") = 512, py::arg("n_seq_max") = 32,
              py::arg("n_threads") = 0, py::arg("overflow") = 0, py::arg("isolated") = false,
-             py::arg("f32_kv_cache") = false, py::arg("flash_attn") = -1, py::arg("n_ubatch") = 0)
+             py::arg("f32_kv_cache") = false, py::arg("flash_attn") = -1, py::arg("n_ubatch") = 0,
+             py::arg("max_text_bytes") = 0)
         .def_property_readonly("labels", &GuardPath::labels)
         .def_property_readonly("thresholds", &GuardPath::thresholds)
         .def_property_readonly("lora_rank", &GuardPath::lora_rank)
@@ -124,6 +163,8 @@ void register_guard(py::module_ & m) {
         .def_property_readonly("closed", &GuardPath::closed)
         .def("meta", &GuardPath::meta, py::arg("key"))
         .def("classify", &GuardPath::classify, py::arg("prompts"), py::arg("responses") = py::none())
+        .def("score", &GuardPath::score, py::arg("prompts"), py::arg("responses") = py::none())
+        .def("sequences", &GuardPath::sequences, py::arg("prompt"), py::arg("response") = py::none())
         .def("tokenize", &GuardPath::tokenize, py::arg("prompt"), py::arg("response") = py::none())
         .def("close", &GuardPath::close);
 }

@@ -6,12 +6,17 @@ namespace lgpy {
 
 namespace {
 
-lg_model * load(const std::string & path, int n_gpu_layers, int cpu_repack, bool use_mmap, bool verbose) {
+lg_model * load(const std::string & path, int n_gpu_layers, int cpu_repack, bool use_mmap, bool verbose,
+                int n_threads) {
+    if (cpu_repack < LG_CPU_REPACK_AUTO || cpu_repack > LG_CPU_REPACK_ON) {
+        throw native_error(LG_ERR_INVALID_ARGUMENT, "cpu_repack must be -1 (auto), 0 (off) or 1 (on)");
+    }
     lg_model_params p = lg_model_default_params();
     p.n_gpu_layers = n_gpu_layers;
-    p.cpu_repack = cpu_repack;
+    p.cpu_repack = static_cast<lg_cpu_repack>(cpu_repack);
     p.use_mmap = use_mmap;
     p.verbose = verbose;
+    p.n_threads = n_threads;
     lg_model * out = nullptr;
     {
         py::gil_scoped_release release;
@@ -22,13 +27,15 @@ lg_model * load(const std::string & path, int n_gpu_layers, int cpu_repack, bool
 
 }  // namespace
 
-Model::Model(const std::string & path, int n_gpu_layers, int cpu_repack, bool use_mmap, bool verbose)
-    : handle_(load(path, n_gpu_layers, cpu_repack, use_mmap, verbose)) {}
+Model::Model(const std::string & path, int n_gpu_layers, int cpu_repack, bool use_mmap, bool verbose, int n_threads)
+    : handle_(load(path, n_gpu_layers, cpu_repack, use_mmap, verbose, n_threads)) {}
 
 void register_model(py::module_ & m) {
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def(py::init<const std::string &, int, int, bool, bool>(), py::arg("path"), py::arg("n_gpu_layers") = 0,
-             py::arg("cpu_repack") = -1, py::arg("use_mmap") = true, py::arg("verbose") = false)
+        .def(py::init<const std::string &, int, int, bool, bool, int>(), py::arg("path"), py::arg("n_gpu_layers") = 0,
+             py::arg("cpu_repack") = -1, py::arg("use_mmap") = true, py::arg("verbose") = false,
+             py::arg("n_threads") = 0)
+        .def_property_readonly("n_threads", [](const Model & s) { return lg_model_n_threads(s.get().get()); })
         .def_property_readonly("architecture", [](const Model & s) { return std::string(lg_model_architecture(s.get().get())); })
         .def_property_readonly("name", [](const Model & s) { return std::string(lg_model_name(s.get().get())); })
         .def_property_readonly("fingerprint", [](const Model & s) { return std::string(lg_model_fingerprint(s.get().get())); })
@@ -52,6 +59,7 @@ void register_model(py::module_ & m) {
             },
             py::arg("text"), py::arg("add_special") = true, py::arg("parse_special") = false)
         .def("close", &Model::close)
+        .def_static("default_n_threads", &lg_default_n_threads)
         .def_static(
             "quantize",
             [](const std::string & input, const std::string & output, const std::string & type, int n_threads) {

@@ -5,10 +5,24 @@ import numpy.typing as npt
 
 FORMAT_VERSION: int
 
+# on_token(token_id, piece_bytes, logits_or_None) -> keep going (None counts as True)
+TokenCallback = Callable[[int, bytes, npt.NDArray[np.float32] | None], bool | None]
+Messages = Sequence[tuple[str | bytes, str | bytes]]
+
 class Model:
     def __init__(
-        self, path: str, n_gpu_layers: int = 0, cpu_repack: int = -1, use_mmap: bool = True, verbose: bool = False
+        self,
+        path: str,
+        n_gpu_layers: int = 0,
+        cpu_repack: int = -1,
+        use_mmap: bool = True,
+        verbose: bool = False,
+        n_threads: int = 0,
     ) -> None: ...
+    @property
+    def n_threads(self) -> int: ...
+    @staticmethod
+    def default_n_threads() -> int: ...
     @property
     def architecture(self) -> str: ...
     @property
@@ -47,6 +61,7 @@ class GuardPath:
         f32_kv_cache: bool = False,
         flash_attn: int = -1,
         n_ubatch: int = 0,
+        max_text_bytes: int = 0,
     ) -> None: ...
     @property
     def labels(self) -> list[str]: ...
@@ -64,7 +79,11 @@ class GuardPath:
     def classify(
         self, prompts: Sequence[str | bytes], responses: Sequence[str | bytes | None] | None = None
     ) -> npt.NDArray[np.float32]: ...
+    def score(
+        self, prompts: Sequence[str | bytes], responses: Sequence[str | bytes | None] | None = None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]: ...
     def tokenize(self, prompt: str | bytes, response: str | bytes | None = None) -> list[int]: ...
+    def sequences(self, prompt: str | bytes, response: str | bytes | None = None) -> list[list[int]]: ...
     def close(self) -> None: ...
 
 class ChatPath:
@@ -77,7 +96,8 @@ class ChatPath:
         n_threads: int = 0,
         flash_attn: int = -1,
     ) -> None: ...
-    def format(self, messages: Sequence[tuple[str, str]]) -> str: ...
+    def format(self, messages: Messages) -> str: ...
+    def tokenize(self, messages: Messages) -> list[int]: ...
     def generate(
         self,
         prompt: str | bytes,
@@ -86,10 +106,23 @@ class ChatPath:
         top_k: int = 40,
         top_p: float = 0.95,
         seed: int = 0,
-        stop: Sequence[str] = (),
-        on_token: Callable[[int, bytes, npt.NDArray[np.float32] | None], bool | None] | None = None,
+        stop: Sequence[str | bytes] = (),
+        on_token: TokenCallback | None = None,
         with_logits: bool = False,
     ) -> bytes: ...
+    def generate_messages(
+        self,
+        messages: Messages,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        seed: int = 0,
+        stop: Sequence[str | bytes] = (),
+        on_token: TokenCallback | None = None,
+        with_logits: bool = False,
+    ) -> bytes: ...
+    def cancel(self) -> None: ...
     def decode(self, tokens: Sequence[int], clear: bool = True) -> npt.NDArray[np.float32]: ...
     @property
     def closed(self) -> bool: ...

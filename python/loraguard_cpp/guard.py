@@ -22,6 +22,15 @@ _OVERFLOW_CODES: dict[str, int] = {"keep_end": 0, "windows": 1, "error": 2}
 Message = tuple[str, str] | dict[str, str]
 
 
+def _stops(stop: Sequence[str]) -> list[bytes]:
+    if isinstance(stop, str):
+        raise InvalidInputError("stop must be a sequence of strings, not one string: use stop=[...]")
+    stops = [_utf8(s, f"stop string {i}") for i, s in enumerate(stop)]
+    if any(not s or b"\0" in s for s in stops):
+        raise InvalidInputError("stop strings must be non-empty and free of NUL bytes")
+    return stops
+
+
 @dataclass(frozen=True)
 class GuardResult:
     """One text's verdict. ``scores`` maps each label to its probability."""
@@ -44,8 +53,12 @@ def _utf8(text: str, what: str) -> bytes:
         ) from e
 
 
-def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+def _messages(messages: Sequence[Message]) -> list[tuple[bytes, bytes]]:
+    pairs = []
+    for i, m in enumerate(messages):
+        role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m[0], m[1])
+        pairs.append((_utf8(role, f"message {i} role"), _utf8(content, f"message {i} content")))
+    return pairs
 
 
 class Guard:
@@ -58,7 +71,17 @@ class Guard:
     The chat path (:meth:`generate`, :meth:`stream`, :meth:`chat`) runs the base weights exactly as stock
     llama.cpp does; the guard path (:meth:`classify`, :meth:`classify_batch`) adds the LoRA delta in a context
     of its own and applies the head to the last token's final-norm hidden state. Both share one copy of the
-    weights. Calls release the GIL and are safe from several threads.
+    weights. Calls release the GIL and are safe from several threads; the paths share one thread budget
+    (``n_threads``, default: the cores this process may use, cgroup CPU quota included), split between the
+    paths that run at the same moment.
+
+    User text goes into the chat path as messages (:meth:`chat`, :meth:`stream` with messages): only the chat
+    template's own markers become special tokens, so a message that spells ``<|im_end|>`` stays text, as the
+    guard reads it. A raw prompt string (:meth:`generate`, :meth:`stream` with a str) is trusted text whose
+    special-token text is parsed, as in stock llama.cpp.
+
+    :meth:`close` (or leaving the ``with`` block) frees everything once calls in flight return; a generation
+    in flight is cancelled (it raises), later calls raise :class:`InvalidInputError`.
 
     Batch classification packs texts into one llama.cpp decode; its scores may differ from one-at-a-time
     scores by up to ~0.01 in probability (kernels depend on the batch shape). ``isolated=True`` scores every
@@ -81,29 +104,32 @@ class Guard:
         exact: bool = False,
         chat_n_ctx: int = 2048,
         chat_flash_attn: bool | None = None,
+        max_text_bytes: int = 0,
         verbose: bool = False,
     ) -> None:
         if overflow not in _OVERFLOW_CODES:
             raise InvalidInputError(f"overflow must be one of {sorted(_OVERFLOW_CODES)}, got {overflow!r}")
-        self._n_threads = n_threads or 0
         self._chat_n_ctx = chat_n_ctx
         self._chat_flash_attn = -1 if chat_flash_attn is None else int(chat_flash_attn)
         self._chat: _native.ChatPath | None = None
         self._chat_lock = threading.Lock()
+        self._closed = False
         self.model_path, self.guard_path = registry.resolve(model, guard)
-        self.model = _native.Model(os.fspath(self.model_path), n_gpu_layers=n_gpu_layers, verbose=verbose)
+        self.model = _native.Model(
+            os.fspath(self.model_path), n_gpu_layers=n_gpu_layers, verbose=verbose, n_threads=n_threads or 0
+        )
         try:
             self._guard = _native.GuardPath(
                 self.model,
                 os.fspath(self.guard_path),
                 n_ctx=n_ctx,
                 n_seq_max=n_seq_max,
-                n_threads=self._n_threads,
                 overflow=_OVERFLOW_CODES[overflow],
                 isolated=isolated,
                 f32_kv_cache=exact,
                 flash_attn=0 if exact else -1,
                 n_ubatch=n_ubatch or 0,
+                max_text_bytes=max_text_bytes,
             )
         except BaseException:
             self.model.close()
@@ -117,21 +143,29 @@ class Guard:
 
     # -- guard path -----------------------------------------------------------------------------------------
 
-    def logits(self, texts: Sequence[str], responses: Sequence[str | None] | None = None) -> npt.NDArray[np.float32]:
-        """Raw head logits, float32 array of shape (len(texts), len(labels))."""
+    def _score(
+        self, texts: Sequence[str], responses: Sequence[str | None] | None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Logits, probabilities and flags, (len(texts), len(labels)) each, from the native verdict rule."""
         if isinstance(texts, str):
             raise InvalidInputError("texts must be a sequence of strings, not one string: use classify() for one")
         prompts = [_utf8(t, f"text {i}") for i, t in enumerate(texts)]
         if responses is None:
-            return self._guard.classify(prompts)
+            return self._guard.score(prompts)
+        if isinstance(responses, str):
+            raise InvalidInputError("responses must be a sequence of strings (or None), not one string")
         answers = [None if r is None else _utf8(r, f"response {i}") for i, r in enumerate(responses)]
-        return self._guard.classify(prompts, answers)
+        return self._guard.score(prompts, answers)
+
+    def logits(self, texts: Sequence[str], responses: Sequence[str | None] | None = None) -> npt.NDArray[np.float32]:
+        """Raw head logits, float32 array of shape (len(texts), len(labels))."""
+        return self._score(texts, responses)[0]
 
     def classify_batch(
         self, texts: Sequence[str], responses: Sequence[str | None] | None = None
     ) -> npt.NDArray[np.float32]:
         """Probabilities, float32 array of shape (len(texts), len(labels))."""
-        return _sigmoid(self.logits(texts, responses))
+        return self._score(texts, responses)[1]
 
     def classify(self, text: str, response: str | None = None) -> GuardResult:
         """Classify one prompt, or a prompt with the response to it."""
@@ -139,11 +173,10 @@ class Guard:
 
     def classify_many(self, texts: Sequence[str], responses: Sequence[str | None] | None = None) -> list[GuardResult]:
         """One verdict per text, computed in as few decodes as :meth:`classify_batch`."""
-        logits = self.logits(texts, responses)
-        probs = _sigmoid(logits)
+        logits, probs, flags = self._score(texts, responses)
         results = []
-        for row_logits, row_probs in zip(logits, probs, strict=True):
-            flagged = [label for label, p, t in zip(self.labels, row_probs, self.thresholds, strict=True) if p >= t]
+        for row_logits, row_probs, row_flags in zip(logits, probs, flags, strict=True):
+            flagged = [label for label, f in zip(self.labels, row_flags, strict=True) if f]
             results.append(
                 GuardResult(
                     flagged=bool(flagged),
@@ -157,6 +190,10 @@ class Guard:
     def tokenize(self, text: str, response: str | None = None) -> list[int]:
         """The token ids the guard runs for this input (its template applied)."""
         return self._guard.tokenize(_utf8(text, "text"), None if response is None else _utf8(response, "response"))
+
+    def sequences(self, text: str, response: str | None = None) -> list[list[int]]:
+        """The token sequences the guard scores for this input, its overflow policy applied (several: windows)."""
+        return self._guard.sequences(_utf8(text, "text"), None if response is None else _utf8(response, "response"))
 
     def meta(self, key: str) -> str | None:
         """Guard metadata without the ``loraguard.`` prefix, e.g. ``"base.fingerprint"``, ``"template.prompt"``."""
@@ -175,10 +212,10 @@ class Guard:
 
     def _chat_path(self) -> _native.ChatPath:
         with self._chat_lock:
+            if self._closed:
+                raise InvalidInputError("guard is closed")
             if self._chat is None:
-                self._chat = _native.ChatPath(
-                    self.model, n_ctx=self._chat_n_ctx, n_threads=self._n_threads, flash_attn=self._chat_flash_attn
-                )
+                self._chat = _native.ChatPath(self.model, n_ctx=self._chat_n_ctx, flash_attn=self._chat_flash_attn)
             return self._chat
 
     def chat_logits(self, tokens: Sequence[int], *, clear: bool = True) -> npt.NDArray[np.float32]:
@@ -187,9 +224,13 @@ class Guard:
         return self._chat_path().decode(list(tokens), clear)
 
     def format_chat(self, messages: Sequence[Message]) -> str:
-        """Messages rendered with the model's chat template, ready for the assistant's turn."""
-        pairs = [(m["role"], m["content"]) if isinstance(m, dict) else (m[0], m[1]) for m in messages]
-        return self._chat_path().format(pairs)
+        """Messages rendered with the model's chat template, ready for the assistant's turn (for display: the
+        chat path tokenizes messages with :meth:`tokenize_chat`, which keeps their contents plain text)."""
+        return self._chat_path().format(_messages(messages))
+
+    def tokenize_chat(self, messages: Sequence[Message]) -> list[int]:
+        """The token ids the chat path runs for messages: only the template's markers are special tokens."""
+        return self._chat_path().tokenize(_messages(messages))
 
     def generate(
         self,
@@ -202,18 +243,32 @@ class Guard:
         seed: int = 0,
         stop: Sequence[str] = (),
     ) -> str:
-        """Generate from raw prompt text on the chat path (greedy when temperature <= 0)."""
+        """Generate from a trusted raw prompt on the chat path (greedy when temperature <= 0); its special-token
+        text is parsed as llama.cpp does. The output ends before the first stop string."""
         chat = self._chat_path()
-        out = chat.generate(_utf8(prompt, "prompt"), max_tokens, temperature, top_k, top_p, seed, list(stop))
+        out = chat.generate(_utf8(prompt, "prompt"), max_tokens, temperature, top_k, top_p, seed, _stops(stop))
         return out.decode("utf-8", errors="replace")
 
-    def chat(self, messages: Sequence[Message], **kwargs: float | int | Sequence[str]) -> str:
-        """Generate the assistant's reply to chat messages (the model's chat template)."""
-        return self.generate(self.format_chat(messages), **kwargs)  # type: ignore[arg-type]
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+    ) -> str:
+        """The assistant's reply to chat messages (the model's chat template; contents stay plain text)."""
+        out = self._chat_path().generate_messages(
+            _messages(messages), max_tokens, temperature, top_k, top_p, seed, _stops(stop)
+        )
+        return out.decode("utf-8", errors="replace")
 
     def stream(
         self,
-        prompt: str,
+        prompt: str | Sequence[Message],
         *,
         max_tokens: int = 256,
         temperature: float = 0.0,
@@ -222,9 +277,24 @@ class Guard:
         seed: int = 0,
         stop: Sequence[str] = (),
     ) -> Iterator[str]:
-        """Yield generated text as it is produced (whole UTF-8 characters only)."""
+        """Yield generated text as it is produced (whole UTF-8 characters only): for messages, the assistant's
+        reply as :meth:`chat` makes it; for a str, a trusted raw prompt as :meth:`generate` takes it. The pieces
+        join to exactly what :meth:`chat` / :meth:`generate` return, stop strings included."""
         pieces: queue.Queue[bytes | BaseException | None] = queue.Queue()
         cancelled = threading.Event()
+        chat = self._chat_path()
+        stops = _stops(stop)
+        args = (max_tokens, temperature, top_k, top_p, seed, stops)
+        if isinstance(prompt, str):
+            raw = _utf8(prompt, "prompt")
+
+            def generate(on_token: _native.TokenCallback) -> None:
+                chat.generate(raw, *args, on_token)
+        else:
+            pairs = _messages(prompt)
+
+            def generate(on_token: _native.TokenCallback) -> None:
+                chat.generate_messages(pairs, *args, on_token)
 
         def on_token(_token: int, piece: bytes, _logits: object) -> bool:
             pieces.put(piece)
@@ -232,7 +302,7 @@ class Guard:
 
         def run() -> None:
             try:
-                self._chat_path().generate(prompt, max_tokens, temperature, top_k, top_p, seed, list(stop), on_token)
+                generate(on_token)
                 pieces.put(None)
             except BaseException as e:  # handed to the consuming thread
                 pieces.put(e)
@@ -255,9 +325,12 @@ class Guard:
     # -- lifetime -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the contexts, the adapter and the model. Idempotent."""
-        if self._chat is not None:
-            self._chat.close()
+        """Free the contexts, the adapter and the model once calls in flight return; a generation in flight is
+        cancelled. Idempotent."""
+        with self._chat_lock:
+            self._closed = True
+            if self._chat is not None:
+                self._chat.close()
         self._guard.close()
         self.model.close()
 
