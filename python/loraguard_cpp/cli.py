@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from . import registry
+from . import dataset, registry
 from .errors import LoraGuardError
 from .guard import Guard
 
@@ -78,6 +78,8 @@ def _batches(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[lis
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    if args.input is not None:
+        return EXIT_FLAGGED if dataset.score_file(args) else 0
     if not args.text and not args.jsonl:
         raise LoraGuardError("nothing to classify: give text, '-' for lines on stdin, or --jsonl FILE")
     any_flagged = False
@@ -267,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--response", help="classify TEXT as a prompt together with this response")
     p.add_argument("--jsonl", help="JSON lines with 'text' (and optional 'response') fields")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
+    dataset.add_arguments(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("generate", help="generate on the chat path (no adapter: the base model as is)")

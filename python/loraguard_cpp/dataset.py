@@ -1,0 +1,350 @@
+"""Score a Parquet or JSONL file with several worker processes, resumably (``loraguard-cli classify --input``).
+
+The input is cut into shards of ``--shard-size`` rows in file order. Each worker process loads one
+:class:`~loraguard_cpp.batch.GuardScorer` and writes every shard it scores as a part file in the work directory
+``OUT.parts``, committed by an atomic rename, so a part file is either complete or absent. A manifest there
+records what the run is (the input file's identity and every option that changes the output); a rerun with the
+same arguments skips committed shards, so an interrupted run (Ctrl-C, a killed worker, a killed machine) loses no
+row and scores none twice. When every shard is committed, the parts are joined into OUT through a temporary file
+and a rename, and the work directory is removed: OUT appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import registry
+from .batch import FLAGGED_COLUMN, GuardScorer
+from .errors import InvalidInputError, LoraGuardError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+MANIFEST = "manifest.json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The dataset options of ``loraguard-cli classify``."""
+    p.add_argument("--input", type=Path, help="score a Parquet or JSONL file (with --output): one row per input")
+    p.add_argument("--output", type=Path, help="with --input: Parquet or JSONL file to write (by its suffix)")
+    p.add_argument("--workers", type=int, default=1, help="with --input: worker processes, one Guard each")
+    p.add_argument("--text-column", default="text", help="with --input: the column holding the text")
+    p.add_argument("--response-column", default=None, help="with --input: a column holding a response to the text")
+    p.add_argument("--id-column", default=None,
+                   help="with --input: write only this column beside the scores (join back on it); "
+                   "default: every input column")
+    p.add_argument("--shard-size", type=int, default=512,
+                   help="with --input: rows per committed part; an interrupted run redoes at most one per worker")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything that decides the output; a resumed run must match it exactly."""
+
+    input: str
+    input_size: int
+    input_mtime_ns: int
+    output_format: str
+    shard_size: int
+    model: str
+    guard: str
+    text_column: str
+    response_column: str | None
+    id_column: str | None
+    guard_options: dict[str, Any]
+
+
+def _format(path: Path, what: str) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidInputError(f"{what} {path}: unknown format; name it *.parquet or *.jsonl")
+    return fmt
+
+
+def _work_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def _part_path(work: Path, index: int, fmt: str) -> Path:
+    return work / f"part-{index:06d}.{fmt}"
+
+
+def _atomic_write_target(final: Path) -> Path:
+    """A temporary name in final's directory (a same-filesystem rename), hidden and never a committed name."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
+
+
+# -- reading shards -----------------------------------------------------------------------------------------
+
+
+def _jsonl_shards(path: Path, shard_size: int) -> Iterator[list[dict[str, Any]]]:
+    shard: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InvalidInputError(f"{path}:{n}: not JSON ({e}); fix or drop the line and rerun") from e
+            if not isinstance(row, dict):
+                raise InvalidInputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            shard.append(row)
+            if len(shard) == shard_size:
+                yield shard
+                shard = []
+    if shard:
+        yield shard
+
+
+def _parquet_shards(path: Path, shard_size: int) -> Iterator[pa.Table]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for record_batch in pq.ParquetFile(path).iter_batches(batch_size=shard_size):
+        yield pa.Table.from_batches([record_batch])
+
+
+def _count_rows(path: Path, fmt: str) -> int:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+# -- the worker process -------------------------------------------------------------------------------------
+
+_scorer: GuardScorer | None = None
+_job: Job | None = None
+
+
+def _start_worker(job: Job, model_path: str, guard_path: str, n_threads: int) -> None:
+    global _scorer, _job
+    # Ctrl-C is the parent's to handle: it stops handing out shards, and a worker finishes (and commits) its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _job = job
+    _scorer = GuardScorer(model_path, guard_path, text_column=job.text_column, response_column=job.response_column,
+                          n_threads=n_threads, **job.guard_options)
+
+
+def _score_shard(index: int, rows: Any, work: Path) -> int:
+    """Score one shard and commit its part file; returns its row count."""
+    assert _scorer is not None and _job is not None, "worker not started"
+    final = _part_path(work, index, _job.output_format)
+    tmp = _atomic_write_target(final)
+    try:
+        if _job.output_format == "parquet":
+            _write_parquet_part(_scorer, _job, rows, tmp)
+        else:
+            _write_jsonl_part(_scorer, _job, rows, tmp)
+        os.replace(tmp, final)
+    except LoraGuardError as e:
+        raise LoraGuardError(f"shard {index} (rows {index * _job.shard_size} onwards): {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(rows)
+
+
+def _keep_columns(job: Job, names: list[str]) -> None:
+    if job.id_column is not None and job.id_column not in names:
+        raise InvalidInputError(f"the input has no id column {job.id_column!r} (columns: {names})")
+
+
+def _write_parquet_part(scorer: GuardScorer, job: Job, rows: Any, tmp: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+    _keep_columns(job, table.column_names)
+    scored = scorer(table)
+    if job.id_column is not None:
+        scored = scored.select([job.id_column, *scorer.score_columns, FLAGGED_COLUMN])
+    pq.write_table(scored, tmp)
+
+
+def _write_jsonl_part(scorer: GuardScorer, job: Job, rows: Any, tmp: Path) -> None:
+    records: list[dict[str, Any]] = rows if isinstance(rows, list) else rows.to_pylist()
+    _keep_columns(job, sorted({name for record in records for name in record}))
+    texts = [record.get(job.text_column) for record in records]
+    responses = None if job.response_column is None else [record.get(job.response_column) for record in records]
+    columns = scorer.columns(texts, responses)
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i, record in enumerate(records):
+            out = {job.id_column: record[job.id_column]} if job.id_column is not None else dict(record)
+            out.update({name: values[i].item() for name, values in columns.items()})
+            f.write(json.dumps(out, ensure_ascii=False, default=str) + "\n")
+
+
+# -- the parent: plan, resume, run, join --------------------------------------------------------------------
+
+
+def _open_work_dir(work: Path, job: Job) -> set[int]:
+    """The work directory for this job, created or resumed; returns the shards already committed."""
+    manifest = work / MANIFEST
+    if work.is_dir() and manifest.is_file():
+        started = json.loads(manifest.read_text(encoding="utf-8"))
+        if started != asdict(job):
+            changed = sorted(k for k in set(started) | set(asdict(job)) if started.get(k) != asdict(job).get(k))
+            raise LoraGuardError(
+                f"{work} holds an interrupted run with other settings ({', '.join(changed)} differ): rerun it with "
+                f"the same input and options to resume, or delete {work} to start over"
+            )
+        for leftover in work.glob(".*.tmp"):  # a part that a killed worker was writing
+            leftover.unlink()
+        done = set()
+        for part in work.glob(f"part-*.{job.output_format}"):
+            done.add(int(part.name.split("-")[1].split(".")[0]))
+        return done
+    work.mkdir(exist_ok=True)
+    tmp = _atomic_write_target(manifest)
+    tmp.write_text(json.dumps(asdict(job), indent=2), encoding="utf-8")
+    os.replace(tmp, manifest)
+    return set()
+
+
+def _join_parts(work: Path, n_shards: int, job: Job, output: Path) -> tuple[int, int]:
+    """Join the committed parts, in shard order, into output atomically; returns (rows, flagged rows)."""
+    parts = [_part_path(work, i, job.output_format) for i in range(n_shards)]
+    missing = [p.name for p in parts if not p.is_file()]
+    if missing:
+        raise LoraGuardError(f"internal error: parts {missing[:3]} are missing from {work}; rerun to score them")
+    tmp = _atomic_write_target(output)
+    try:
+        counts = _join_parquet(parts, tmp) if job.output_format == "parquet" else _join_jsonl(parts, tmp)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts
+
+
+def _join_jsonl(parts: list[Path], tmp: Path) -> tuple[int, int]:
+    n_rows = n_flagged = 0
+    with open(tmp, "w", encoding="utf-8") as out:
+        for part in parts:
+            with open(part, encoding="utf-8") as f:
+                for line in f:
+                    n_rows += 1
+                    n_flagged += bool(json.loads(line)[FLAGGED_COLUMN])
+                    out.write(line)
+    return n_rows, n_flagged
+
+
+def _join_parquet(parts: list[Path], tmp: Path) -> tuple[int, int]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    # Shards of a JSONL input are typed one by one (a column all null in one shard, absent in another).
+    schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+    n_rows = n_flagged = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            table = pq.read_table(part)
+            columns = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+                       for f in schema]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            n_rows += len(table)
+            n_flagged += int(pc.sum(table[FLAGGED_COLUMN]).as_py() or 0)
+    return n_rows, n_flagged
+
+
+def score_file(args: argparse.Namespace) -> int:
+    """``loraguard-cli classify --input FILE --output OUT``; returns the number of flagged rows."""
+    from tqdm import tqdm
+
+    input_path, output = Path(args.input), args.output
+    if output is None:
+        raise InvalidInputError("--input needs --output: the Parquet or JSONL file to write")
+    output = Path(output)
+    input_format, output_format = _format(input_path, "input"), _format(output, "output")
+    if not input_path.is_file():
+        raise InvalidInputError(f"input {input_path} is not a file")
+    if output.exists():
+        raise InvalidInputError(f"output {output} exists: delete it or name another output")
+    if not output.parent.is_dir():
+        raise InvalidInputError(f"output directory {output.parent} does not exist")
+    if args.workers < 1 or args.shard_size < 1:
+        raise InvalidInputError("--workers and --shard-size must be at least 1")
+    if "parquet" in (input_format, output_format):
+        _require_pyarrow()
+
+    # Resolved once here so that workers never race to prepare a named guard's base.
+    model_path, guard_path = registry.resolve(args.model, args.guard)
+    stat = input_path.stat()
+    job = Job(
+        input=str(input_path.resolve()), input_size=stat.st_size, input_mtime_ns=stat.st_mtime_ns,
+        output_format=output_format, shard_size=args.shard_size, model=str(model_path), guard=str(guard_path),
+        text_column=args.text_column, response_column=args.response_column, id_column=args.id_column,
+        guard_options={"n_ctx": args.ctx, "overflow": args.overflow, "isolated": args.isolated,
+                       "n_gpu_layers": args.gpu_layers},
+    )
+    work = _work_dir(output)
+    done = _open_work_dir(work, job)
+    n_rows = _count_rows(input_path, input_format)
+    if n_rows == 0:
+        raise InvalidInputError(f"input {input_path} has no rows")
+    if done:
+        print(f"loraguard-cli: resuming {work}: {len(done)} shards ({len(done) * args.shard_size} rows or fewer) "
+              "already scored", file=sys.stderr)
+
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    shards = _jsonl_shards(input_path, args.shard_size) if input_format == "jsonl" else _parquet_shards(
+        input_path, args.shard_size)
+    progress = tqdm(total=n_rows, unit="row", file=sys.stderr, disable=None)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or native state
+    pool = ProcessPoolExecutor(args.workers, mp_context=context, initializer=_start_worker,
+                               initargs=(job, str(model_path), str(guard_path), threads))
+    pending: set[Future[int]] = set()
+    n_shards = 0
+    try:
+        for index, rows in enumerate(shards):
+            n_shards = index + 1
+            if index in done:
+                progress.update(len(rows))
+                continue
+            # A bounded queue keeps at most two shards per worker in memory.
+            while len(pending) >= 2 * args.workers:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                progress.update(sum(f.result() for f in finished))
+            pending.add(pool.submit(_score_shard, index, rows, work))
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            progress.update(sum(f.result() for f in finished))
+    except BrokenProcessPool as e:
+        raise LoraGuardError(f"a worker process died ({e}); the shards it committed are kept in {work}: rerun the "
+                             "same command to resume") from e
+    except KeyboardInterrupt:
+        print(f"\nloraguard-cli: interrupted; committed shards are kept in {work}: rerun the same command to resume",
+              file=sys.stderr)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress.close()
+
+    rows_written, n_flagged = _join_parts(work, n_shards, job, output)
+    shutil.rmtree(work)
+    print(f"loraguard-cli: wrote {rows_written} rows to {output} ({n_flagged} flagged)", file=sys.stderr)
+    return n_flagged
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as e:
+        raise LoraGuardError("Parquet needs pyarrow: pip install 'loraguard[data]'") from e

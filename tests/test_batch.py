@@ -1,0 +1,202 @@
+"""GuardScorer on every batch format, and `loraguard-cli classify --input` with worker processes: atomic output,
+resumable after a killed worker and after the whole command is killed, no row lost or scored twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from loraguard_cpp import Guard, InvalidInputError
+from loraguard_cpp.batch import FLAGGED_COLUMN, GuardScorer, score_column
+from moderation_corpus import moderation_corpus
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+pd = pytest.importorskip("pandas")
+
+N_ROWS = 400
+BATCH_TOLERANCE = 0.01  # batched scores vs scores of another batch composition (README: Batching)
+CLI = [sys.executable, "-m", "loraguard_cpp.cli", "classify"]
+
+
+class Reference:
+    """The corpus scored in one process by Guard.classify_batch: what every parallel run must reproduce."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        with Guard() as guard:
+            self.labels = guard.labels
+            self.thresholds = guard.thresholds
+            self.scores = guard.classify_batch([r["text"] for r in rows], [r["response"] for r in rows])
+
+    def check(self, ids: list[int], scores: npt.NDArray[np.float32], flagged: npt.NDArray[np.bool_]) -> None:
+        assert ids == list(range(len(self.scores))), "every row exactly once, in input order"
+        assert np.abs(scores - self.scores).max() <= BATCH_TOLERANCE
+        # The output's flags follow its own scores by the package's rule (a label at or above its threshold).
+        np.testing.assert_array_equal(flagged, (scores >= self.thresholds).any(axis=1))
+        assert flagged.any() and not flagged.all(), "the corpus has both verdicts"
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[dict[str, Any]]:
+    return moderation_corpus(N_ROWS)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus: list[dict[str, Any]]) -> Reference:
+    return Reference(corpus)
+
+
+def _score_matrix(table: Any, labels: list[str]) -> npt.NDArray[np.float32]:
+    return np.stack([np.asarray(table[score_column(label)], dtype=np.float32) for label in labels], axis=1)
+
+
+def test_scorer_adds_the_same_columns_to_every_batch_format(corpus: list[dict[str, Any]]) -> None:
+    rows = corpus[:40]
+    texts, responses = [r["text"] for r in rows], [r["response"] for r in rows]
+    with GuardScorer(text_column="text", response_column="response", n_threads=2) as scorer:
+        expected = scorer.guard.classify_batch(texts, responses)
+        expected_flags = np.array([v.flagged for v in scorer.guard.classify_many(texts, responses)])
+        numpy_batch = {name: np.array([r[name] for r in rows], dtype=object) for name in ("id", "text", "response")}
+        outputs = {
+            "numpy": scorer(numpy_batch),
+            "pandas": scorer(pd.DataFrame(rows)),
+            "arrow": scorer(pa.Table.from_pylist(rows)),
+        }
+        columns = [*scorer.score_columns, FLAGGED_COLUMN]
+        rescored = scorer(outputs["arrow"])
+    assert rescored.column_names == outputs["arrow"].column_names, "scoring again replaces the columns"
+    for fmt, out in outputs.items():
+        names = list(out.column_names if fmt == "arrow" else out.keys() if fmt == "numpy" else out.columns)
+        assert names[-len(columns):] == columns, fmt
+        assert [int(i) for i in out["id"]] == list(range(40)), fmt
+        np.testing.assert_allclose(_score_matrix(out, scorer.labels), expected, atol=1e-6, err_msg=fmt)
+        np.testing.assert_array_equal(np.asarray(out[FLAGGED_COLUMN], dtype=bool), expected_flags, err_msg=fmt)
+    assert expected_flags.any() and not expected_flags.all()
+
+
+def test_scorer_bad_batches_say_what_to_fix() -> None:
+    with GuardScorer(text_column="prompt", n_threads=1) as scorer:
+        with pytest.raises(InvalidInputError, match="no column 'prompt'"):
+            scorer({"text": np.array(["hello"], dtype=object)})
+        with pytest.raises(InvalidInputError, match="row 1 of column 'prompt' is NoneType"):
+            scorer(pa.table({"prompt": ["hello", None]}))
+        with pytest.raises(InvalidInputError, match="dict of numpy arrays, a pandas DataFrame or a pyarrow Table"):
+            scorer(["hello"])
+        empty = scorer(pa.table({"prompt": pa.array([], pa.string())}))
+        assert empty.num_rows == 0 and FLAGGED_COLUMN in empty.column_names
+        assert scorer({"prompt": np.array(["still alive"], dtype=object)})[FLAGGED_COLUMN].shape == (1,)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _read_output(path: Path, labels: list[str]) -> tuple[list[int], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+    else:
+        table = pa.Table.from_pylist([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()])
+    return table["id"].to_pylist(), _score_matrix(table, labels), np.asarray(table[FLAGGED_COLUMN], dtype=bool)
+
+
+def test_workers_score_a_jsonl_file_into_parquet(tmp_path: Path, corpus: list[dict[str, Any]],
+                                                 reference: Reference) -> None:
+    source = _write_jsonl(tmp_path / "corpus.jsonl", corpus)
+    out = tmp_path / "scored.parquet"
+    run = subprocess.run([*CLI, "--input", str(source), "--output", str(out), "--workers", "2", "--shard-size", "64",
+                          "--response-column", "response"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr  # 1: something was flagged
+    assert f"wrote {N_ROWS} rows" in run.stderr
+    reference.check(*_read_output(out, reference.labels))
+    table = pq.read_table(out)
+    assert table["text"].to_pylist() == [r["text"] for r in corpus] and "source" in table.column_names
+    assert sorted(os.listdir(tmp_path)) == ["corpus.jsonl", "scored.parquet"], "no parts or temporary files left"
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    # multiprocessing's spawn children, not its resource tracker
+    return [c for c in _children(pid) if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _wait_for_parts(parts: Path, at_least: int, proc: subprocess.Popen[str]) -> int:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        n = len(list(parts.glob("part-*"))) if parts.is_dir() else 0
+        if n >= at_least:
+            return n
+        assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()[1]}"
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} parts in {parts} after 240 s")
+
+
+def test_workers_resume_after_a_killed_worker_and_a_killed_run(tmp_path: Path, corpus: list[dict[str, Any]],
+                                                              reference: Reference) -> None:
+    source = tmp_path / "corpus.parquet"
+    pq.write_table(pa.Table.from_pylist(corpus), source, row_group_size=100)
+    out = tmp_path / "scored.jsonl"
+    parts = tmp_path / "scored.jsonl.parts"
+    command = [*CLI, "--input", str(source), "--output", str(out), "--workers", "2", "--shard-size", "16",
+               "--response-column", "response"]
+
+    # 1. One worker is killed: the command stops with an error that says how to resume.
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    _wait_for_parts(parts, 2, first)
+    os.kill(_spawned_workers(first.pid)[0], signal.SIGKILL)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 2 and "rerun the same command to resume" in stderr, stderr
+    assert not out.exists()
+
+    # 2. The resumed run is killed as a whole (parent and workers) while parts are being written.
+    second = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                              start_new_session=True)
+    _wait_for_parts(parts, len(list(parts.glob("part-*"))) + 3, second)
+    os.killpg(second.pid, signal.SIGKILL)
+    second.communicate(timeout=60)
+    assert not out.exists(), "a killed run leaves no output"
+    committed = len(list(parts.glob("part-*")))
+    assert 0 < committed < N_ROWS // 16
+
+    # 3. The last run scores only what is missing and writes every row exactly once.
+    third = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 1, third.stderr
+    assert f"resuming {parts}: {committed} shards" in third.stderr
+    reference.check(*_read_output(out, reference.labels))
+    assert not parts.exists()
+
+
+def test_workers_refuse_bad_input_and_write_nothing(tmp_path: Path, corpus: list[dict[str, Any]]) -> None:
+    source = _write_jsonl(tmp_path / "corpus.jsonl", corpus[:20])
+    with open(source, "a", encoding="utf-8") as f:
+        f.write("{not json\n")
+    out = tmp_path / "scored.parquet"
+    run = subprocess.run([*CLI, "--input", str(source), "--output", str(out), "--shard-size", "8"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and f"{source}:21: not JSON" in run.stderr, run.stderr
+    assert not out.exists()
+
+    out.write_text("keep me")
+    run = subprocess.run([*CLI, "--input", str(source), "--output", str(out)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "exists" in run.stderr and out.read_text() == "keep me"
+
+    clean = _write_jsonl(tmp_path / "clean.jsonl", corpus[:20])
+    other = tmp_path / "other.parquet"
+    run = subprocess.run([*CLI, "--input", str(clean), "--output", str(other), "--text-column", "prompt"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "column 'prompt'" in run.stderr, run.stderr
+    assert not other.exists()
