@@ -231,3 +231,38 @@ def test_import_refuses_another_llama_cpp_python() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "refused" in proc.stdout and "0.3.99" in proc.stdout and "llama-cpp-python==0.3.36" in proc.stdout
 
+
+
+def test_windows_keep_the_template_around_every_cut() -> None:
+    """The smollm2 guard reads the prompt inside its user turn followed by the reply's opening: every window
+    of a long prompt (and of a long response) keeps that frame, and only the text is cut."""
+    long_text = " ".join(f"word{i}" for i in range(300))
+    with Guard(guard="smollm2", n_threads=1, n_ctx=64, overflow="windows") as g:
+        short = g.tokenize("zzz")
+        opening, closing = short[:3], short[-5:]  # <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n
+        windows = g.sequences(long_text)
+        assert len(windows) > 2 and all(len(w) == 64 for w in windows)
+        assert all(w[:3] == opening and w[-5:] == closing for w in windows)
+        pair = g.sequences("a short question", long_text)
+        assert len(pair) > 2 and all(w[:3] == opening for w in pair)
+        # scores of windowed text are the max over windows that each carry the frame
+        assert g.logits([long_text]).shape == (1, len(g.labels))
+
+
+@pytest.mark.parametrize("response", [None, "a reply " * 200])
+def test_keep_end_is_one_behaviour_in_training_and_runtime(response: str | None) -> None:
+    """loraguard_train cuts a long input exactly as the runtime's keep_end does (token ids equal)."""
+    pytest.importorskip("transformers")
+    from loraguard_cpp.registry import BASES
+    from loraguard_train.inputs import tokenize
+    from loraguard_train.model import load_tokenizer
+
+    prompt = "Tell me about " + " ".join(f"topic {i}," for i in range(200))
+    tokenizer = load_tokenizer(BASES["smollm2"].package_path())
+    with Guard(guard="smollm2", n_threads=1, n_ctx=64) as g:
+        runtime = g.sequences(prompt, response)
+        template_prompt, template_pair = g.meta("template.prompt"), g.meta("template.pair")
+        responses = None if response is None else [response]
+        trained = tokenize(tokenizer, [prompt], responses, template_prompt, template_pair, True, 64)
+    assert len(runtime) == 1 and len(runtime[0]) == 64
+    assert trained == runtime

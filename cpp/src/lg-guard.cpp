@@ -155,65 +155,72 @@ std::vector<llama_token> lg_guard::tokenize(const lg_input & input) const {
     return prompt_template.tokenize({prompt});
 }
 
-std::vector<std::vector<llama_token>> lg_guard::sequences(const lg_input & input) const {
-    return fit(tokenize(input), 0);
-}
+std::vector<std::vector<llama_token>> lg_guard::sequences(const lg_input & input) const { return fit(input, 0); }
 
 std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n) const {
     std::vector<job> jobs;
     for (size_t i = 0; i < n; ++i) {
-        for (std::vector<llama_token> & tokens : fit(tokenize(inputs[i]), i)) {
+        for (std::vector<llama_token> & tokens : fit(inputs[i], i)) {
             jobs.push_back({i, std::move(tokens)});
         }
     }
     return jobs;
 }
 
-std::vector<std::vector<llama_token>> lg_guard::fit(std::vector<llama_token> tokens, size_t input_index) const {
+std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size_t input_index) const {
     std::vector<std::vector<llama_token>> out;
-    if (tokens.size() <= n_ctx) {
-        out.push_back(std::move(tokens));
+    std::vector<llama_token> whole = tokenize(input);
+    if (whole.size() <= n_ctx) {
+        out.push_back(std::move(whole));
         return out;
     }
-    {
-        if (params.overflow == LG_OVERFLOW_ERROR) {
-            lg::fail(LG_ERR_TOO_LONG, "input " + std::to_string(input_index) + " is " + std::to_string(tokens.size()) +
-                                          " tokens, the guard context holds " + std::to_string(n_ctx) +
-                                          ": raise n_ctx or choose the keep-end or windows overflow policy");
-        }
-        // Special tokens the model adds at either end (BOS, CLS, SEP) frame every window.
-        size_t head = 0;
-        while (head < tokens.size() && llama_vocab_is_control(model.vocab, tokens[head])) {
-            ++head;
-        }
-        size_t tail = 0;
-        while (tail < tokens.size() - head && llama_vocab_is_control(model.vocab, tokens[tokens.size() - 1 - tail])) {
-            ++tail;
-        }
-        if (head + tail > n_ctx / 2) {
-            // Only control tokens could get here in such numbers (text with parse_special): no frame to keep.
-            head = tail = 0;
-        }
-        const size_t width = n_ctx - head - tail;
-        const size_t content = tokens.size() - head - tail;
-        const auto window = [&](size_t start) {
-            std::vector<llama_token> w(tokens.begin(), tokens.begin() + static_cast<long>(head));
-            w.insert(w.end(), tokens.begin() + static_cast<long>(head + start),
-                     tokens.begin() + static_cast<long>(head + start + width));
-            w.insert(w.end(), tokens.end() - static_cast<long>(tail), tokens.end());
-            return w;
-        };
-        if (params.overflow == LG_OVERFLOW_KEEP_END) {
-            out.push_back(window(content - width));
-        } else {
-            const size_t stride = std::max<size_t>(1, width / 2);
-            for (size_t start = 0;; start += stride) {
-                const size_t s = std::min(start, content - width);
-                out.push_back(window(s));
-                if (s == content - width) {
-                    break;
-                }
+    if (params.overflow == LG_OVERFLOW_ERROR) {
+        lg::fail(LG_ERR_TOO_LONG, "input " + std::to_string(input_index) + " is " + std::to_string(whole.size()) +
+                                      " tokens, the guard context holds " + std::to_string(n_ctx) +
+                                      ": raise n_ctx or choose the keep-end or windows overflow policy");
+    }
+    // Cut inside the prompt and response only: every window keeps the whole template (its framing, turn markers
+    // and reply opening), which the guard was trained to read around the text.
+    const std::string_view prompt(input.prompt, input.prompt_len);
+    const std::vector<lg::token_template::segment> segments =
+        input.response ? pair_template.segments({prompt, std::string_view(input.response, input.response_len)})
+                       : prompt_template.segments({prompt});
+    size_t fixed = 0;
+    size_t content = 0;
+    for (const auto & seg : segments) {
+        (seg.slot < 0 ? fixed : content) += seg.tokens.size();
+    }
+    if (fixed >= n_ctx) {
+        lg::fail(LG_ERR_TOO_LONG, "the guard's template alone is " + std::to_string(fixed) +
+                                      " tokens, the guard context holds " + std::to_string(n_ctx) + ": raise n_ctx");
+    }
+    const size_t width = std::min(n_ctx - fixed, content);
+    // The template's tokens with content tokens [begin, begin + width) of the values, in place.
+    const auto window = [&](size_t begin) {
+        std::vector<llama_token> w;
+        size_t at = 0;  // content tokens passed so far
+        for (const auto & seg : segments) {
+            if (seg.slot < 0) {
+                w.insert(w.end(), seg.tokens.begin(), seg.tokens.end());
+                continue;
             }
+            const size_t lo = std::clamp(begin, at, at + seg.tokens.size()) - at;
+            const size_t hi = std::clamp(begin + width, at, at + seg.tokens.size()) - at;
+            w.insert(w.end(), seg.tokens.begin() + static_cast<long>(lo), seg.tokens.begin() + static_cast<long>(hi));
+            at += seg.tokens.size();
+        }
+        return w;
+    };
+    if (params.overflow == LG_OVERFLOW_KEEP_END) {
+        out.push_back(window(content - width));
+        return out;
+    }
+    const size_t stride = std::max<size_t>(1, width / 2);
+    for (size_t start = 0;; start += stride) {
+        const size_t s = std::min(start, content - width);
+        out.push_back(window(s));
+        if (s == content - width) {
+            break;
         }
     }
     return out;

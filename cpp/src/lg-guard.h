@@ -45,7 +45,8 @@ struct lg_guard {
         std::vector<llama_token> tokens;
     };
     std::vector<job> make_jobs(const lg_input * inputs, size_t n) const;
-    std::vector<std::vector<llama_token>> fit(std::vector<llama_token> tokens, size_t input_index) const;
+    // The sequences one input is scored as: its tokens if they fit, else cut by the overflow policy.
+    std::vector<std::vector<llama_token>> fit(const lg_input & input, size_t input_index) const;
     // Runs jobs [begin, end) in one decode; appends one pooled state (n_embd floats) per job to states.
     void run_decode(const std::vector<job> & jobs, size_t begin, size_t end, std::vector<float> & states);
 

@@ -41,6 +41,13 @@ token_template::token_template(const lg_model & model, std::vector<piece> pieces
             parts.push_back({part::kind::text, std::move(p.text)});
         }
     }
+    // What add_special frames a text with, read off the tokenizer itself (BOS; CLS and SEP; EOS where the
+    // vocabulary adds one).
+    const std::vector<llama_token> framed = lg::tokenize(vocab, "a", /*add_special=*/true, /*parse_special=*/false);
+    const std::vector<llama_token> bare = lg::tokenize(vocab, "a", /*add_special=*/false, /*parse_special=*/false);
+    const auto body = std::search(framed.begin(), framed.end(), bare.begin(), bare.end());
+    head.assign(framed.begin(), body);
+    tail.assign(body == framed.end() ? body : body + static_cast<long>(bare.size()), framed.end());
     if (!parse_special) {
         return;
     }
@@ -77,14 +84,6 @@ token_template::token_template(const lg_model & model, std::vector<piece> pieces
         }
         parts = std::move(split);
     }
-
-    // What add_special frames a text with, read off the tokenizer itself (BOS; CLS and SEP; EOS where the
-    // vocabulary adds one).
-    const std::vector<llama_token> framed = lg::tokenize(vocab, "a", /*add_special=*/true, /*parse_special=*/false);
-    const std::vector<llama_token> bare = lg::tokenize(vocab, "a", /*add_special=*/false, /*parse_special=*/false);
-    const auto body = std::search(framed.begin(), framed.end(), bare.begin(), bare.end());
-    head.assign(framed.begin(), body);
-    tail.assign(body == framed.end() ? body : body + static_cast<long>(bare.size()), framed.end());
 }
 
 std::vector<llama_token> token_template::tokenize(const std::vector<std::string_view> & values) const {
@@ -130,6 +129,68 @@ std::vector<llama_token> token_template::tokenize(const std::vector<std::string_
     flush_run(false);
     tokens.insert(tokens.end(), tail.begin(), tail.end());
     return tokens;
+}
+
+std::vector<token_template::segment> token_template::segments(const std::vector<std::string_view> & values) const {
+    std::vector<segment> out;
+    const auto add = [&](std::vector<llama_token> tokens, int slot) {
+        if (tokens.empty()) {
+            return;
+        }
+        if (!out.empty() && out.back().slot == slot && slot < 0) {
+            out.back().tokens.insert(out.back().tokens.end(), tokens.begin(), tokens.end());
+        } else {
+            out.push_back({std::move(tokens), slot});
+        }
+    };
+    add(head, -1);
+    // The plain text between two special tokens as pieces of template text and values, stripped as a whole
+    // where a special token asks for it, then tokenized piece by piece.
+    struct run_piece {
+        std::string text;
+        int slot;
+    };
+    std::vector<run_piece> run;
+    bool strip_run_start = false;
+    const auto flush_run = [&](bool strip_end) {
+        if (strip_run_start) {
+            for (auto it = run.begin(); it != run.end(); ++it) {
+                strip_leading_space(it->text);
+                if (!it->text.empty()) {
+                    break;
+                }
+            }
+        }
+        if (strip_end) {
+            for (auto it = run.rbegin(); it != run.rend(); ++it) {
+                strip_trailing_space(it->text);
+                if (!it->text.empty()) {
+                    break;
+                }
+            }
+        }
+        for (const run_piece & piece : run) {
+            if (!piece.text.empty()) {
+                add(lg::tokenize(vocab, piece.text, /*add_special=*/false, /*parse_special=*/false), piece.slot);
+            }
+        }
+        run.clear();
+    };
+    for (const part & p : parts) {
+        if (p.what == part::kind::token) {
+            flush_run(p.strip_space_before);
+            add({p.token}, -1);
+            strip_run_start = p.strip_space_after;
+        } else if (p.what == part::kind::slot) {
+            const size_t slot = static_cast<size_t>(p.slot);
+            run.push_back({std::string(slot < values.size() ? values[slot] : std::string_view()), p.slot});
+        } else {
+            run.push_back({p.text, -1});
+        }
+    }
+    flush_run(false);
+    add(tail, -1);
+    return out;
 }
 
 token_template guard_template(const lg_model & model, const std::string & text, bool parse_special) {

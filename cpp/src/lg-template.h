@@ -30,6 +30,16 @@ class token_template {
     // Token ids with the model's own framing (BOS, or CLS ... SEP) as llama_tokenize(add_special=true) adds it.
     std::vector<llama_token> tokenize(const std::vector<std::string_view> & values) const;
 
+    // The same input with every value tokenized on its own, in order: the template's tokens (slot -1, framing
+    // included) and each value's tokens (its slot), so that an input too long for a context can be cut inside
+    // its values while the template stays whole. Joined, the segments equal tokenize() except where a value
+    // and the template text beside it would have merged into one token.
+    struct segment {
+        std::vector<llama_token> tokens;
+        int slot = -1;
+    };
+    std::vector<segment> segments(const std::vector<std::string_view> & values) const;
+
     int n_slots() const { return n_slots_; }
 
   private:

@@ -1,8 +1,8 @@
 """Token ids for guard inputs, cut and batched the way the native runtime sees them.
 
-Long inputs keep their leading and trailing special tokens and the *last* tokens in between, as the runtime's
-default `keep_end` overflow policy does: the end decides a decoder's last hidden state, and training on the
-same view the runtime scores keeps the two consistent.
+Long inputs keep the whole template (framing, turn markers, the reply's opening) and the *last* tokens of the
+prompt and response, as the runtime's default `keep_end` overflow policy does: the end decides a decoder's last
+hidden state, and training on the same view the runtime scores keeps the two consistent.
 """
 
 from __future__ import annotations
@@ -15,27 +15,12 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from loraguard_train.template import token_ids
+from loraguard_train.template import keep_end, segments, token_ids
 
 if TYPE_CHECKING:
     from loraguard_train.model import GuardModel
 
 IntArray = npt.NDArray[np.int64]
-
-
-def keep_end(ids: list[int], max_tokens: int, special: frozenset[int]) -> list[int]:
-    if len(ids) <= max_tokens:
-        return ids
-    head = 0
-    while head < len(ids) and ids[head] in special:
-        head += 1
-    tail = 0
-    while tail < len(ids) - head and ids[len(ids) - 1 - tail] in special:
-        tail += 1
-    width = max_tokens - head - tail
-    if width < 1:
-        raise ValueError(f"max length {max_tokens} leaves no room beside {head + tail} special tokens")
-    return ids[:head] + ids[len(ids) - tail - width : len(ids) - tail] + ids[len(ids) - tail :]
 
 
 def tokenize(
@@ -47,14 +32,19 @@ def tokenize(
     parse_special: bool,
     max_tokens: int | None,
 ) -> list[list[int]]:
-    """Guard inputs as the runtime tokenizes them (loraguard_train.template), cut to max_tokens like keep_end."""
+    """Guard inputs as the runtime tokenizes them (loraguard_train.template); an input longer than max_tokens is
+    cut like the runtime's keep_end: the template whole, the last tokens of the prompt and response."""
     ids = token_ids(tokenizer, prompts, responses, template_prompt, template_pair, parse_special)
     if any(not row for row in ids):
         raise ValueError("a text tokenized to zero tokens; the guard has nothing to pool")
     if max_tokens is None:
         return ids
-    special = frozenset(tokenizer.all_special_ids)
-    return [keep_end(row, max_tokens, special) for row in ids]
+    for i, row in enumerate(ids):
+        if len(row) > max_tokens:
+            response = None if responses is None else responses[i]
+            pieces = segments(tokenizer, prompts[i], response, template_prompt, template_pair, parse_special)
+            ids[i] = keep_end(pieces, max_tokens)
+    return ids
 
 
 def collate(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -161,3 +161,91 @@ def token_ids(
         ids.extend(tail)
         out.append(ids)
     return out
+
+
+# one input as the runtime cuts it when it is too long: (token ids, whether they are the prompt's or response's)
+Segment = tuple[list[int], bool]
+
+
+def _run_pieces(parts: Sequence[_Part], prompt: str, response: str | None) -> list[_Special | list[tuple[str, bool]]]:
+    """The layout of :func:`_layout` with each plain-text run kept as its pieces (template text or a value)."""
+    layout: list[_Special | list[tuple[str, bool]]] = []
+    run: list[tuple[str, bool]] = []
+    strip_start = False
+
+    def close(strip_end: bool) -> None:
+        pieces = list(run)
+        for k in range(len(pieces)) if strip_start else ():
+            pieces[k] = (pieces[k][0].lstrip(_ASCII_SPACE), pieces[k][1])
+            if pieces[k][0]:
+                break
+        for k in reversed(range(len(pieces))) if strip_end else ():
+            pieces[k] = (pieces[k][0].rstrip(_ASCII_SPACE), pieces[k][1])
+            if pieces[k][0]:
+                break
+        layout.append([p for p in pieces if p[0]])
+
+    for part in parts:
+        if isinstance(part, _Special):
+            close(part.strip_space_before)
+            layout.append(part)
+            run, strip_start = [], part.strip_space_after
+        elif part == "{prompt}":
+            run.append((prompt, True))
+        elif part == "{response}":
+            if response is None:
+                raise ValueError("a prompt template must not contain {response}")
+            run.append((response, True))
+        else:
+            run.append((part, False))
+    close(False)
+    return layout
+
+
+def segments(
+    tokenizer: Any, prompt: str, response: str | None, template_prompt: str, template_pair: str, parse_special: bool
+) -> list[Segment]:
+    """One input with the prompt and response tokenized on their own, as the runtime's token_template::segments
+    does to cut an input too long for its context inside the values while the template stays whole."""
+    template = template_prompt if response is None else template_pair
+    parts = _split_template(tokenizer, template) if parse_special else [p for p in _PLACEHOLDER.split(template) if p]
+    head, tail = _framing(tokenizer)
+    out: list[Segment] = [(list(head), False)] if head else []
+
+    def add(ids: list[int], is_value: bool) -> None:
+        if not ids:
+            return
+        if out and not is_value and not out[-1][1]:
+            out[-1][0].extend(ids)
+        else:
+            out.append((list(ids), is_value))
+
+    for item in _run_pieces(parts, prompt, response):
+        if isinstance(item, _Special):
+            add([item.id], False)
+            continue
+        for text, is_value in item:
+            add(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"], is_value)
+    add(list(tail), False)
+    return out
+
+
+def keep_end(pieces: Sequence[Segment], max_tokens: int) -> list[int]:
+    """The runtime's keep_end overflow: the template's tokens whole and the last tokens of the values."""
+    fixed = sum(len(ids) for ids, is_value in pieces if not is_value)
+    content = sum(len(ids) for ids, is_value in pieces if is_value)
+    if fixed >= max_tokens:
+        raise ValueError(f"the guard's template alone is {fixed} tokens, more than max length {max_tokens}")
+    width = min(max_tokens - fixed, content)
+    begin = content - width
+    window: list[int] = []
+    at = 0
+    for ids, is_value in pieces:
+        if not is_value:
+            window.extend(ids)
+            continue
+        lo = min(max(begin, at), at + len(ids)) - at
+        hi = min(max(begin + width, at), at + len(ids)) - at
+        window.extend(ids[lo:hi])
+        at += len(ids)
+    return window
