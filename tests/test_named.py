@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -108,3 +110,69 @@ def test_guard_file_without_a_model_is_refused_with_advice() -> None:
         Guard(guard=GUARDS["minilm"].path)
     result = _cli("classify", "--guard", str(GUARDS["minilm"].path), "text")
     assert result.returncode == 2 and "pass the GGUF it was trained on" in result.stderr
+
+
+def test_names_win_over_files_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder `minilm` or a file `smollm2` in the working directory does not replace the named guard; a path is
+    written with a separator or ends in .gguf."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "minilm").mkdir()
+    (tmp_path / "smollm2").write_bytes(b"not a GGUF file")
+    assert registry.resolve(None, "minilm")[1] == GUARDS["minilm"].path
+    assert registry.named_base("minilm", None) is BASES["minilm"]
+    assert registry.named_base(None, "smollm2") is BASES["smollm2"]
+    flagged = _cli("classify", "--json", THREAT)  # the default guard, run from this directory
+    assert flagged.returncode == 1, flagged.stderr
+    # paths, never names: nothing is prepared for them
+    assert registry.resolve("./smollm2", "x.gguf") == (Path("smollm2"), Path("x.gguf"))
+    assert registry.named_base("./minilm", "./minilm") is None
+    with pytest.raises(InvalidInputError, match="no base model given for guard"):
+        registry.resolve(None, "./minilm")
+    with pytest.raises(InvalidInputError, match=r"'smolm2' is neither a named guard \(minilm, smollm2\) nor"):
+        registry.resolve(None, "smolm2")
+    refused = _cli("classify", "-g", "./smollm2", "-m", "./smollm2", "text")
+    assert refused.returncode == 2 and "smollm2" in refused.stderr, refused.stderr
+
+
+def _fake_base_package(site: Path, version: str, model: Path) -> None:
+    """An installed distribution `loraguard-test-base` of VERSION whose package holds MODEL as model.gguf."""
+    for old in site.glob("loraguard_test_base-*.dist-info"):
+        shutil.rmtree(old)
+    info = site / f"loraguard_test_base-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: loraguard-test-base\nVersion: {version}\n")
+    package = site / "loraguard_test_base"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").touch()
+    shutil.copyfile(model, package / "model.gguf")
+    importlib.invalidate_caches()
+
+
+def test_prepared_base_follows_its_package_version(
+    stories_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is keyed by the source package's version: after an upgrade the base is prepared again from the
+    new package instead of the old copy being served (on which the new package's guard would fail with
+    ModelMismatchError)."""
+    from gguf import GGUFReader
+
+    from gguf_edit import edit_gguf
+
+    site = tmp_path / "site"
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setitem(BASES, "testbase", NamedBase("testbase", "loraguard-test-base", "loraguard_test_base",
+                                                     "model.gguf", "gguf", "F16", "test"))
+
+    def norm(path: Path) -> np.ndarray:
+        return next(np.array(t.data) for t in GGUFReader(path).tensors if t.name == "output_norm.weight")
+
+    _fake_base_package(site, "1.0", stories_gguf)
+    first = registry.prepare_base("testbase", quiet=True)
+    np.testing.assert_array_equal(norm(first), norm(stories_gguf))
+    retrained = edit_gguf(stories_gguf, tmp_path / "v2.gguf",
+                          tensor_data=lambda name, d: d * 2 if name == "output_norm.weight" else d)
+    _fake_base_package(site, "2.0", retrained)
+    second = registry.prepare_base("testbase", quiet=True)
+    assert second != first and "2.0" in second.name
+    np.testing.assert_array_equal(norm(second), norm(retrained))
+    assert registry.prepare_base("testbase", quiet=True) == second  # prepared once per version

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from . import dataset, registry
-from .errors import LoraGuardError
+from .errors import FileAccessError, LoraGuardError
 from .guard import Guard
 
 EXIT_FLAGGED = 1
@@ -20,7 +20,8 @@ EXIT_ERROR = 2
 _BATCH = 32
 
 
-def _guard_options(p: argparse.ArgumentParser) -> None:
+def _guard_options(p: argparse.ArgumentParser, *, ctx_help: str = "guard context: tokens per text window",
+                   ctx_default: int = 512) -> None:
     p.add_argument("--model", "-m", default=None,
                    help=f"base model GGUF or a named base ({', '.join(registry.BASES)}); default: the named guard's")
     p.add_argument("--guard", "-g", default=None,
@@ -28,7 +29,7 @@ def _guard_options(p: argparse.ArgumentParser) -> None:
                    f"default: {registry.DEFAULT_GUARD}")
     p.add_argument("--threads", "-t", type=int, default=None, help="threads (default: free cores)")
     p.add_argument("--gpu-layers", type=int, default=0, help="layers to offload to the GPU backend")
-    p.add_argument("--ctx", type=int, default=512, help="guard context: tokens per text window")
+    p.add_argument("--ctx", type=int, default=ctx_default, help=ctx_help)
     p.add_argument("--overflow", choices=["keep_end", "windows", "error"], default="keep_end",
                    help="text longer than --ctx: keep its end, score windows (max per label), or fail")
     p.add_argument("--isolated", action="store_true", help="score each text alone (bit-reproducible scores)")
@@ -52,11 +53,7 @@ def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    row = json.loads(line)
-                    yield str(row["text"]), row.get("response")
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise LoraGuardError(f"{args.jsonl}:{n}: expected a JSON object with a 'text' field ({e})") from e
+                yield _jsonl_row(line, f"{args.jsonl}:{n}")
     elif args.text == ["-"]:
         for line in sys.stdin:
             if line := line.rstrip("\n"):
@@ -64,6 +61,24 @@ def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
     else:
         for text in args.text:
             yield text, args.response
+
+
+def _jsonl_row(line: str, where: str) -> tuple[str, str | None]:
+    """(text, response) of one --jsonl line; anything but a string text (and a string or absent response) is an
+    error naming the line, never a text like "None" classified in its place."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise LoraGuardError(f"{where}: not JSON ({e})") from e
+    if not isinstance(row, dict):
+        raise LoraGuardError(f"{where}: expected a JSON object with a 'text' field, got {type(row).__name__}")
+    text, response = row.get("text"), row.get("response")
+    if not isinstance(text, str):
+        got = "no 'text' field" if "text" not in row else f"'text' is {json.dumps(text)[:40]}"
+        raise LoraGuardError(f"{where}: 'text' must be a string ({got})")
+    if response is not None and not isinstance(response, str):
+        raise LoraGuardError(f"{where}: 'response' must be a string or null (got {json.dumps(response)[:40]})")
+    return text, response
 
 
 def _batches(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[list[tuple[str, str | None]]]:
@@ -111,10 +126,26 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_FLAGGED if any_flagged else 0
 
 
+def _open_chat_model(args: argparse.Namespace, **options: int) -> Guard:
+    """The Guard for `generate` and `chat`, refusing a base with no chat path before anything is prepared."""
+    chat_guards = ", ".join(f"--guard {name}" for name, g in registry.GUARDS.items() if registry.BASES[g.base].chat)
+    named = registry.named_base(args.model, args.guard)
+    if named is not None and not named.chat:
+        raise LoraGuardError(f"{args.command} needs a chat model, and the {named.name!r} base is an encoder that "
+                             f"cannot generate text: use {chat_guards}")
+    guard = Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, verbose=args.verbose,
+                  **options)
+    if guard.model.is_encoder:
+        guard.close()
+        raise LoraGuardError(f"{args.command} needs a chat model, and {guard.model_path} is an encoder that cannot "
+                             f"generate text: use a decoder base or {chat_guards}")
+    return guard
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    with Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-               verbose=args.verbose) as guard:
-        prompt = args.prompt if args.raw else guard.format_chat([("user", args.prompt)])
+    with _open_chat_model(args, chat_n_ctx=args.ctx) as guard:
+        # messages keep the user's text plain text on the chat path; --raw is a trusted prompt, parsed as is
+        prompt = args.prompt if args.raw else [("user", args.prompt)]
         for piece in guard.stream(prompt, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed):
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -144,7 +175,7 @@ def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.N
         return turn
     response = ""
     pieces_since_check = 0
-    for piece in guard.stream(guard.format_chat(history), max_tokens=args.max_tokens,
+    for piece in guard.stream(history, max_tokens=args.max_tokens,
                               temperature=args.temperature, seed=args.seed):
         response += piece
         pieces_since_check += 1
@@ -159,7 +190,8 @@ def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.N
     response_verdict = _verdict(guard, user, response) if response.strip() else None
     turn.update(response=response, response_verdict=response_verdict)
     if response_verdict and response_verdict["flagged"]:
-        turn["refused"] = "response"
+        # A flagged reply's text never reaches a caller of --json: it gets the refusal, as for a flagged prompt.
+        turn.update(response=REFUSAL, response_withheld=True, refused="response")
         if echo:
             print(f"\n[guard: response flagged {response_verdict['flagged_labels']}] {REFUSAL}")
     elif echo:
@@ -167,9 +199,21 @@ def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.N
     return turn
 
 
+def _fit_history(guard: Guard, history: list[tuple[str, str]], budget: int) -> list[tuple[str, str]]:
+    """The history without its oldest exchanges (the system message kept) until the rendered chat leaves
+    BUDGET tokens or fewer, so a long conversation goes on instead of overflowing the chat context."""
+    system = history[:1] if history and history[0][0] == "system" else []
+    turns = history[len(system):]
+    while len(turns) > 1 and len(guard.tokenize_chat(system + turns)) > budget:
+        turns = turns[2:]  # one user message and the reply to it
+    return system + turns
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
-    with Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, n_ctx=args.ctx,
-               verbose=args.verbose) as guard:
+    if args.max_tokens >= args.chat_ctx:
+        raise LoraGuardError(f"--max-tokens {args.max_tokens} leaves no room for the prompt in --chat-ctx "
+                             f"{args.chat_ctx}: lower it or raise --chat-ctx")
+    with _open_chat_model(args, n_ctx=args.ctx, chat_n_ctx=args.chat_ctx) as guard:
         history: list[tuple[str, str]] = [("system", args.system)] if args.system else []
         if args.prompt is not None:
             history.append(("user", args.prompt))
@@ -182,7 +226,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not (message := line.strip()):
                 continue
             history.append(("user", message))
-            turn = _guarded_turn(guard, history, args, echo=True)
+            try:
+                history = _fit_history(guard, history, args.chat_ctx - args.max_tokens)
+                turn = _guarded_turn(guard, history, args, echo=True)
+            except LoraGuardError as e:  # one message too long for the context: say so and go on chatting
+                print(f"loraguard-cli: error: {_one_line(e)}", file=sys.stderr)
+                history.pop()
+                continue
             if "refused" in turn:
                 history.pop()
             else:
@@ -234,10 +284,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for guard in registry.GUARDS.values():
         base = registry.BASES[guard.base]
-        cached = base.cached_path()
+        try:
+            cached: Path | None = base.cached_path()
+        except FileAccessError:  # its package is not installed: prepare_base says what to install
+            cached = None
         rows.append({"guard": guard.name, "default": guard.name == registry.DEFAULT_GUARD, "what": guard.what,
                      "guard_file": str(guard.path), "base": base.name, "base_package": base.distribution,
-                     "base_type": base.prepared_type, "base_file": str(cached) if cached.is_file() else None})
+                     "base_type": base.prepared_type,
+                     "base_file": str(cached) if cached is not None and cached.is_file() else None})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -273,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("generate", help="generate on the chat path (no adapter: the base model as is)")
-    _guard_options(p)
+    _guard_options(p, ctx_help="chat context: prompt and generated tokens", ctx_default=2048)
     p.add_argument("prompt")
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the model's chat template")
     _sampling_options(p)
@@ -286,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="with --prompt: print verdicts and response as JSON")
     p.add_argument("--window", type=int, default=16,
                    help="re-guard the streamed response every N pieces (0: only when finished)")
+    p.add_argument("--chat-ctx", type=int, default=2048,
+                   help="chat context: the oldest exchanges are dropped to keep room for --max-tokens")
     _sampling_options(p)
     p.set_defaults(func=cmd_chat)
 
@@ -314,10 +370,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (LoraGuardError, OSError) as e:
-        print(f"loraguard-cli: error: {e}", file=sys.stderr)
+        print(f"loraguard-cli: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
+    except Exception as e:  # a bug or a broken environment: still one line and the error exit, never 1 (flagged)
+        print(f"loraguard-cli: error: unexpected {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

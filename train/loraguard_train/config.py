@@ -150,7 +150,7 @@ def resolve_path(value: str, root: Path) -> Path:
 def resolve_base(value: str, root: Path) -> Path:
     """A named base is prepared (found in its PyPI package, retyped into the user cache) and trained on as the
     very GGUF the named guard runs on; anything else is a path."""
-    if registry.is_name(value, registry.BASES, root):
+    if registry.is_name(value, registry.BASES):
         try:
             return registry.prepare_base(value)
         except LoraGuardError as e:
