@@ -1,0 +1,91 @@
+"""A real ``loraguard-cli serve`` process on a free loopback port, for the server tests."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str  # http://127.0.0.1:PORT
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS in /proc status")
+
+    def request(self, method: str, path: str, body: bytes | dict[str, object] | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, object]:
+        """One raw HTTP request; the body is decoded as JSON where it is JSON, else returned as text."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            data = json.dumps(body).encode() if isinstance(body, dict) else body
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+            response = conn.getresponse()
+            raw = response.read().decode("utf-8", errors="replace")
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(raw)
+        except json.JSONDecodeError:
+            return response.status, raw
+
+
+@contextlib.contextmanager
+def running_server(log_dir: Path, *args: str, startup_timeout: float = 300) -> Iterator[Server]:
+    """Starts the server, waits until /health says ready, and stops it with SIGTERM afterwards, requiring a clean
+    exit (the graceful shutdown path)."""
+    port = free_port()
+    log = log_dir / f"serve-{port}.log"
+    cmd = [sys.executable, "-m", "loraguard_cpp.cli", "serve", "--port", str(port), *args]
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
+    server = Server(f"http://127.0.0.1:{port}", port, process, log)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited with {process.returncode}:\n{server.log_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                if server.request("GET", "/health", timeout=5)[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not ready after {startup_timeout} s:\n{server.log_text()[-3000:]}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise AssertionError("server did not stop within 60 s of SIGTERM") from None
+    # uvicorn re-raises the signal once it has shut down, so -SIGTERM is a clean exit when the app's shutdown ran.
+    clean = process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in server.log_text()
+    assert clean, f"server exited with {process.returncode}:\n{server.log_text()[-3000:]}"
