@@ -369,18 +369,6 @@ def test_cli_chat_json(stories_gguf: Path, stories_guard: Path, tmp_path: Path) 
         assert turn["response"] == g.chat([("user", "Once upon a time")], max_tokens=12)
 
 
-@pytest.mark.parametrize("overflow", ["keep_end", "windows"])
-def test_text_of_control_tokens_past_the_context(
-    stories_gguf: Path, stories_guard: Path, tmp_path: Path, overflow: str
-) -> None:
-    """With parse_special, text can be all control tokens: more than a window can frame, and no crash."""
-    special = edit_gguf(stories_guard, tmp_path / "special.gguf",
-                        keys=[("loraguard.template.parse_special", True, GGUFValueType.BOOL)])
-    with Guard(stories_gguf, special, n_threads=1, n_ctx=16, overflow=overflow) as g:  # type: ignore[arg-type]
-        assert len(g.tokenize("<s>" * 100)) > 100
-        assert np.isfinite(g.logits(["<s>" * 100, "</s>" * 40 + "end"])).all()
-
-
 @pytest.mark.parametrize(
     ("params", "match"),
     [
