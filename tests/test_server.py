@@ -4,6 +4,9 @@ HTTP: moderation scores equal direct ``Guard.classify_batch``, guarded chat (str
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-from server_process import Server, running_server
+from server_process import Server, free_port, running_server
 
 from loraguard_cpp import Guard
 from loraguard_cpp.server.categories import OPENAI_CATEGORIES
@@ -268,3 +271,23 @@ def test_chat_reply_cut_where_the_guard_flags_it(smollm2: Server) -> None:
     chunks = list(_chat(smollm2, prompt, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == released
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "content_filter"
+
+
+def test_graceful_shutdown_finishes_the_request_in_flight(log_dir: Path) -> None:
+    with running_server(log_dir, "--guard", "smollm2", "--window", str(WINDOW)) as server:
+        stream = _chat(server, "Name three colours.", stream=True)
+        first = next(iter(stream))  # the prompt's verdict: the request is in flight
+        server.process.send_signal(signal.SIGTERM)
+        rest = list(stream)
+    assert (first.model_extra or {})["prompt_filter_results"]
+    assert "".join(c.choices[0].delta.content or "" for c in rest if c.choices).strip()
+    assert [c.choices[0].finish_reason for c in rest if c.choices][-1] in ("stop", "length")
+
+
+def test_a_guard_that_cannot_load_is_an_error_exit(tmp_path: Path) -> None:
+    missing = tmp_path / "missing-guard.gguf"
+    done = subprocess.run([sys.executable, "-m", "loraguard_cpp.cli", "serve", "--port", str(free_port()),
+                           "--guard", str(missing)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "loraguard-cli: error:" in done.stderr and str(missing) in done.stderr
+    assert "Traceback" not in done.stderr

@@ -27,7 +27,7 @@ from ..cli import REFUSAL
 from ..errors import InvalidInputError, LoraGuardError
 from ..guard import Guard, GuardResult
 from .batching import Batcher, QueueFullError
-from .categories import content_filter_results, moderation_result
+from .categories import content_filter_results, moderation_result, moderation_results
 from .schema import APIError, ChatRequest, ModerationRequest, moderation_inputs, parse_body, text_of_parts
 
 log = logging.getLogger("loraguard.server")
@@ -247,33 +247,37 @@ class _GuardedReply:
     async def chunks(self) -> AsyncIterator[str]:
         window = self._server.config.window
         pending: list[str] = []
-        async with self._server.chat_slot(self._turn.deadline):
-            generated = self._server.generate(self._prompt_text, self._turn.params, self._turn.deadline)
-            async with contextlib.aclosing(generated):
-                async for piece in generated:
-                    pending.append(piece)
-                    if window and len(pending) >= window:
-                        if not await self._passes(pending):
-                            return
-                        yield "".join(pending)
-                        pending = []
-        if await self._passes(pending):
-            if pending:
+        generated = ""
+        try:
+            async with self._server.chat_slot(self._turn.deadline):
+                pieces = self._server.generate(self._prompt_text, self._turn.params, self._turn.deadline)
+                async with contextlib.aclosing(pieces):
+                    async for piece in pieces:
+                        generated += piece
+                        pending.append(piece)
+                        if window and len(pending) >= window:
+                            if not await self._passes(pending):
+                                return
+                            yield "".join(pending)
+                            pending = []
+            if await self._passes(pending) and pending:
                 yield "".join(pending)
+        finally:
+            # Usage counts what was generated, released or not (a tokenizer round trip: the chat path reports
+            # text, not token ids).
             guard, _ = self._server.ready_guard()
-            self.completion_tokens = len(guard.model.tokenize(self.text, add_special=False))
+            self.completion_tokens = len(guard.model.tokenize(generated, add_special=False)) if generated else 0
             self._server.metrics.completion_tokens.inc(self.completion_tokens)
-            if self.completion_tokens >= self._turn.max_tokens:
+            if self.finish_reason == "stop" and self.completion_tokens >= self._turn.max_tokens:
                 self.finish_reason = "length"
 
     async def _passes(self, pending: list[str]) -> bool:
         candidate = self.text + "".join(pending)
-        if not pending or not candidate.strip():
-            return True
-        (self.verdict,) = await self._server.verdicts([(self._turn.user, candidate)])
-        if self.verdict.flagged:
-            self.finish_reason = "content_filter"
-            return False
+        if pending and candidate.strip():
+            (self.verdict,) = await self._server.verdicts([(self._turn.user, candidate)])
+            if self.verdict.flagged:
+                self.finish_reason = "content_filter"
+                return False
         self.text = candidate
         return True
 
@@ -470,15 +474,21 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
 
         return await within_deadline(complete())
 
-    def choice_end(prompt_verdict: GuardResult, reply: _GuardedReply | None) -> tuple[str, dict[str, object]]:
+    def choice_end(reply: _GuardedReply | None) -> tuple[str, dict[str, object]]:
         if reply is None:
             return "content_filter", {}
         filters = content_filter_results(reply.verdict) if reply.verdict else {}
         return reply.finish_reason, filters
 
+    def moderation(prompt_verdict: GuardResult, reply: _GuardedReply | None) -> dict[str, object]:
+        """OpenAI's own field for moderated completions, beside Azure's filter fields."""
+        output = [reply.verdict] if reply is not None and reply.verdict is not None else []
+        return {"input": moderation_results(config.model_name, [prompt_verdict]),
+                "output": moderation_results(config.model_name, output)}
+
     def completion(turn: _Turn, prompt_verdict: GuardResult, reply: _GuardedReply | None,
                    request: Request) -> dict[str, object]:
-        finish_reason, filters = choice_end(prompt_verdict, reply)
+        finish_reason, filters = choice_end(reply)
         message = ({"role": "assistant", "content": None, "refusal": REFUSAL} if reply is None
                    else {"role": "assistant", "content": reply.text, "refusal": None})
         request.state.verdict += f" reply {_summary([reply.verdict if reply else None])} finish={finish_reason}"
@@ -488,6 +498,7 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
                          "content_filter_results": filters}],
             "usage": usage(turn, reply),
             "prompt_filter_results": _prompt_filter(prompt_verdict),
+            "moderation": moderation(prompt_verdict, reply),
         }
 
     async def sse(turn: _Turn, prompt_verdict: GuardResult, reply: _GuardedReply | None,
@@ -515,9 +526,9 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
                     async for text in chunks:
                         yield event(delta({"content": text}, filters=content_filter_results(reply.verdict)
                                           if reply.verdict else {}))
-            finish_reason, filters = choice_end(prompt_verdict, reply)
+            finish_reason, filters = choice_end(reply)
             request.state.verdict += f" reply {_summary([reply.verdict if reply else None])} finish={finish_reason}"
-            yield event(delta({}, finish_reason, filters))
+            yield event(delta({}, finish_reason, filters), moderation=moderation(prompt_verdict, reply))
             if turn.include_usage:
                 yield event([], usage=usage(turn, reply))
         except (APIError, TimeoutError, LoraGuardError) as e:
