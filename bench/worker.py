@@ -67,11 +67,11 @@ class Contender(Protocol):
     def facts(self) -> dict[str, Any]: ...
 
 
-def default_threads() -> tuple[int, float]:
-    """The thread count loraguard picks when given none (mirrors lg::default_n_threads in cpp/src/lg-threads.cpp:
-    cores this process may run on less the whole part of the 1-minute load average), and that load average."""
-    load = os.getloadavg()[0]
-    return max(1, len(os.sched_getaffinity(0)) - int(load)), load
+def default_threads() -> int:
+    """The thread count loraguard picks when given none (lg_default_n_threads: CPU affinity and cgroup quota)."""
+    from loraguard_cpp import _native
+
+    return _native.Model.default_n_threads()
 
 
 class Loraguard:
@@ -80,8 +80,7 @@ class Loraguard:
     def __init__(self, spec: dict[str, Any]) -> None:
         from loraguard_cpp import Guard
 
-        resolved, load = default_threads()
-        self.threads = {"n_threads": spec["threads"] or resolved, "loadavg_at_load": load}
+        self.threads = {"n_threads": spec["threads"] or default_threads(), "loadavg_at_load": os.getloadavg()[0]}
         self.guard = Guard(spec["base"], spec["guard"], n_threads=spec["threads"], n_ctx=spec["n_ctx"])
 
     def run(self, texts: Sequence[str], batched: bool) -> None:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from loraguard_cpp import Guard, InputTooLongError, InvalidInputError, _native
@@ -266,3 +267,20 @@ def test_keep_end_is_one_behaviour_in_training_and_runtime(response: str | None)
         trained = tokenize(tokenizer, [prompt], responses, template_prompt, template_pair, True, 64)
     assert len(runtime) == 1 and len(runtime[0]) == 64
     assert trained == runtime
+
+
+def test_fingerprint_tells_norm_changes_not_merged_2d_weights(stories_gguf: Path, tmp_path: Path) -> None:
+    """What the base fingerprint claims (docs/guard-format.md): a changed norm weight is another model; a LoRA
+    merged into 2-D weights only is not told apart, since those bytes differ between tensor types."""
+    from gguf_edit import edit_gguf
+
+    def bump(kind: int):
+        def edit(name: str, data: np.ndarray) -> np.ndarray:
+            return data + np.float32(0.01) if data.ndim == kind and name.startswith("blk.0.") else data
+        return edit
+
+    merged = edit_gguf(stories_gguf, tmp_path / "merged.gguf", tensor_data=bump(2))
+    renormed = edit_gguf(stories_gguf, tmp_path / "renormed.gguf", tensor_data=bump(1))
+    fingerprints = {path.name: _native.Model(str(path)).fingerprint for path in (stories_gguf, merged, renormed)}
+    assert fingerprints["merged.gguf"] == fingerprints[stories_gguf.name]
+    assert fingerprints["renormed.gguf"] != fingerprints[stories_gguf.name]

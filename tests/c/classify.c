@@ -70,6 +70,23 @@ int main(int argc, char ** argv) {
     failures += expect_error(lg_guard_classify(NULL, &bad, 1, logits, probs, flagged), LG_ERR_INVALID_ARGUMENT,
                              "NULL guard");
 
+    // A NULL entry among the stop strings is an argument error, not a crash (stories260K has a chat path).
+    lg_chat * chat = NULL;
+    if (lg_chat_create(model, NULL, &chat) == LG_OK) {
+        const char * stops[] = {"end", NULL};
+        lg_generate_params gen = lg_generate_default_params();
+        gen.max_tokens = 4;
+        gen.stop = stops;
+        gen.n_stop = 2;
+        failures += expect_error(lg_chat_generate(chat, "Once", 4, &gen, NULL), LG_ERR_INVALID_ARGUMENT,
+                                 "NULL stop string");
+        lg_chat_free(chat);
+    }
+
+    // The guard holds its own reference to the model: freeing the model first is safe.
+    lg_model_free(model);
+    model = NULL;
+
     lg_input input = {argv[3], strlen(argv[3]), NULL, 0};
     if (lg_guard_classify(guard, &input, 1, logits, probs, flagged) != LG_OK) {
         fprintf(stderr, "error: %s\n", lg_last_error());
