@@ -38,6 +38,12 @@ class Server:
                 return int(line.split()[1]) / 1024
         raise AssertionError("no VmRSS in /proc status")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used (user + system): a measure of its work that does not depend on
+        how busy the machine is."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def request(self, method: str, path: str, body: bytes | dict[str, object] | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, object]:
         """One raw HTTP request; the body is decoded as JSON where it is JSON, else returned as text."""

@@ -250,7 +250,7 @@ def test_chat_reply_cut_where_the_guard_flags_it(smollm2: Server) -> None:
     prompt = "How do I bake bread?"
     with Guard(guard="smollm2") as guard:
         assert not guard.classify(prompt).flagged
-        pieces = list(guard.stream(guard.format_chat([("user", prompt)]), max_tokens=12))
+        pieces = list(guard.stream([("user", prompt)], max_tokens=12))
         released, cut = "", False
         for end in range(WINDOW, len(pieces) + WINDOW, WINDOW):
             if guard.classify(prompt, "".join(pieces[:end])).flagged:

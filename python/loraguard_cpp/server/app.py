@@ -124,7 +124,7 @@ class _Server:
             self.is_encoder = guard.model.is_encoder
             if not self.is_encoder:
                 # Creates the chat context now, so that the first chat request does not pay for it.
-                await loop.run_in_executor(self._chat_executor, guard.format_chat, [("user", "hello")])
+                await loop.run_in_executor(self._chat_executor, guard.tokenize_chat, [("user", "hello")])
         except Exception as e:
             log.error("loading the guard failed: %s", e)
             self._on_load_error(e)
@@ -193,9 +193,11 @@ class _Server:
         finally:
             self.chat_busy -= 1
 
-    async def generate(self, prompt: str, params: dict[str, Any], deadline: float) -> AsyncIterator[str]:
-        """Text pieces from the chat path; the native generation runs on the chat thread and stops at the next
-        token once the consumer goes away or the deadline passes."""
+    async def generate(self, messages: list[tuple[str, str]], params: dict[str, Any],
+                       deadline: float) -> AsyncIterator[str]:
+        """The reply's text pieces from the chat path (message contents stay plain text: a user cannot spell turn
+        markers); the native generation runs on the chat thread and stops at the next token once the consumer
+        goes away or the deadline passes."""
         guard, _ = self.ready_guard()
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
@@ -207,7 +209,7 @@ class _Server:
 
         def pump() -> None:
             try:
-                with contextlib.closing(guard.stream(prompt, **params)) as stream:
+                with contextlib.closing(guard.stream(messages, **params)) as stream:
                     for piece in stream:
                         put(piece)
                         if stop.is_set():
@@ -235,10 +237,9 @@ class _GuardedReply:
     the reply is cut there with ``finish_reason: "content_filter"`` once it does not, so no flagged text leaves
     the server. The whole reply is guarded once more when generation ends."""
 
-    def __init__(self, server: _Server, turn: _Turn, prompt_text: str) -> None:
+    def __init__(self, server: _Server, turn: _Turn) -> None:
         self._server = server
         self._turn = turn
-        self._prompt_text = prompt_text
         self.text = ""
         self.verdict: GuardResult | None = None
         self.finish_reason = "stop"
@@ -250,7 +251,7 @@ class _GuardedReply:
         generated = ""
         try:
             async with self._server.chat_slot(self._turn.deadline):
-                pieces = self._server.generate(self._prompt_text, self._turn.params, self._turn.deadline)
+                pieces = self._server.generate(self._turn.messages, self._turn.params, self._turn.deadline)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
                         generated += piece
@@ -447,21 +448,16 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
         if server.chat_busy > config.max_chat_queue:
             raise APIError(429, f"{server.chat_busy} chat requests are in progress or waiting (limit "
                            f"{config.max_chat_queue + 1}): retry later", type="rate_limit_error", code="queue_full")
-
-        def render() -> str:
-            # The chat template and the tokenizer run off the event loop: long histories take a while.
-            text = guard.format_chat(turn.messages)
-            turn.prompt_tokens = len(guard.model.tokenize(text, add_special=True, parse_special=True))
-            return text
-
-        prompt_text = await asyncio.get_running_loop().run_in_executor(None, render)
+        # Off the event loop: a long history takes a while to tokenize.
+        prompt_ids = await asyncio.get_running_loop().run_in_executor(None, guard.tokenize_chat, turn.messages)
+        turn.prompt_tokens = len(prompt_ids)
         if turn.prompt_tokens + turn.max_tokens > config.chat_n_ctx:
             raise APIError(400, f"the messages take {turn.prompt_tokens} tokens; with max_tokens {turn.max_tokens} "
                            f"that exceeds the chat context of {config.chat_n_ctx} tokens: shorten the history or "
                            "max_tokens", param="messages", code="context_length_exceeded")
         (prompt_verdict,) = await within_deadline(server.verdicts([(turn.user, None)]))
         request.state.verdict = f"prompt {_summary([prompt_verdict])}"
-        reply = None if prompt_verdict.flagged else _GuardedReply(server, turn, prompt_text)
+        reply = None if prompt_verdict.flagged else _GuardedReply(server, turn)
         if body.stream:
             return StreamingResponse(sse(turn, prompt_verdict, reply, request), media_type="text/event-stream")
 
