@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -291,3 +292,20 @@ def test_a_guard_that_cannot_load_is_an_error_exit(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "loraguard-cli: error:" in done.stderr and str(missing) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_request_timeout_is_an_openai_error_and_frees_the_chat(log_dir: Path) -> None:
+    with running_server(log_dir, "--guard", "smollm2", "--request-timeout", "1") as server:
+        story = "Write a long story about a dragon who learns to bake."
+        with pytest.raises(openai.APIStatusError) as e:
+            _chat(server, story, stream=False, max_tokens=512)
+        assert e.value.status_code == 504 and e.value.code == "timeout"
+        # Streamed: past the timeout the error arrives as an SSE error event (or as the 504 if it came first).
+        with pytest.raises(openai.APIError):
+            list(_chat(server, story, stream=True, max_tokens=512))
+        # The generations stop at their next token and give the chat slot back.
+        deadline = time.monotonic() + 60
+        while "loraguard_chats 0.0" not in str(server.request("GET", "/metrics")[1]):
+            assert time.monotonic() < deadline, "the timed-out chats still hold the chat slot"
+            time.sleep(0.2)
+        assert server.request("GET", "/health")[0] == 200

@@ -68,7 +68,7 @@ class _Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.queue_depth = Gauge("loraguard_queue_depth", "guard inputs waiting for a batch", registry=r)
-        self.chat_waiting = Gauge("loraguard_chat_waiting", "chat requests waiting for the chat slot", registry=r)
+        self.chats = Gauge("loraguard_chats", "chat requests generating or waiting for the chat slot", registry=r)
         self.batch_size = Histogram(
             "loraguard_batch_size", "guard inputs per decode", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128)
         )
@@ -110,7 +110,7 @@ class _Server:
         self._chat_slot = asyncio.Semaphore(1)
         self.chat_busy = 0
         self._loading: asyncio.Task[None] | None = None
-        self.metrics.chat_waiting.set_function(lambda: max(0, self.chat_busy - 1))
+        self.metrics.chats.set_function(lambda: self.chat_busy)
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
