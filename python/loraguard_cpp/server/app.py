@@ -181,25 +181,25 @@ class _Server:
 
     # -- chat path ------------------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def chat_slot(self, deadline: float) -> AsyncIterator[None]:
-        self.chat_busy += 1
-        try:
-            await asyncio.wait_for(self._chat_slot.acquire(), max(0.0, deadline - time.monotonic()))
-            try:
-                yield
-            finally:
-                self._chat_slot.release()
-        finally:
-            self.chat_busy -= 1
-
     async def generate(self, messages: list[tuple[str, str]], params: dict[str, Any],
                        deadline: float) -> AsyncIterator[str]:
         """The reply's text pieces from the chat path (message contents stay plain text: a user cannot spell turn
         markers); the native generation runs on the chat thread and stops at the next token once the consumer
-        goes away or the deadline passes."""
+        goes away or the deadline passes. The chat slot is held while the model generates, not while the
+        consumer guards what it generated, so the next chat starts meanwhile."""
         guard, _ = self.ready_guard()
         loop = asyncio.get_running_loop()
+        self.chat_busy += 1
+        try:
+            await asyncio.wait_for(self._chat_slot.acquire(), max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            self.chat_busy -= 1
+            raise
+
+        def release(_done: object) -> None:
+            self._chat_slot.release()
+            self.chat_busy -= 1
+
         pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         stop = threading.Event()
 
@@ -220,6 +220,7 @@ class _Server:
                 put(None)
 
         worker = loop.run_in_executor(self._chat_executor, pump)
+        worker.add_done_callback(release)
         try:
             while (item := await asyncio.wait_for(pieces.get(), max(0.0, deadline - time.monotonic()))) is not None:
                 if isinstance(item, BaseException):
@@ -227,7 +228,6 @@ class _Server:
                 yield item
         finally:
             stop.set()
-            await worker
 
 
 class _GuardedReply:
@@ -250,17 +250,16 @@ class _GuardedReply:
         pending: list[str] = []
         generated = ""
         try:
-            async with self._server.chat_slot(self._turn.deadline):
-                pieces = self._server.generate(self._turn.messages, self._turn.params, self._turn.deadline)
-                async with contextlib.aclosing(pieces):
-                    async for piece in pieces:
-                        generated += piece
-                        pending.append(piece)
-                        if window and len(pending) >= window:
-                            if not await self._passes(pending):
-                                return
-                            yield "".join(pending)
-                            pending = []
+            pieces = self._server.generate(self._turn.messages, self._turn.params, self._turn.deadline)
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    generated += piece
+                    pending.append(piece)
+                    if window and len(pending) >= window:
+                        if not await self._passes(pending):
+                            return
+                        yield "".join(pending)
+                        pending = []
             if await self._passes(pending) and pending:
                 yield "".join(pending)
         finally:
