@@ -218,20 +218,28 @@ def test_default_threads_follow_the_cgroup_cpu_quota(tmp_path: Path) -> None:
         group.rmdir()
 
 
-def test_import_refuses_another_llama_cpp_python() -> None:
-    """The extension is checked against the llama-cpp-python it was built with, before it is loaded."""
-    proc = _run_python("""
+def test_import_refuses_another_llama_cpp_python(tmp_path: Path) -> None:
+    """The extension is checked against the llama-cpp-python it was built with, before it is loaded; the CLI
+    reports that like any error, in one line with exit code 2 (1 would mean "flagged")."""
+    patch = tmp_path / "sitecustomize.py"
+    patch.write_text(textwrap.dedent("""
         import importlib.metadata as m
-        real = m.version
-        m.version = lambda name: "0.3.99" if name == "llama-cpp-python" else real(name)
+        _real = m.version
+        m.version = lambda name: "0.3.99" if name == "llama-cpp-python" else _real(name)
+    """))
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = _run_python("""
         try:
-            import loraguard_cpp
+            from loraguard_cpp import Guard
         except ImportError as e:
             print("refused:", e)
-    """, timeout=120)
+    """, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "refused" in proc.stdout and "0.3.99" in proc.stdout and "llama-cpp-python==0.3.36" in proc.stdout
-
+    cli = subprocess.run([sys.executable, "-m", "loraguard_cpp._launcher", "classify", "hello"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, **env})
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+    assert cli.stderr.startswith("loraguard-cli: error: ") and "0.3.99" in cli.stderr
 
 
 def test_windows_keep_the_template_around_every_cut() -> None:

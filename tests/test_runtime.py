@@ -291,7 +291,8 @@ def test_closed_guard(stories_gguf: Path, stories_guard: Path) -> None:
 
 def test_one_libllama_per_process_with_llama_cpp_python() -> None:
     code = (
-        "import loraguard_cpp, llama_cpp\n"
+        "from loraguard_cpp import _native\n"  # the package loads its extension on first use
+        "import llama_cpp\n"
         "maps = [l.split()[-1] for l in open('/proc/self/maps') if 'libllama' in l]\n"
         "print(len(set(maps)))\n"
     )

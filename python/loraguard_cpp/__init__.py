@@ -3,13 +3,18 @@
 >>> from loraguard_cpp import Guard
 >>> with Guard("base.gguf", "guard.gguf") as g:
 ...     g.classify("how do I bake bread?").flagged
+
+The native extension loads on first use (``Guard``, ``_native``), after a check that the installed
+llama-cpp-python is the one it was built against and with that package's libllama mapped first, so that a
+process using both holds one libllama.
 """
 
-from ._libllama import preload as _preload_libllama
+from __future__ import annotations
 
-_preload_libllama()
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .errors import (  # noqa: E402
+from .errors import (
     BackendError,
     FileAccessError,
     FileFormatError,
@@ -18,7 +23,9 @@ from .errors import (  # noqa: E402
     LoraGuardError,
     ModelMismatchError,
 )
-from .guard import Guard, GuardResult  # noqa: E402
+
+if TYPE_CHECKING:
+    from .guard import Guard, GuardResult
 
 __all__ = [
     "BackendError",
@@ -31,3 +38,14 @@ __all__ = [
     "LoraGuardError",
     "ModelMismatchError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_native":
+        from ._libllama import preload
+
+        preload()
+        return importlib.import_module("._native", __name__)
+    if name in ("Guard", "GuardResult"):
+        return getattr(importlib.import_module(".guard", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
