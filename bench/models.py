@@ -68,7 +68,7 @@ GUARDS = {g.key: g for g in (GUARD_QV8, GUARD_ALL16)}
 
 
 def default_cache() -> Path:
-    from loraguard_convert.llama_cpp_source import cache_dir
+    from loraguard_convert.cache import cache_dir
 
     return cache_dir() / "bench"
 
