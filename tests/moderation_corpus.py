@@ -7,7 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from conftest import DATA, require_shared
+from loraguard_cpp import Guard
+from loraguard_cpp.batch import FLAGGED_COLUMN, score_column
 
 _PROMPTS = "toxicchat0124_train_human_annotated.jsonl"  # short user prompts, no response
 _PAIRS = "beavertails_30k_test.jsonl"  # a prompt and a model's response
@@ -30,3 +35,33 @@ def moderation_corpus(n: int) -> list[dict[str, Any]]:
         source = next(pairs) if i % 4 == 3 else next(prompts)
         rows.append({"id": i, "text": source["text"], "response": source.get("response"), "source": source["source"]})
     return rows
+
+
+BATCH_TOLERANCE = 0.01  # scores of different batch compositions agree this well (README: Batching)
+
+
+def score_matrix(table: Any, labels: list[str]) -> npt.NDArray[np.float32]:
+    """The score_<label> columns of a scored table (pyarrow, pandas or a dict of arrays) as an (N, labels) array."""
+    return np.stack([np.asarray(table[score_column(label)], dtype=np.float32) for label in labels], axis=1)
+
+
+class Reference:
+    """Rows scored in one process by Guard.classify_batch: what every parallel run must reproduce."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        with Guard() as guard:
+            self.labels = guard.labels
+            self.thresholds = guard.thresholds
+            self.scores = guard.classify_batch([r["text"] for r in rows], [r["response"] for r in rows])
+
+    def check(self, table: Any, n_rows: int | None = None) -> None:
+        """The scored table holds the first n_rows (default: all) exactly once each, in order, with their scores
+        and the flags those scores give."""
+        n_rows = len(self.scores) if n_rows is None else n_rows
+        assert [int(i) for i in table["id"]] == list(range(n_rows)), "every row exactly once, in input order"
+        scores = score_matrix(table, self.labels)
+        assert np.abs(scores - self.scores[:n_rows]).max() <= BATCH_TOLERANCE
+        # Flags follow the output's own scores by the package's rule (a label at or above its threshold).
+        flagged = np.asarray(table[FLAGGED_COLUMN], dtype=bool)
+        np.testing.assert_array_equal(flagged, (scores >= self.thresholds).any(axis=1))
+        assert flagged.any() and not flagged.all(), "the corpus has both verdicts"

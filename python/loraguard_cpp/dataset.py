@@ -12,6 +12,7 @@ and a rename, and the work directory is removed: OUT appears complete or not at 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -91,8 +92,7 @@ def _atomic_write_target(final: Path) -> Path:
 # -- reading shards -----------------------------------------------------------------------------------------
 
 
-def _jsonl_shards(path: Path, shard_size: int) -> Iterator[list[dict[str, Any]]]:
-    shard: list[dict[str, Any]] = []
+def _jsonl_objects(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -103,11 +103,12 @@ def _jsonl_shards(path: Path, shard_size: int) -> Iterator[list[dict[str, Any]]]
                 raise InvalidInputError(f"{path}:{n}: not JSON ({e}); fix or drop the line and rerun") from e
             if not isinstance(row, dict):
                 raise InvalidInputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            shard.append(row)
-            if len(shard) == shard_size:
-                yield shard
-                shard = []
-    if shard:
+            yield row
+
+
+def _jsonl_shards(path: Path, shard_size: int) -> Iterator[list[dict[str, Any]]]:
+    rows = _jsonl_objects(path)
+    while shard := list(itertools.islice(rows, shard_size)):
         yield shard
 
 
@@ -300,8 +301,7 @@ def score_file(args: argparse.Namespace) -> int:
     if n_rows == 0:
         raise InvalidInputError(f"input {input_path} has no rows")
     if done:
-        print(f"loraguard-cli: resuming {work}: {len(done)} shards ({len(done) * args.shard_size} rows or fewer) "
-              "already scored", file=sys.stderr)
+        print(f"loraguard-cli: resuming {work}: {len(done)} shards already scored are skipped", file=sys.stderr)
 
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     shards = _jsonl_shards(input_path, args.shard_size) if input_format == "jsonl" else _parquet_shards(
