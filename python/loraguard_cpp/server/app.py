@@ -289,10 +289,15 @@ def _error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
-def _summary(results: Sequence[GuardResult | None]) -> str:
-    labels = sorted({label for r in results if r is not None for label in r.flagged_labels})
-    flagged = sum(1 for r in results if r is not None and r.flagged)
+def _summary(results: Sequence[GuardResult]) -> str:
+    labels = sorted({label for r in results for label in r.flagged_labels})
+    flagged = sum(1 for r in results if r.flagged)
     return f"flagged={flagged}/{len(results)}" + (f" labels={','.join(labels)}" if labels else "")
+
+
+def _reply_summary(reply: _GuardedReply | None, finish_reason: str) -> str:
+    verdict = reply.verdict if reply is not None else None
+    return f" reply {_summary([verdict]) if verdict is not None else 'unchecked'} finish={finish_reason}"
 
 
 def _prompt_filter(verdict: GuardResult) -> list[dict[str, object]]:
@@ -486,7 +491,7 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
         finish_reason, filters = choice_end(reply)
         message = ({"role": "assistant", "content": None, "refusal": REFUSAL} if reply is None
                    else {"role": "assistant", "content": reply.text, "refusal": None})
-        request.state.verdict += f" reply {_summary([reply.verdict if reply else None])} finish={finish_reason}"
+        request.state.verdict += _reply_summary(reply, finish_reason)
         return {
             "id": turn.id, "object": "chat.completion", "created": turn.created, "model": config.model_name,
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None,
@@ -522,7 +527,7 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
                         yield event(delta({"content": text}, filters=content_filter_results(reply.verdict)
                                           if reply.verdict else {}))
             finish_reason, filters = choice_end(reply)
-            request.state.verdict += f" reply {_summary([reply.verdict if reply else None])} finish={finish_reason}"
+            request.state.verdict += _reply_summary(reply, finish_reason)
             yield event(delta({}, finish_reason, filters), moderation=moderation(prompt_verdict, reply))
             if turn.include_usage:
                 yield event([], usage=usage(turn, reply))
