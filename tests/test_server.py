@@ -287,12 +287,16 @@ def test_graceful_shutdown_finishes_the_request_in_flight(log_dir: Path) -> None
     assert [c.choices[0].finish_reason for c in rest if c.choices][-1] in ("stop", "length")
 
 
-def test_a_guard_that_cannot_load_is_an_error_exit(tmp_path: Path) -> None:
-    missing = tmp_path / "missing-guard.gguf"
+@pytest.mark.parametrize(("args", "message"), [
+    (["--guard", "{missing}"], "{missing}"),
+    (["--max-batch", "0"], "--max-batch must be at least 1"),
+])
+def test_a_server_that_cannot_start_is_an_error_exit(tmp_path: Path, args: list[str], message: str) -> None:
+    missing = str(tmp_path / "missing-guard.gguf")
     done = subprocess.run([sys.executable, "-m", "loraguard_cpp.cli", "serve", "--port", str(free_port()),
-                           "--guard", str(missing)], capture_output=True, text=True, timeout=120)
+                           *(a.format(missing=missing) for a in args)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert "loraguard-cli: error:" in done.stderr and str(missing) in done.stderr
+    assert "loraguard-cli: error:" in done.stderr and message.format(missing=missing) in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -45,7 +45,22 @@ def model_name(guard: str | None) -> str:
     return guard if guard in registry.GUARDS else Path(guard).stem
 
 
+# The smallest value each numeric option takes (by its argparse dest).
+_LEAST: dict[str, float] = {
+    "port": 0, "batch_window_ms": 0, "max_batch": 1, "max_queue": 1, "max_chat_queue": 0, "max_body_bytes": 1024,
+    "max_input_chars": 1, "max_inputs": 1, "max_tokens": 1, "default_max_tokens": 1, "window": 0,
+    "request_timeout": 0.001, "graceful_timeout": 0,
+}
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    for dest, least in _LEAST.items():
+        if (value := getattr(args, dest)) < least:
+            raise LoraGuardError(f"--{dest.replace('_', '-')} must be at least {least:g}, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_limits(args)
     try:
         import uvicorn
 
@@ -74,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
         app, host=args.host, port=args.port, access_log=False, log_level="info", lifespan="on",
         timeout_graceful_shutdown=args.graceful_timeout,
     ))
+    log = logging.getLogger("loraguard.server")
     auth = "API key required" if config.api_key else "no API key (--api-key)"
-    logging.getLogger("loraguard.server").info(
-        "serving %s on http://%s:%d (%s); loading the guard", config.model_name, args.host, args.port, auth
-    )
+    log.info("serving %s on http://%s:%d (%s); loading the guard", config.model_name, args.host, args.port, auth)
+    if not config.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without an API key: anyone who can reach it may use it", args.host)
     server.run()
     if load_errors:
         raise load_errors[0]
