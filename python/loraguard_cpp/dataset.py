@@ -89,6 +89,18 @@ def _atomic_write_target(final: Path) -> Path:
     return final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
 
 
+def _commit(tmp: Path, final: Path) -> None:
+    """Rename tmp onto final once its bytes are on disk, so that even a machine that dies leaves whole files."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    directory = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 # -- reading shards -----------------------------------------------------------------------------------------
 
 
@@ -154,7 +166,7 @@ def _score_shard(index: int, rows: Any, work: Path) -> int:
             _write_parquet_part(_scorer, _job, rows, tmp)
         else:
             _write_jsonl_part(_scorer, _job, rows, tmp)
-        os.replace(tmp, final)
+        _commit(tmp, final)
     except LoraGuardError as e:
         raise LoraGuardError(f"shard {index} (rows {index * _job.shard_size} onwards): {e}") from e
     finally:
@@ -215,7 +227,7 @@ def _open_work_dir(work: Path, job: Job) -> set[int]:
     work.mkdir(exist_ok=True)
     tmp = _atomic_write_target(manifest)
     tmp.write_text(json.dumps(asdict(job), indent=2), encoding="utf-8")
-    os.replace(tmp, manifest)
+    _commit(tmp, manifest)
     return set()
 
 
@@ -228,7 +240,7 @@ def _join_parts(work: Path, n_shards: int, job: Job, output: Path) -> tuple[int,
     tmp = _atomic_write_target(output)
     try:
         counts = _join_parquet(parts, tmp) if job.output_format == "parquet" else _join_jsonl(parts, tmp)
-        os.replace(tmp, output)
+        _commit(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
     return counts
