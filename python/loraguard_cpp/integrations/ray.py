@@ -43,6 +43,8 @@ def moderate(
     output (set on the dataset's own DataContext); turn it off to let fast blocks overtake slow ones.
     ``model``, ``guard`` and ``guard_options`` are :class:`~loraguard_cpp.Guard`'s; every node needs the files
     (named guards prepare their base themselves)."""
+    from ray.data import ActorPoolStrategy
+
     if preserve_order:
         dataset.context.execution_options.preserve_order = True
     return dataset.map_batches(
@@ -51,6 +53,6 @@ def moderate(
                                "response_column": response_column, "n_threads": n_threads, **guard_options},
         batch_format="pyarrow",
         batch_size=batch_size,
-        concurrency=concurrency,
+        compute=ActorPoolStrategy(size=concurrency),
         num_cpus=n_threads if num_cpus is None else num_cpus,
     )
