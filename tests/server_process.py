@@ -67,7 +67,9 @@ def running_server(log_dir: Path, *args: str, startup_timeout: float = 300) -> I
     exit (the graceful shutdown path)."""
     port = free_port()
     log = log_dir / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "loraguard_cpp.cli", "serve", "--port", str(port), *args]
+    # One thread per native call: the test's own client threads share the cores, and llama.cpp's worker threads
+    # spin, which slows a two-thread call down many times over once a core is taken (8x measured here).
+    cmd = [sys.executable, "-m", "loraguard_cpp.cli", "serve", "--port", str(port), "--threads", "1", *args]
     with open(log, "wb") as sink:
         process = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
     server = Server(f"http://127.0.0.1:{port}", port, process, log)
