@@ -33,7 +33,7 @@ try:
         sample,
         split_dataset,
     )
-    from loraguard_train.inputs import keep_end
+    from loraguard_train.template import keep_end
     from loraguard_train.metrics import average_precision, best_f1_threshold, label_metrics, roc_auc
 except ImportError as e:
     pytest.skip(f"training dependencies missing ({e}); pip install -e '.[train,dev]'", allow_module_level=True)
@@ -240,11 +240,14 @@ def test_metrics_match_scikit_learn() -> None:
     assert best_f1_threshold(np.array([1, 0, 1, 0], dtype=np.float32), np.array([0.9, 0.1, 0.8, 0.2]), 3) is None
 
 
-def test_keep_end_keeps_special_tokens() -> None:
-    special = frozenset({101, 102})
-    assert keep_end([101, 1, 2, 3, 4, 5, 102], 5, special) == [101, 3, 4, 5, 102]
-    assert keep_end([1, 2, 3], 5, special) == [1, 2, 3]
-    assert keep_end([1, 2, 3, 4], 2, special) == [3, 4]
+def test_keep_end_keeps_the_template_and_the_end_of_the_values() -> None:
+    # [CLS] prompt-turn marker, the prompt, a marker, the response, [SEP]
+    pieces = [([101, 7], False), ([1, 2, 3, 4], True), ([8], False), ([5, 6], True), ([102], False)]
+    assert keep_end(pieces, 6) == [101, 7, 8, 5, 6, 102]
+    assert keep_end(pieces, 7) == [101, 7, 4, 8, 5, 6, 102]
+    assert keep_end(pieces, 10) == [101, 7, 1, 2, 3, 4, 8, 5, 6, 102]
+    with pytest.raises(ValueError, match="template alone"):
+        keep_end(pieces, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
