@@ -82,15 +82,18 @@ def test_a_killed_actor_is_restarted_and_its_batch_retried(
     path = full_path.with_name("fault.parquet")
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=100)
     batches = []
-    killed = None
+    before_kill: list[int] = []
+    seen_after_kill: set[int] = set()
     for batch in _moderate(path, FAULT_ROWS, batch_size=50).iter_batches(batch_size=None, batch_format="pyarrow"):
         batches.append(batch)
-        if killed is None:
-            deadline = time.monotonic() + 30
-            while len(pids := _actor_pids()) < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            killed = pids[0]
-            os.kill(killed, signal.SIGKILL)
-            rows_before_kill = sum(len(b) for b in batches)
-    assert killed is not None and rows_before_kill < FAULT_ROWS, "the actor was killed while rows were left to score"
+        if before_kill:
+            seen_after_kill.update(_actor_pids())
+            continue
+        deadline = time.monotonic() + 30
+        while len(before_kill := _actor_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(before_kill[0], signal.SIGKILL)
+        rows_before_kill = sum(len(b) for b in batches)
+    assert before_kill and rows_before_kill < FAULT_ROWS, "the actor was killed while rows were left to score"
+    assert seen_after_kill - set(before_kill), "a restarted actor took the killed one's place"
     reference.check(pa.concat_tables(batches), FAULT_ROWS)
