@@ -23,7 +23,7 @@ try:
 
     from loraguard_convert import ConvertError, set_thresholds
     from loraguard_train.cli import eval_main, train_main
-    from loraguard_train.config import build_config, read_recipe
+    from loraguard_train.config import ConfigError, build_config, read_recipe
     from loraguard_train.data import (
         OPENAI_CATEGORIES,
         Columns,
@@ -33,8 +33,15 @@ try:
         sample,
         split_dataset,
     )
+    from loraguard_train.metrics import (
+        average_precision,
+        best_f1_threshold,
+        flag_threshold,
+        label_metrics,
+        roc_auc,
+    )
     from loraguard_train.template import keep_end
-    from loraguard_train.metrics import average_precision, best_f1_threshold, label_metrics, roc_auc
+    from loraguard_train.train import labelled_splits
 except ImportError as e:
     pytest.skip(f"training dependencies missing ({e}); pip install -e '.[train,dev]'", allow_module_level=True)
 
@@ -50,7 +57,9 @@ ABSENT = f"{DATA} is absent (the shared data checkout beside the repo)"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=ABSENT)
 
 # what `loraguard-eval --json` promises per data set and per label (docs/training.md)
-DATASET_FIELDS = {"name", "rows", "seconds", "texts_per_s", "safe_rows", "safe_flag_rate", "labels"}
+DATASET_FIELDS = {
+    "name", "rows", "seconds", "texts_per_s", "safe_rows", "safe_flag_rate", "unsafe_rows", "unsafe_caught", "labels"
+}
 LABEL_FIELDS = {"n", "n_pos", "auprc", "roc_auc", "threshold", "precision", "recall", "f1", "fpr"}
 
 
@@ -240,6 +249,21 @@ def test_metrics_match_scikit_learn() -> None:
     assert best_f1_threshold(np.array([1, 0, 1, 0], dtype=np.float32), np.array([0.9, 0.1, 0.8, 0.2]), 3) is None
 
 
+def test_flag_threshold_bounds_false_positives() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        # probabilities below 1 (a score of exactly 1.0 is flagged at any threshold); coarse ones tie a lot
+        steps = 10 if trial % 2 else 1e6
+        scores = np.floor(rng.random(int(rng.integers(1, 60))) * steps) / steps
+        for k in range(len(scores) + 1):
+            flagged = int(np.sum(scores >= flag_threshold(scores, k)))
+            # at most k, and ties are never split: one more row would cross the tie above
+            assert flagged <= k
+            assert flagged == k or np.sum(scores >= np.sort(scores)[::-1][flagged]) > k
+    assert flag_threshold(np.array([0.2, 0.9]), 0) == pytest.approx(0.95)
+    assert flag_threshold(np.array([0.2, 0.9]), 1) == pytest.approx(0.55)
+
+
 def test_keep_end_keeps_the_template_and_the_end_of_the_values() -> None:
     # [CLS] prompt-turn marker, the prompt, a marker, the response, [SEP]
     pieces = [([101, 7], False), ([1, 2, 3, 4], True), ([8], False), ([5, 6], True), ([102], False)]
@@ -421,6 +445,64 @@ def test_encoder_train_eval_calibrate(tmp_path: Path) -> None:
     # XSTest's safe prompts: no positives, so only over-flagging is measured
     xs = _eval(["-m", str(base_gguf), "-g", str(guard_file), str(XSTEST)], tmp_path / "xs.json")["datasets"][0]
     assert xs["safe_rows"] == 250 and 0.0 <= xs["safe_flag_rate"] <= 1.0
+
+    # the benign false-positive operating point: the written thresholds flag at most 10% of the safe dev rows,
+    # and no fewer than the budget allows (one label, distinct scores: exactly floor(0.1 * safe rows))
+    dev_args = ["-m", str(base_gguf), "-g", str(guard_file), str(OPENAI), "--split", "dev", "--limit", "1000"]
+    fpr = _eval([*dev_args, "--calibrate", "fpr", "--target-fpr", "0.1"], tmp_path / "fpr.json")
+    d = fpr["datasets"][0]
+    assert fpr["calibration"]["mode"] == "fpr" and d["safe_rows"] > 100
+    assert d["safe_flag_rate"] == pytest.approx(int(0.1 * d["safe_rows"]) / d["safe_rows"])
+    rescored = _eval(dev_args, tmp_path / "rescored.json")["datasets"][0]
+    assert rescored["safe_flag_rate"] == d["safe_flag_rate"] <= 0.1
+    assert fpr["calibration"]["recall"]["unsafe"] == pytest.approx(rescored["unsafe_caught"])
+
+
+@needs_data
+def test_data_recipe_maps_categories_drops_and_weights(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "data.toml").write_text(
+        f"""
+[[train]]
+path = "{DATA / 'convabuse_train.jsonl'}"
+target = "prompt"
+category_field = "types"
+categories = {{ racist = "hate", sexist = "hate", intellectual = "harassment" }}
+
+[[train]]
+path = "{DATA / 'coconot_should_refuse.jsonl'}"
+target = "prompt"
+category_field = "subcategory"
+drop = ["copyright violations", "incomprehensible"]
+weight = 2.5
+""",
+        encoding="utf-8",
+    )
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        'base = "base"\nout = "out"\nlabels = ["unsafe", "hate", "harassment"]\nsafe_rows_negative = true\n'
+        'data = "data.toml"\n',
+        encoding="utf-8",
+    )
+    train_sets, dev_sets, labels = labelled_splits(build_config(read_recipe(recipe), tmp_path))
+    assert labels == ["unsafe", "hate", "harassment"] and [len(ds) for ds in dev_sets] == [667, 72]
+    abuse = [r for ds in (train_sets[0], dev_sets[0]) for r in ds.records]
+    for r in abuse:
+        types = set(r.extra["types"])
+        if r.labels["unsafe"] == 0:  # safe rows are negatives of every category
+            assert (r.labels["hate"], r.labels["harassment"]) == (0, 0)
+        else:  # a harmful row: its own types, the other categories unknown
+            assert r.labels.get("hate") == (1 if types & {"racist", "sexist"} else None)
+            assert r.labels.get("harassment") == (1 if "intellectual" in types else None)
+    raw = _jsonl(DATA / "convabuse_train.jsonl")
+    racist_or_sexist = sum(row["label"] == 1 and bool({"racist", "sexist"} & set(row["extra"]["types"])) for row in raw)
+    assert sum(r.labels.get("hate") == 1 for r in abuse) == racist_or_sexist > 100
+    refuse = train_sets[1].records + dev_sets[1].records
+    assert len(refuse) == 395 - 33 - 1 and train_sets[1].weight == dev_sets[1].weight == 2.5
+    assert not {r.extra["subcategory"] for r in refuse} & {"copyright violations", "incomprehensible"}
+    (tmp_path / "data.toml").write_text("epochs = 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="only \\[\\[train\\]\\] and \\[\\[dev\\]\\] tables, not 'epochs'"):
+        build_config(read_recipe(recipe), tmp_path)
 
 
 @needs_data

@@ -22,19 +22,20 @@ from loraguard_train.config import (
     build_config,
     read_recipe,
 )
-from loraguard_train.data import FORMATS, TARGETS, DataError, split_dataset
+from loraguard_train.data import FORMATS, TARGETS, DataError, Dataset, sample, split_dataset
 from loraguard_train.evaluate import (
     MIN_CALIBRATION_POSITIVES,
     Evaluation,
     Reference,
     calibrate,
+    calibrate_fpr,
     markdown,
     plot_pr_curves,
     reference_base,
     score_native,
     summarize,
 )
-from loraguard_train.train import train
+from loraguard_train.train import labelled_splits, train
 
 EXIT_USER_ERROR = 2
 
@@ -211,7 +212,14 @@ def _eval_parser() -> argparse.ArgumentParser:
         description="Evaluate a guard on the native runtime: AUPRC, ROC-AUC, P/R/F1 at its thresholds, "
         "over-flagging of safe rows, speed.",
     )
-    p.add_argument("data", nargs="+", type=Path, metavar="DATA", help="labelled data files")
+    p.add_argument("data", nargs="*", type=Path, metavar="DATA", help="labelled data files")
+    p.add_argument(
+        "--recipe",
+        type=Path,
+        metavar="RECIPE.toml",
+        help="also score a training recipe's data as loraguard-train splits it (its caps, filters and label "
+        "mappings; give --split dev or train)",
+    )
     p.add_argument("-m", "--model", metavar="BASE.gguf",
                    help="base model GGUF or a named base (smollm2, minilm); default: the named guard's base")
     p.add_argument("-g", "--guard", required=True, metavar="GUARD.gguf", help="guard GGUF or a named guard")
@@ -239,8 +247,18 @@ def _eval_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--calibrate",
-        action="store_true",
-        help="write F1-maximising thresholds (from these rows, e.g. --split dev) into the guard GGUF",
+        nargs="?",
+        const="f1",
+        choices=("f1", "fpr"),
+        help="write thresholds chosen on these rows (e.g. --split dev) into the guard GGUF: f1 (the default) "
+        "maximises each label's F1, fpr flags at most --target-fpr of the safe rows on any label",
+    )
+    r.add_argument(
+        "--target-fpr",
+        type=float,
+        default=0.05,
+        metavar="RATE",
+        help="--calibrate fpr: the share of safe rows the guard may flag (default 0.05)",
     )
     r.add_argument(
         "--min-positives",
@@ -258,12 +276,24 @@ def _eval_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _recipe_sets(recipe: Path, split: str, limit: int | None) -> list[Dataset]:
+    """A recipe's train or dev sets, as loraguard-train builds them (optionally a seeded subset of each)."""
+    if split == "all":
+        raise DataError("--recipe scores the recipe's train or dev split: add --split dev (or --split train)")
+    config = build_config(read_recipe(recipe), recipe.resolve().parent)
+    train_sets, dev_sets, _ = labelled_splits(config)
+    sets = dev_sets if split == "dev" else train_sets
+    return sets if limit is None else [sample(ds, limit, config.seed) for ds in sets]
+
+
 def eval_main(argv: Sequence[str] | None = None) -> int:
     args = _eval_parser().parse_args(argv)
 
     def body() -> int:
         if args.batch_size < 1 or args.n_ctx < 8:
             raise DataError("--batch-size must be at least 1 and --n-ctx at least 8")
+        if not args.data and args.recipe is None:
+            raise DataError("nothing to score: give data files, or --recipe RECIPE.toml --split dev")
         datasets = []
         for path in args.data:
             dataset = DataSpec(path=path, **_data_options(args)).load(args.seed)
@@ -271,6 +301,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 train_part, dev_part = split_dataset(dataset, args.dev_fraction, args.seed)
                 dataset = dev_part if args.split == "dev" else train_part
             datasets.append(dataset)
+        if args.recipe is not None:
+            datasets.extend(_recipe_sets(args.recipe, args.split, args.limit))
         reference = None
         if args.reference is not None:
             base = reference_base(args.reference, args.reference_base)
@@ -300,15 +332,20 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             "datasets": [summarize(e, labels, thresholds) for e in evaluations],
         }
         if args.calibrate:
-            new, f1 = calibrate(evaluations, labels, thresholds, args.min_positives)
-            if not f1:
+            if args.calibrate == "fpr":
+                new, fitted = calibrate_fpr(evaluations, labels, thresholds, args.target_fpr, args.min_positives)
+                calibration = {"mode": "fpr", "target_fpr": args.target_fpr, "recall": fitted}
+            else:
+                new, fitted = calibrate(evaluations, labels, thresholds, args.min_positives)
+                calibration = {"mode": "f1", "f1": fitted}
+            if not fitted:
                 raise DataError(
                     f"--calibrate: no guard label has {args.min_positives} positive rows in these data sets; "
                     "add labelled data or lower --min-positives"
                 )
             set_thresholds(guard_path, new)
             # the report's thresholds and P/R/F1 are those of the guard file as it is now
-            report["calibration"] = {"previous": report["thresholds"], "f1": f1, "written": str(guard_path)}
+            report["calibration"] = {"previous": report["thresholds"], **calibration, "written": str(guard_path)}
             report["thresholds"] = dict(zip(labels, new, strict=True))
             report["datasets"] = [summarize(e, labels, np.asarray(new, dtype=np.float32)) for e in evaluations]
         if args.plot is not None:

@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from loraguard_cpp import LoraGuardError, registry
-from loraguard_train.data import FORMATS, TARGETS, Columns, DataError, Dataset, load_dataset, only_label, sample
+from loraguard_train.data import (
+    FORMATS,
+    TARGETS,
+    Columns,
+    DataError,
+    Dataset,
+    load_dataset,
+    map_categories,
+    only_label,
+    sample,
+)
 from loraguard_train.model import (
     DEFAULT_ALPHA,
     DEFAULT_DROPOUT,
@@ -53,6 +63,13 @@ class DataSpec:
     limit: int | None = None
     # keep only rows whose `unsafe` label is this value (0: a safe-only set)
     only_unsafe: int | None = None
+    # the row's own harm category: an `extra` field (a string or a list of strings), the guard label each of
+    # its values means on a harmful row, and values whose rows are left out (see data.map_categories)
+    category_field: str | None = None
+    categories: dict[str, str] = field(default_factory=dict)
+    drop: list[str] = field(default_factory=list)
+    # how much each row counts in the training loss (1: as much as any other row)
+    weight: float = 1.0
 
     def load(self, seed: int) -> Dataset:
         columns = None
@@ -63,6 +80,13 @@ class DataSpec:
         elif self.response_column is not None:
             raise DataError(f"{self.path}: a response column is only for generic files (with a text column)")
         dataset = load_dataset(self.path, self.format, self.target, columns)
+        if self.category_field is not None:
+            dataset = map_categories(dataset, self.category_field, self.categories, self.drop)
+        elif self.categories or self.drop:
+            raise DataError(f"{self.path}: categories and drop need the category_field they read")
+        if self.weight <= 0:
+            raise DataError(f"{self.path}: weight must be positive, got {self.weight}")
+        dataset.weight = self.weight
         if self.only_unsafe is not None:
             dataset = only_label(dataset, "unsafe", self.only_unsafe)
         if self.limit is not None:
@@ -116,6 +140,8 @@ class TrainConfig:
     threshold: float = 0.5
     # set thresholds that maximise F1 on the dev sets instead of `threshold`
     calibrate: bool = False
+    # safe rows (unsafe = 0) are negatives of every label they do not know (data.safe_rows_negative)
+    safe_rows_negative: bool = False
 
     def resumable_view(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run that wrote the state: all but those that change how
@@ -191,6 +217,11 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
             return None
         (inner,) = [o for o in options if o is not type(None)]
         return _check_type(where, value, inner)
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return {_check_type(where, k, key_hint): _check_type(f"{where}.{k}", v, value_hint) for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -232,15 +263,25 @@ def _build(cls: type, data: Mapping[str, Any], where: str, root: Path) -> Any:
 def build_config(data: Mapping[str, Any], root: Path) -> TrainConfig:
     """A checked TrainConfig from plain data (a parsed recipe with overrides); paths relative to `root`."""
     data = dict(data)
-    specs: dict[str, list[DataSpec]] = {}
-    for key in ("train", "dev"):
-        items = data.pop(key, [])
-        if not isinstance(items, list):
-            raise ConfigError(f"{key} must be a list of data tables ([[{key}]] in TOML)")
-        specs[key] = [
-            _build(DataSpec, {"path": item} if isinstance(item, str) else item, f"{key}[{i}]", root)
-            for i, item in enumerate(items)
-        ]
+    specs: dict[str, list[DataSpec]] = {"train": [], "dev": []}
+    sources = [(data, root, "")]
+    shared = data.pop("data", None)
+    if shared is not None:
+        # a data recipe shared by several recipes: its [[train]]/[[dev]] tables, paths relative to that file
+        path = resolve_path(_check_type("data", shared, str), root)
+        sources.append((read_recipe(path), path.parent, f"{path.name}: "))
+    for source, source_root, where in sources:
+        unknown = sorted(set(source) - {"train", "dev"}) if where else []
+        if unknown:
+            raise ConfigError(f"{where}a data recipe holds only [[train]] and [[dev]] tables, not {unknown[0]!r}")
+        for key in ("train", "dev"):
+            items = source.pop(key, []) if not where else source.get(key, [])
+            if not isinstance(items, list):
+                raise ConfigError(f"{where}{key} must be a list of data tables ([[{key}]] in TOML)")
+            specs[key] += [
+                _build(DataSpec, {"path": item} if isinstance(item, str) else item, f"{where}{key}[{i}]", source_root)
+                for i, item in enumerate(items)
+            ]
     base = data.get("base")
     if isinstance(base, str):
         data["base"] = str(resolve_base(base, root))

@@ -22,7 +22,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +56,13 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One guard input with its labels: label name -> 1 (harmful), 0 (safe) or None (unknown)."""
+    """One guard input with its labels: label name -> 1 (harmful), 0 (safe) or None (unknown); `extra` keeps the
+    row's set-specific fields (the shared schema's ``extra``) for recipes that map them to labels."""
 
     prompt: str
     response: str | None
     labels: Mapping[str, int | None]
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +70,8 @@ class Dataset:
     name: str
     records: list[Record]
     labels: list[str] = field(default_factory=list)
+    # how much each of its rows counts in the training loss, against rows of other sets
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -97,7 +101,7 @@ class Dataset:
         return out
 
     def subset(self, indices: Iterable[int], name: str | None = None) -> Dataset:
-        return Dataset(name or self.name, [self.records[i] for i in indices], list(self.labels))
+        return Dataset(name or self.name, [self.records[i] for i in indices], list(self.labels), self.weight)
 
 
 def label_names(datasets: Iterable[Dataset]) -> list[str]:
@@ -332,19 +336,19 @@ def _check_columns(row: Mapping[str, Any], required: Iterable[str], path: Path, 
         raise DataError(f"{path}: no column {missing[0]!r} (format {fmt}); its columns are {sorted(row)[:20]}")
 
 
-def _apply_target(parsed: _Parsed, target: str, where: str) -> Record:
+def _apply_target(parsed: _Parsed, target: str, where: str, extra: Mapping[str, Any]) -> Record:
     prompt, response, labels, judged = parsed
     if target == "prompt":
         if judged == "response":
             raise DataError(
                 f"{where}: the labels judge the response, but the guard target is 'prompt'; use --target pair"
             )
-        return Record(prompt, None, labels)
+        return Record(prompt, None, labels, extra)
     if target == "response":
         if response is None:
             raise DataError(f"{where}: no response to judge (guard target 'response'); use --target prompt or pair")
-        return Record(response, None, labels)
-    return Record(prompt, response, labels)
+        return Record(response, None, labels, extra)
+    return Record(prompt, response, labels, extra)
 
 
 def load_dataset(
@@ -382,7 +386,8 @@ def load_dataset(
                 _check_columns(row, _REQUIRED_COLUMNS[fmt], path, fmt)
                 parse = _PARSERS[fmt]
         where = f"{path}:{i}"
-        records.append(_apply_target(parse(row, where), target, where))
+        extra = row.get("extra")
+        records.append(_apply_target(parse(row, where), target, where, extra if isinstance(extra, dict) else {}))
     if not records:
         raise DataError(f"{path}: the data set is empty")
     dataset = Dataset(name or _stem(path), records)
@@ -442,3 +447,49 @@ def only_label(dataset: Dataset, label: str, value: int) -> Dataset:
     if not kept:
         raise DataError(f"{dataset.name}: no record has {label} = {value}")
     return dataset.subset(kept)
+
+
+def _values(record: Record, field_name: str) -> list[str]:
+    """A row's value(s) of an ``extra`` field: one string, or a list of them (ConvAbuse's abuse types)."""
+    value = record.extra.get(field_name)
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def map_categories(
+    dataset: Dataset, field_name: str, categories: Mapping[str, str], drop: Sequence[str] = ()
+) -> Dataset:
+    """A set's own harm categories as guard labels: a harmful row (unsafe = 1) becomes positive on the label
+    each of its ``extra[field_name]`` values maps to; its other labels stay as they were (unknown, unless the
+    file knew them): a row about violence may be harassment too. Rows holding a value in `drop` are left out."""
+    dropped = set(drop)
+    records = []
+    for record in dataset.records:
+        values = _values(record, field_name)
+        if dropped.intersection(values):
+            continue
+        if record.labels.get(UNSAFE) == 1:
+            mapped = {categories[v]: 1 for v in values if v in categories}
+            if mapped:
+                record = replace(record, labels={**record.labels, **mapped})
+        records.append(record)
+    if not records:
+        raise DataError(f"{dataset.name}: dropping rows whose {field_name} is one of {sorted(dropped)} left none")
+    return Dataset(dataset.name, records, weight=dataset.weight)
+
+
+def safe_rows_negative(dataset: Dataset, labels: Sequence[str]) -> Dataset:
+    """Rows labelled safe (unsafe = 0) as negatives of every label they do not know: a harm category is a kind
+    of harm, so a safe text has none. Without this, category heads learn only from harmful rows (and OpenAI
+    moderation's), and fire on benign text that sounds like a category."""
+    records = []
+    for record in dataset.records:
+        if record.labels.get(UNSAFE) == 0:
+            missing = {label: 0 for label in labels if record.labels.get(label) is None}
+            if missing:
+                record = replace(record, labels={**record.labels, **missing})
+        records.append(record)
+    return Dataset(dataset.name, records, weight=dataset.weight)

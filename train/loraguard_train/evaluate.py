@@ -18,11 +18,12 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from loraguard_cpp import Guard
-from loraguard_train.data import UNSAFE, Dataset
+from loraguard_train.data import UNSAFE, DataError, Dataset
 from loraguard_train.inputs import logits_of, pad_id, tokenize
 from loraguard_train.metrics import (
     MIN_CALIBRATION_POSITIVES,
     best_f1_threshold,
+    flag_threshold,
     label_metrics,
     precision_recall_curve,
     sigmoid,
@@ -121,13 +122,16 @@ def _metrics(
     return out
 
 
-def _safe_flag_rate(dataset: Dataset, probs: Probs, thresholds: npt.NDArray[np.float32]) -> tuple[int, float | None]:
-    """Rows labelled safe (unsafe = 0) and the share of them the guard flags on any label (over-flagging)."""
-    safe = dataset.targets([UNSAFE])[:, 0] == 0
-    if not safe.any():
+def _flag_rate(
+    dataset: Dataset, probs: Probs, thresholds: npt.NDArray[np.float32], unsafe: int
+) -> tuple[int, float | None]:
+    """Rows whose `unsafe` label is `unsafe`, and the share of them the guard flags on any label: over-flagging
+    for safe rows (e.g. XSTest's safe prompts), harmful rows caught for unsafe ones."""
+    rows = dataset.targets([UNSAFE])[:, 0] == unsafe
+    if not rows.any():
         return 0, None
-    flagged = (probs[safe] >= thresholds[None, :]).any(axis=1)
-    return int(safe.sum()), float(flagged.mean())
+    flagged = (probs[rows] >= thresholds[None, :]).any(axis=1)
+    return int(rows.sum()), float(flagged.mean())
 
 
 def summarize(
@@ -135,7 +139,8 @@ def summarize(
 ) -> dict[str, Any]:
     """The JSON record of one data set: per-label metrics (native, and reference if any), speed, over-flagging."""
     ds, native = evaluation.dataset, evaluation.native
-    n_safe, safe_flagged = _safe_flag_rate(ds, native.probs, thresholds)
+    n_safe, safe_flagged = _flag_rate(ds, native.probs, thresholds, 0)
+    n_unsafe, unsafe_caught = _flag_rate(ds, native.probs, thresholds, 1)
     record: dict[str, Any] = {
         "name": ds.name,
         "rows": len(ds),
@@ -143,6 +148,8 @@ def summarize(
         "texts_per_s": round(len(ds) / native.seconds, 2) if native.seconds > 0 else None,
         "safe_rows": n_safe,
         "safe_flag_rate": safe_flagged,
+        "unsafe_rows": n_unsafe,
+        "unsafe_caught": unsafe_caught,
         "labels": _metrics(ds, native.probs, evaluation.labels, guard_labels, thresholds),
     }
     if evaluation.reference is not None:
@@ -156,6 +163,21 @@ def summarize(
     return record
 
 
+def _calibrated_labels(
+    evaluations: Sequence[Evaluation], guard_labels: Sequence[str], min_positives: int
+) -> dict[int, tuple[npt.NDArray[np.float32], Probs]]:
+    """Guard label index -> (targets, scores) over every row (of all data sets) that knows the label, for the
+    labels with at least min_positives positive rows."""
+    out = {}
+    for g, label in enumerate(guard_labels):
+        parts = [(e.dataset.targets([label])[:, 0], e.native.probs[:, g]) for e in evaluations if label in e.labels]
+        if parts:
+            y = np.concatenate([y for y, _ in parts])
+            if int(np.sum(y == 1)) >= min_positives:
+                out[g] = (y, np.concatenate([p for _, p in parts]))
+    return out
+
+
 def calibrate(
     evaluations: Sequence[Evaluation],
     guard_labels: Sequence[str],
@@ -167,15 +189,64 @@ def calibrate(
     each calibrated one."""
     new = [float(t) for t in thresholds]
     f1: dict[str, float] = {}
-    for g, label in enumerate(guard_labels):
-        parts = [(e.dataset.targets([label])[:, 0], e.native.probs[:, g]) for e in evaluations if label in e.labels]
-        if not parts:
-            continue
-        y, scores = np.concatenate([y for y, _ in parts]), np.concatenate([p for _, p in parts])
+    for g, (y, scores) in _calibrated_labels(evaluations, guard_labels, min_positives).items():
         best = best_f1_threshold(y, scores, min_positives)
         if best is not None:
-            new[g], f1[label] = best
+            new[g], f1[guard_labels[g]] = best
     return new, f1
+
+
+def calibrate_fpr(
+    evaluations: Sequence[Evaluation],
+    guard_labels: Sequence[str],
+    thresholds: npt.NDArray[np.float32],
+    target_fpr: float,
+    min_positives: int = MIN_CALIBRATION_POSITIVES,
+) -> tuple[list[float], dict[str, float]]:
+    """Thresholds at a benign false-positive rate: of the safe rows (unsafe = 0) of all data sets pooled, at most
+    `target_fpr` are flagged by any label, the operating point of a filter in front of every message.
+
+    Each calibrated label (min_positives positives or more) may flag the same number k of safe rows on its own;
+    k is the largest whose union over labels stays within the target. Labels with fewer positives keep their
+    threshold, and the safe rows they flag count against the target. Returns all thresholds and each calibrated
+    label's recall (share of its positive rows flagged) at its new threshold.
+    """
+    if not 0.0 <= target_fpr < 1.0:
+        raise DataError(f"--target-fpr must be in [0, 1), got {target_fpr}")
+    safe = [e.native.probs[e.dataset.targets([UNSAFE])[:, 0] == 0] for e in evaluations]
+    safe_probs = np.concatenate(safe) if safe else np.zeros((0, len(guard_labels)))
+    if len(safe_probs) == 0:
+        raise DataError("--calibrate fpr needs rows labelled safe (unsafe = 0) to measure false positives on")
+    labels = _calibrated_labels(evaluations, guard_labels, min_positives)
+    budget = int(np.floor(target_fpr * len(safe_probs)))
+
+    def thresholds_for(k: int) -> npt.NDArray[np.float64]:
+        new = np.asarray(thresholds, dtype=np.float64).copy()
+        for g in labels:
+            new[g] = flag_threshold(safe_probs[:, g], k)
+        return new
+
+    def n_flagged(k: int) -> int:
+        return int((safe_probs >= thresholds_for(k)[None, :]).any(axis=1).sum())
+
+    if n_flagged(0) > budget:
+        kept = [label for g, label in enumerate(guard_labels) if g not in labels]
+        raise DataError(
+            f"--calibrate fpr: the labels kept at their thresholds ({', '.join(kept)}) alone flag "
+            f"{n_flagged(0)} of {len(safe_probs)} safe rows, over the target {target_fpr}; lower --min-positives "
+            "so that they are calibrated too, or raise --target-fpr"
+        )
+    # the union only grows with k: binary search for the largest k within the budget
+    low, high = 0, budget
+    while low < high:
+        mid = (low + high + 1) // 2
+        if n_flagged(mid) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    new = thresholds_for(low)
+    recall = {guard_labels[g]: float(np.mean(scores[y == 1] >= new[g])) for g, (y, scores) in labels.items()}
+    return new.tolist(), recall
 
 
 def _fmt(value: float | int | None, digits: int = 3) -> str:
@@ -187,14 +258,17 @@ def _fmt(value: float | int | None, digits: int = 3) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """Two tables: per data set and label, then per data set (speed, over-flagging)."""
+    """One table: per data set, a row per label and an `any label` row (R: harmful rows caught, FPR: safe rows
+    flagged, i.e. over-flagging; texts/s: native speed)."""
     has_ref = any("reference" in d for d in report["datasets"])
-    head = ["data", "label", "n", "pos", "AUPRC", "ROC-AUC", "thr", "P", "R", "F1", "FPR"]
+    head = ["data", "label", "n", "pos", "AUPRC", "ROC-AUC", "thr", "P", "R", "F1", "FPR", "texts/s"]
     if has_ref:
         head.append("torch AUPRC")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in report["datasets"]:
         for label, m in d["labels"].items():
+            if label != UNSAFE and not m["n_pos"]:
+                continue  # a category no row of this set has: its false positives are in the any-label row
             row = [
                 d["name"],
                 label,
@@ -207,15 +281,18 @@ def markdown(report: dict[str, Any]) -> str:
                 _fmt(m["recall"]),
                 _fmt(m["f1"]),
                 _fmt(m["fpr"]),
+                "",
             ]
             if has_ref:
                 ref = d.get("reference", {}).get("labels", {}).get(label)
                 row.append(_fmt(ref["auprc"]) if ref else "-")
             lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "| data | rows | texts/s | safe rows | safe flagged |", "|---|---|---|---|---|"]
-    for d in report["datasets"]:
-        cells = [d["name"], str(d["rows"]), _fmt(d["texts_per_s"], 1), str(d["safe_rows"]), _fmt(d["safe_flag_rate"])]
-        lines.append("| " + " | ".join(cells) + " |")
+        n_rows = d["safe_rows"] + d["unsafe_rows"]
+        row = [d["name"], "**any label**", _fmt(n_rows), _fmt(d["unsafe_rows"]), "", "", "", "",
+               _fmt(d["unsafe_caught"]), "", _fmt(d["safe_flag_rate"]), _fmt(d["texts_per_s"], 1)]
+        if has_ref:
+            row.append("")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

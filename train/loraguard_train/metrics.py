@@ -99,6 +99,25 @@ def best_f1_threshold(y: FloatArray, scores: FloatArray, min_positives: int = 1)
     return float(np.clip((thresholds[best] + lower) / 2.0, 0.0, 1.0)), float(f1[best])
 
 
+def flag_threshold(negative_scores: FloatArray, max_flagged: int) -> float:
+    """The lowest threshold (flag when score >= it) that flags at most `max_flagged` of these negative rows.
+
+    Like best_f1_threshold it sits halfway between two scores (the highest unflagged negative and the next
+    higher one, or 1.0), not on one, so the small differences between batched and one-at-a-time scores do not
+    flip the deciding row; rows tied on a score are flagged together or not at all. Rows scored exactly 1.0 are
+    flagged at any threshold a guard can hold.
+    """
+    scores = np.sort(np.asarray(negative_scores, dtype=np.float64))[::-1]
+    if max_flagged >= len(scores):
+        return 0.0
+    # scores[:k] flagged, scores[k] the highest unflagged: move k down past ties with scores[k]
+    k = max(max_flagged, 0)
+    while k > 0 and scores[k - 1] == scores[k]:
+        k -= 1
+    upper = scores[k - 1] if k > 0 else 1.0
+    return float((scores[k] + upper) / 2.0)
+
+
 @dataclass(frozen=True)
 class LabelMetrics:
     n: int

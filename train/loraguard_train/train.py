@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from loraguard_convert import base_fingerprint, convert_base, convert_guard, describe_base
 from loraguard_train.config import ConfigError, TrainConfig, to_plain
-from loraguard_train.data import DataError, Dataset, label_names, split_dataset
+from loraguard_train.data import DataError, Dataset, label_names, safe_rows_negative, split_dataset
 from loraguard_train.inputs import collate, length_grouped_batches, logits_of, pad_id, tokenize
 from loraguard_train.metrics import MIN_CALIBRATION_POSITIVES, best_f1_threshold, label_metrics, sigmoid
 from loraguard_train.model import GuardModel, base_info_from_model, load_tokenizer, save_checkpoint
@@ -45,6 +45,10 @@ class _Split:
     dataset: Dataset
     ids: list[list[int]]
     targets: npt.NDArray[np.float32]
+
+    @property
+    def weights(self) -> npt.NDArray[np.float32]:
+        return np.full(len(self.ids), self.dataset.weight, dtype=np.float32)
 
     @property
     def name(self) -> str:
@@ -71,14 +75,28 @@ def load_splits(config: TrainConfig) -> tuple[list[Dataset], list[Dataset]]:
     return train_sets, dev_sets
 
 
+def labelled_splits(config: TrainConfig) -> tuple[list[Dataset], list[Dataset], list[str]]:
+    """Training and dev sets with the labels the guard learns; training and `loraguard-eval --recipe` both read
+    a recipe's data through this, so both see the same rows and labels."""
+    train_sets, dev_sets = load_splits(config)
+    labels = choose_labels(config, train_sets)
+    if config.safe_rows_negative:
+        train_sets = [safe_rows_negative(ds, labels) for ds in train_sets]
+        dev_sets = [safe_rows_negative(ds, labels) for ds in dev_sets]
+    return train_sets, dev_sets, labels
+
+
 def choose_labels(config: TrainConfig, train_sets: list[Dataset]) -> list[str]:
     labels = config.labels or label_names(train_sets)
     if not labels or labels[0] != "unsafe":
         raise DataError(f"the training data has no 'unsafe' label (labels found: {labels})")
     merged = np.concatenate([ds.targets(labels) for ds in train_sets])
+    unsafe = merged[:, 0]
     for j, label in enumerate(labels):
         known = merged[:, j][~np.isnan(merged[:, j])]
-        if known.size == 0 or known.min() == known.max():
+        # with safe_rows_negative, every safe row is a negative of the label
+        has_negative = (known == 0).any() or (config.safe_rows_negative and (unsafe == 0).any())
+        if known.size == 0 or not (known == 1).any() or not has_negative:
             raise DataError(
                 f"label {label!r} needs positive and negative training examples (has {int(known.sum())} positive "
                 f"of {known.size} known); drop it with labels = [...] in the config"
@@ -102,20 +120,25 @@ def resolve_base_gguf(config: TrainConfig, out: Path, resume: bool, quiet: bool)
     return convert_base(base, target, config.base_outtype, quiet=True)
 
 
-def _pos_weight(targets: npt.NDArray[np.float32], cap: float) -> npt.NDArray[np.float32]:
-    known = ~np.isnan(targets)
-    pos = np.sum((targets == 1) & known, axis=0)
-    neg = np.sum((targets == 0) & known, axis=0)
+def _pos_weight(
+    targets: npt.NDArray[np.float32], weights: npt.NDArray[np.float32], cap: float
+) -> npt.NDArray[np.float32]:
+    """Per label, the weighted count of negatives over that of positives, between 1 and `cap`."""
+    w = weights[:, None]
+    pos = np.sum(w * (targets == 1), axis=0)
+    neg = np.sum(w * (targets == 0), axis=0)
     return np.clip(neg / np.maximum(pos, 1), 1.0, cap).astype(np.float32)
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
-    """Mean binary cross-entropy over the known (label, row) entries; unknown labels (NaN) add nothing."""
-    known = ~torch.isnan(targets)
+def masked_bce(
+    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None, row_weights: torch.Tensor
+) -> torch.Tensor:
+    """Weighted mean binary cross-entropy over the known (label, row) entries; unknown labels (NaN) add nothing."""
+    known = (~torch.isnan(targets)) * row_weights[:, None]
     loss = torch.nn.functional.binary_cross_entropy_with_logits(
         logits.float(), torch.nan_to_num(targets, nan=0.0), pos_weight=pos_weight, reduction="none"
     )
-    return (loss * known).sum() / known.sum().clamp(min=1)
+    return (loss * known).sum() / known.sum().clamp(min=1e-12)
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -207,8 +230,10 @@ class _Trainer:
         self.config, self.model, self.pad, self.device, self.amp = config, model, pad, device, amp
         self.ids = [row for s in splits for row in s.ids]
         self.targets = np.concatenate([s.targets for s in splits])
+        self.row_weights = np.concatenate([s.weights for s in splits])
         self.lengths = np.fromiter((len(r) for r in self.ids), dtype=np.int64, count=len(self.ids))
-        self.pos_weight = torch.from_numpy(_pos_weight(self.targets, config.max_pos_weight)).to(device)
+        pos_weight = _pos_weight(self.targets, self.row_weights, config.max_pos_weight)
+        self.pos_weight = torch.from_numpy(pos_weight).to(device)
         lora = [p for p in model.peft.parameters() if p.requires_grad]
         head = list(model.head.parameters())
         self.params = [*lora, *head]
@@ -269,7 +294,8 @@ class _Trainer:
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits = model(input_ids.to(self.device), mask.to(self.device))
             weight = self.pos_weight if config.class_weights else None
-            loss = masked_bce(logits, torch.from_numpy(self.targets[idx]).to(self.device), weight)
+            targets = torch.from_numpy(self.targets[idx]).to(self.device)
+            loss = masked_bce(logits, targets, weight, torch.from_numpy(self.row_weights[idx]).to(self.device))
             (loss / config.grad_accum).backward()
             running, seen = running + float(loss.detach()), seen + 1
             self.batch += 1
@@ -337,8 +363,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
     """Run training as configured; returns what train.json records."""
     started = time.monotonic()
     previous = _open_out(config, resume)
-    train_sets, dev_sets = load_splits(config)
-    labels = choose_labels(config, train_sets)
+    train_sets, dev_sets, labels = labelled_splits(config)
     base_gguf = resolve_base_gguf(config, config.out, resume, quiet)
     fingerprint = base_fingerprint(base_gguf)
     device = _device(config)
