@@ -81,3 +81,12 @@ def content_filter_results(result: GuardResult) -> dict[str, dict[str, object]]:
             entry["severity"] = "high"
         entry["score"] = max(float(entry["score"]), score)  # type: ignore[arg-type]
     return out
+
+
+def moderation_results(model: str, results: list[GuardResult]) -> dict[str, object]:
+    """OpenAI's ``moderation_results`` object, as its moderated chat completions carry for input and output."""
+    return {
+        "type": "moderation_results",
+        "model": model,
+        "results": [{**moderation_result(r), "model": model, "type": "moderation_result"} for r in results],
+    }
