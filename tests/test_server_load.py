@@ -45,7 +45,7 @@ def _pick(rng: random.Random, client: int, index: int) -> tuple[str, list[str]]:
         return "chat", [rng.choice(CHAT_PROMPTS)]
     if kind <= 4:
         return "single", [rng.choice(TEXTS)]
-    return "array", rng.sample(TEXTS, 3)
+    return "array", rng.sample(TEXTS, 2)
 
 
 def test_load(tmp_path: Path) -> None:
