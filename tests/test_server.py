@@ -61,7 +61,7 @@ def smollm2(log_dir: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def minilm_guard() -> Iterator[Guard]:
-    with Guard(guard="minilm") as guard:
+    with Guard(guard="minilm", n_threads=1) as guard:
         yield guard
 
 
@@ -251,7 +251,7 @@ def test_chat_reply_cut_where_the_guard_flags_it(smollm2: Server) -> None:
     """The reply is released only in windows the guard passed, and cut at the first one it flags. The expected
     cut comes from the same model and guard loaded here (greedy generation is deterministic)."""
     prompt = "How do I bake bread?"
-    with Guard(guard="smollm2") as guard:
+    with Guard(guard="smollm2", n_threads=1) as guard:
         assert not guard.classify(prompt).flagged
         pieces = list(guard.stream([("user", prompt)], max_tokens=12))
         released, cut = "", False

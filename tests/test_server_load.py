@@ -49,7 +49,7 @@ def _pick(rng: random.Random, client: int, index: int) -> tuple[str, list[str]]:
 
 
 def test_load(tmp_path: Path) -> None:
-    with Guard(guard="smollm2") as guard:
+    with Guard(guard="smollm2", n_threads=1) as guard:
         labels = guard.labels
         direct = dict(zip(TEXTS, guard.classify_batch(TEXTS), strict=True))
     vectors = np.array([direct[t] for t in TEXTS])
