@@ -191,7 +191,8 @@ def test_chat_on_an_encoder_guard_is_a_clear_error(minilm: Server) -> None:
 
 def test_queue_full_answers_429(log_dir: Path) -> None:
     # A long batch window keeps the first inputs waiting, so the queue of 4 is full for the next requests.
-    with running_server(log_dir, "--guard", "minilm", "--max-queue", "4", "--batch-window-ms", "400") as server:
+    with running_server(log_dir, "--guard", "minilm", "--max-queue", "4", "--max-inputs", "4",
+                        "--batch-window-ms", "400") as server:
         client = _client(server, key="unused")
 
         def call(i: int) -> str:
@@ -290,6 +291,7 @@ def test_graceful_shutdown_finishes_the_request_in_flight(log_dir: Path) -> None
 @pytest.mark.parametrize(("args", "message"), [
     (["--guard", "{missing}"], "{missing}"),
     (["--max-batch", "0"], "--max-batch must be at least 1"),
+    (["--max-queue", "8", "--max-inputs", "16"], "could never be queued"),
 ])
 def test_a_server_that_cannot_start_is_an_error_exit(tmp_path: Path, args: list[str], message: str) -> None:
     missing = str(tmp_path / "missing-guard.gguf")

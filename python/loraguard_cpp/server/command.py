@@ -57,6 +57,9 @@ def _check_limits(args: argparse.Namespace) -> None:
     for dest, least in _LEAST.items():
         if (value := getattr(args, dest)) < least:
             raise LoraGuardError(f"--{dest.replace('_', '-')} must be at least {least:g}, got {value}")
+    if args.max_queue < args.max_inputs:
+        raise LoraGuardError(f"--max-queue {args.max_queue} is below --max-inputs {args.max_inputs}: a request that "
+                             "large could never be queued; raise --max-queue or lower --max-inputs")
 
 
 def run(args: argparse.Namespace) -> int:
