@@ -4,6 +4,7 @@ that rows are scored once and correctly, and the CPU time of long ones would buy
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -65,3 +66,13 @@ class Reference:
         flagged = np.asarray(table[FLAGGED_COLUMN], dtype=bool)
         np.testing.assert_array_equal(flagged, (scores >= self.thresholds).any(axis=1))
         assert flagged.any() and not flagged.all(), "the corpus has both verdicts"
+
+
+REFERENCE_ROWS = 2000
+
+
+@functools.cache
+def corpus_reference() -> Reference:
+    """The corpus's first REFERENCE_ROWS rows scored once per test session, shared by every dataset test (each
+    checks a prefix of it)."""
+    return Reference(moderation_corpus(REFERENCE_ROWS))

@@ -17,7 +17,7 @@ import pytest
 
 from loraguard_cpp import InvalidInputError
 from loraguard_cpp.batch import FLAGGED_COLUMN, GuardScorer
-from moderation_corpus import Reference, moderation_corpus, score_matrix
+from moderation_corpus import Reference, corpus_reference, moderation_corpus, score_matrix
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -33,8 +33,8 @@ def corpus() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def reference(corpus: list[dict[str, Any]]) -> Reference:
-    return Reference(corpus)
+def reference() -> Reference:
+    return corpus_reference()
 
 
 def test_scorer_adds_the_same_columns_to_every_batch_format(corpus: list[dict[str, Any]]) -> None:
@@ -94,7 +94,7 @@ def test_workers_score_a_jsonl_file_into_parquet(tmp_path: Path, corpus: list[di
     assert run.returncode == 1, run.stderr  # 1: something was flagged
     assert f"wrote {N_ROWS} rows" in run.stderr
     table = _read_output(out)
-    reference.check(table)
+    reference.check(table, N_ROWS)
     assert table["text"].to_pylist() == [r["text"] for r in corpus] and "source" in table.column_names
     assert sorted(os.listdir(tmp_path)) == ["corpus.jsonl", "scored.parquet"], "no parts or temporary files left"
 
@@ -150,7 +150,7 @@ def test_workers_resume_after_a_killed_worker_and_a_killed_run(tmp_path: Path, c
     third = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert third.returncode == 1, third.stderr
     assert f"resuming {parts}: {committed} shards" in third.stderr
-    reference.check(_read_output(out))
+    reference.check(_read_output(out), N_ROWS)
     assert not parts.exists()
 
 
@@ -163,6 +163,10 @@ def test_workers_refuse_bad_input_and_write_nothing(tmp_path: Path, corpus: list
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and f"{source}:21: not JSON" in run.stderr, run.stderr
     assert not out.exists()
+    # The shards before the bad line are committed; a rerun with other options must not mix with them.
+    run = subprocess.run([*CLI, "--input", str(source), "--output", str(out), "--shard-size", "4"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "other settings (shard_size differ)" in run.stderr, run.stderr
 
     out.write_text("keep me")
     run = subprocess.run([*CLI, "--input", str(source), "--output", str(out)], capture_output=True, text=True,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from moderation_corpus import Reference, moderation_corpus
+from moderation_corpus import Reference, corpus_reference, moderation_corpus
 
 ray = pytest.importorskip("ray", reason="Ray Data is an optional extra: pip install 'loraguard[ray]'")
 pa = pytest.importorskip("pyarrow")
@@ -31,8 +31,8 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[di
 
 
 @pytest.fixture(scope="module")
-def reference(corpus_file: tuple[Path, list[dict[str, Any]]]) -> Reference:
-    return Reference(corpus_file[1])
+def reference() -> Reference:
+    return corpus_reference()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_two_actors_score_2000_rows_once_in_order(cluster: None, corpus_file: tu
                                                   reference: Reference) -> None:
     path, rows = corpus_file
     table = pa.concat_tables(ray.get(_moderate(path, N_ROWS, batch_size=100).to_arrow_refs()))
-    reference.check(table)
+    reference.check(table, N_ROWS)
     assert table["text"].to_pylist() == [r["text"] for r in rows]
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from loraguard_cpp.batch import FLAGGED_COLUMN, GuardScorer
 from loraguard_cpp.integrations.spark import make_predict_fn
-from moderation_corpus import Reference, moderation_corpus
+from moderation_corpus import corpus_reference, moderation_corpus
 
 N_ROWS = 2000
 
@@ -67,13 +67,13 @@ def test_local_spark_scores_2000_rows_once_in_order(spark: Any, capsys: pytest.C
     from loraguard_cpp.integrations.spark import moderate
 
     rows = moderation_corpus(N_ROWS)
-    reference = Reference(rows)
+    reference = corpus_reference()
     frame = spark.createDataFrame(pd.DataFrame(rows))
     assert frame.rdd.getNumPartitions() == 2, "two tasks, one per Python worker"
     scored = moderate(frame, text_column="text", response_column="response", batch_size=100)
     scored.explain()
     assert capsys.readouterr().out.count("ArrowEvalPython") == 1, "the UDF runs once per row, not once per field"
     result = scored.toPandas()
-    reference.check(result)
+    reference.check(result, N_ROWS)
     assert result["text"].tolist() == [r["text"] for r in rows]
     assert result[FLAGGED_COLUMN].dtype == bool
