@@ -88,6 +88,7 @@ class _Turn:
     deadline: float
     include_usage: bool
     prompt_tokens: int = 0
+    prompt_verdicts: list[GuardResult] = field(default_factory=list)  # one per message, in order
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -300,8 +301,22 @@ def _reply_summary(reply: _GuardedReply | None, finish_reason: str) -> str:
     return f" reply {_summary([verdict]) if verdict is not None else 'unchecked'} finish={finish_reason}"
 
 
-def _prompt_filter(verdict: GuardResult) -> list[dict[str, object]]:
-    return [{"prompt_index": 0, "content_filter_results": content_filter_results(verdict)}]
+def _conversation_inputs(messages: Sequence[tuple[str, str]]) -> list[tuple[str, str | None]]:
+    """Every message the chat model reads, as the guard judges it: an assistant message (a reply the client says
+    the model gave) paired with the user message before it, any other message as a prompt. A stateless API cannot
+    trust that earlier turns of a history were guarded when they were sent, nor that they were sent at all."""
+    inputs: list[tuple[str, str | None]] = []
+    last_user: str | None = None
+    for role, content in messages:
+        inputs.append((last_user, content) if role == "assistant" and last_user is not None else (content, None))
+        if role == "user":
+            last_user = content
+    return inputs
+
+
+def _prompt_filter(turn: _Turn) -> list[dict[str, object]]:
+    return [{"prompt_index": i, "content_filter_results": content_filter_results(verdict)}
+            for i, verdict in enumerate(turn.prompt_verdicts)]
 
 
 class _Observe:
@@ -459,8 +474,10 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
             raise APIError(400, f"the messages take {turn.prompt_tokens} tokens; with max_tokens {turn.max_tokens} "
                            f"that exceeds the chat context of {config.chat_n_ctx} tokens: shorten the history or "
                            "max_tokens", param="messages", code="context_length_exceeded")
-        (prompt_verdict,) = await within_deadline(server.verdicts([(turn.user, None)]))
-        request.state.verdict = f"prompt {_summary([prompt_verdict])}"
+        turn.prompt_verdicts = await within_deadline(server.verdicts(_conversation_inputs(turn.messages)))
+        # the first flagged message decides the refusal; with none, the last (the user's) stands for the prompt
+        prompt_verdict = next((v for v in turn.prompt_verdicts if v.flagged), turn.prompt_verdicts[-1])
+        request.state.verdict = f"prompt {_summary(turn.prompt_verdicts)}"
         reply = None if prompt_verdict.flagged else _GuardedReply(server, turn)
         if body.stream:
             return StreamingResponse(sse(turn, prompt_verdict, reply, request), media_type="text/event-stream")
@@ -497,7 +514,7 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None,
                          "content_filter_results": filters}],
             "usage": usage(turn, reply),
-            "prompt_filter_results": _prompt_filter(prompt_verdict),
+            "prompt_filter_results": _prompt_filter(turn),
             "moderation": moderation(prompt_verdict, reply),
         }
 
@@ -516,7 +533,7 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
                 choice["content_filter_results"] = filters
             return [choice]
 
-        yield event([], prompt_filter_results=_prompt_filter(prompt_verdict))
+        yield event([], prompt_filter_results=_prompt_filter(turn))
         try:
             if reply is None:
                 yield event(delta({"role": "assistant", "refusal": REFUSAL}))
