@@ -49,11 +49,8 @@ def _open_guard(args: argparse.Namespace) -> Guard:
 
 def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
     if args.jsonl:
-        with open(args.jsonl, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                yield _jsonl_row(line, f"{args.jsonl}:{n}")
+        for n, row in dataset.jsonl_objects(args.jsonl):
+            yield _text_and_response(row, f"{args.jsonl}:{n}")
     elif args.text == ["-"]:
         for line in sys.stdin:
             if line := line.rstrip("\n"):
@@ -63,15 +60,9 @@ def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
             yield text, args.response
 
 
-def _jsonl_row(line: str, where: str) -> tuple[str, str | None]:
-    """(text, response) of one --jsonl line; anything but a string text (and a string or absent response) is an
+def _text_and_response(row: dict[str, object], where: str) -> tuple[str, str | None]:
+    """(text, response) of one --jsonl object; anything but a string text (and a string or absent response) is an
     error naming the line, never a text like "None" classified in its place."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise LoraGuardError(f"{where}: not JSON ({e})") from e
-    if not isinstance(row, dict):
-        raise LoraGuardError(f"{where}: expected a JSON object with a 'text' field, got {type(row).__name__}")
     text, response = row.get("text"), row.get("response")
     if not isinstance(text, str):
         got = "no 'text' field" if "text" not in row else f"'text' is {json.dumps(text)[:40]}"

@@ -104,7 +104,9 @@ def _commit(tmp: Path, final: Path) -> None:
 # -- reading shards -----------------------------------------------------------------------------------------
 
 
-def _jsonl_objects(path: Path) -> Iterator[dict[str, Any]]:
+def jsonl_objects(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a JSONL file; a line that is not a JSON object is an
+    error naming it. The one JSONL reader of the CLI (``classify --jsonl`` and ``--input``)."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -115,11 +117,11 @@ def _jsonl_objects(path: Path) -> Iterator[dict[str, Any]]:
                 raise InvalidInputError(f"{path}:{n}: not JSON ({e}); fix or drop the line and rerun") from e
             if not isinstance(row, dict):
                 raise InvalidInputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            yield row
+            yield n, row
 
 
 def _jsonl_shards(path: Path, shard_size: int) -> Iterator[list[dict[str, Any]]]:
-    rows = _jsonl_objects(path)
+    rows = (row for _, row in jsonl_objects(path))
     while shard := list(itertools.islice(rows, shard_size)):
         yield shard
 
