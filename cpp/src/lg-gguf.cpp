@@ -1,6 +1,7 @@
 #include "lg-gguf.h"
 
 #include "lg-error.h"
+#include "lg-text.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -164,19 +165,46 @@ std::optional<std::string> gguf_file::get_as_text(const std::string & key) const
     }
 }
 
+void gguf_file::require_utf8() const {
+    const auto require = [&](const char * text, const std::string & where) {
+        if (invalid_utf8_offset(text) != std::string_view::npos) {
+            fail(LG_ERR_FORMAT, what_ + " file " + path_ + ": " + where + " is not UTF-8: the file is corrupt");
+        }
+    };
+    for (int64_t id = 0; id < gguf_get_n_kv(ctx_); ++id) {
+        const std::string n = std::to_string(id);
+        require(gguf_get_key(ctx_, id), "the name of key #" + n);
+        const std::string key = gguf_get_key(ctx_, id);
+        const gguf_type type = gguf_get_kv_type(ctx_, id);
+        if (type == GGUF_TYPE_STRING) {
+            require(gguf_get_val_str(ctx_, id), "the value of key '" + key + "'");
+        } else if (type == GGUF_TYPE_ARRAY && gguf_get_arr_type(ctx_, id) == GGUF_TYPE_STRING) {
+            for (size_t k = 0; k < gguf_get_arr_n(ctx_, id); ++k) {
+                require(gguf_get_arr_str(ctx_, id, k), "item " + std::to_string(k) + " of key '" + key + "'");
+            }
+        }
+    }
+    for (int64_t i = 0; i < n_tensors(); ++i) {
+        require(gguf_get_tensor_name(ctx_, i), "the name of tensor #" + std::to_string(i));
+    }
+}
+
 int64_t gguf_file::n_tensors() const { return gguf_get_n_tensors(ctx_); }
 
 const ggml_tensor * gguf_file::tensor(int64_t i) const {
     return ggml_get_tensor(meta_, gguf_get_tensor_name(ctx_, i));
 }
 
-const ggml_tensor * gguf_file::find_tensor(const std::string & name) const {
-    return ggml_get_tensor(meta_, name.c_str());
-}
-
 std::vector<uint8_t> gguf_file::read_tensor_data(int64_t i) const {
     const size_t offset = gguf_get_data_offset(ctx_) + gguf_get_tensor_offset(ctx_, i);
     const size_t size = gguf_get_tensor_size(ctx_, i);
+    std::error_code ec;
+    const uintmax_t file_size = std::filesystem::file_size(path_, ec);
+    // A shape can claim far more bytes than the file holds: refuse before allocating them.
+    if (ec || offset > file_size || size > file_size - offset) {
+        fail(LG_ERR_FORMAT, what_ + " file is truncated: tensor '" + gguf_get_tensor_name(ctx_, i) +
+                                "' lies past the end of " + path_);
+    }
     std::ifstream in(path_, std::ios::binary);
     std::vector<uint8_t> data(size);
     in.seekg(static_cast<std::streamoff>(offset));

@@ -32,12 +32,14 @@ class gguf_file {
     std::optional<std::vector<float>> get_f32_array(const std::string & key) const;
     // Any scalar or array as text, for display.
     std::optional<std::string> get_as_text(const std::string & key) const;
+    // Fails unless every key, string value and tensor name is UTF-8, as GGUF requires: they reach messages and
+    // Python strings, where other bytes would raise a decoding error instead of the file's own error.
+    void require_utf8() const;
 
     // Tensors, with shapes from the metadata (no data loaded).
     int64_t n_tensors() const;
     const ggml_tensor * tensor(int64_t i) const;
-    const ggml_tensor * find_tensor(const std::string & name) const;
-    // Reads one tensor's raw bytes from the file (checked against the file size).
+    // Reads one tensor's raw bytes from the file (checked against the file size before anything is allocated).
     std::vector<uint8_t> read_tensor_data(int64_t i) const;
 
   private:

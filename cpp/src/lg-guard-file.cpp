@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 
 namespace lg {
 
@@ -36,9 +37,40 @@ void check_stock_lora_keys(const gguf_file & file, const lg_model & model) {
                                   "architecture '" + arch + "'; model " + model.name + " is '" + model.architecture +
                                   "': use the base model the guard was trained on");
     }
-    file.get_f32("adapter.lora.alpha");  // type check only: absent means llama.cpp's default
+    // Absent means llama.cpp's default; NaN or infinity would turn every score into NaN.
+    if (!std::isfinite(file.get_f32("adapter.lora.alpha").value_or(0.0f))) {
+        fail(LG_ERR_FORMAT, "guard file " + file.path() + ": adapter.lora.alpha is NaN or infinite");
+    }
     if (file.has("adapter.alora.invocation_tokens")) {
         fail(LG_ERR_FORMAT, "guard file " + file.path() + " is an activated LoRA (aLoRA), which guards do not use");
+    }
+}
+
+// The types llama.cpp's convert_lora_to_gguf.py writes. The LoRA matmuls need a type with CPU matmul kernels;
+// others (I32, ...) pass llama.cpp's loader and then abort or crash the first decode.
+bool is_lora_type(ggml_type type) {
+    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16 || type == GGML_TYPE_Q8_0;
+}
+
+// What llama.cpp's LoRA loader leaves unchecked and its matmuls assert on (or silently turn into NaN scores):
+// a tensor that is not a matrix, a type without kernels, non-finite values.
+void check_lora_tensor(const gguf_file & file, int64_t i) {
+    const ggml_tensor * t = file.tensor(i);
+    const std::string name = t->name;
+    if (t->ne[2] != 1 || t->ne[3] != 1) {
+        fail(LG_ERR_FORMAT, "guard file " + file.path() + ": tensor '" + name + "' has " +
+                                std::to_string(ggml_n_dims(t)) + " dimensions, a LoRA tensor is a matrix");
+    }
+    if (!is_lora_type(t->type)) {
+        fail(LG_ERR_FORMAT, "guard file " + file.path() + ": tensor '" + name + "' has type " +
+                                ggml_type_name(t->type) + ", LoRA tensors must be F32, F16, BF16 or Q8_0");
+    }
+    if (ggml_nelements(t) == 0) {
+        fail(LG_ERR_FORMAT, "guard file " + file.path() + ": tensor '" + name + "' is empty (rank 0)");
+    }
+    const std::vector<uint8_t> data = file.read_tensor_data(i);
+    if (!ggml_validate_row_data(t->type, data.data(), data.size())) {
+        fail(LG_ERR_FORMAT, "guard file " + file.path() + ": tensor '" + name + "' has NaN or infinite values");
     }
 }
 
@@ -63,6 +95,7 @@ void check_lora_tensors(const gguf_file & file, const lg_model & model, guard_sp
             fail(LG_ERR_FORMAT, "guard file " + file.path() + " has tensor '" + name +
                                     "', which is not a LoRA pair (.lora_a/.lora_b): stock llama.cpp would reject it");
         }
+        check_lora_tensor(file, i);
     }
     if (pairs.empty()) {
         fail(LG_ERR_FORMAT, "guard file " + file.path() + " has no LoRA tensors");
@@ -105,10 +138,36 @@ pooling parse_pooling(const std::string & name, const gguf_file & file) {
     fail(LG_ERR_FORMAT, "guard file " + file.path() + ": unknown pooling '" + name + "' (expected last, mean or cls)");
 }
 
+// Labels name the scores a caller looks up: each must be present once.
+void check_labels(const std::vector<std::string> & labels, const gguf_file & file) {
+    for (size_t i = 0; i < labels.size(); ++i) {
+        if (labels[i].empty()) {
+            fail(LG_ERR_FORMAT, "guard file " + file.path() + ": label " + std::to_string(i) + " is empty");
+        }
+        if (std::find(labels.begin(), labels.begin() + static_cast<long>(i), labels[i]) != labels.begin() + static_cast<long>(i)) {
+            fail(LG_ERR_FORMAT, "guard file " + file.path() + ": label '" + labels[i] + "' appears twice");
+        }
+    }
+}
+
+// A template without a placeholder would score the same fixed text whatever the user wrote.
+std::string read_template(const gguf_file & file, const std::string & key, std::initializer_list<const char *> holes) {
+    std::string text = require(file.get_str(k_prefix + key), file, k_prefix + key);
+    for (const char * hole : holes) {
+        if (text.find(hole) == std::string::npos) {
+            fail(LG_ERR_FORMAT, "guard file " + file.path() + ": " + k_prefix + key + " lacks " + hole +
+                                    ", so the guard would never read the text it judges: rebuild it with a template "
+                                    "that contains it");
+        }
+    }
+    return text;
+}
+
 }  // namespace
 
 guard_spec read_guard_file(const std::string & path, const lg_model & model) {
     const gguf_file file(path, "guard");
+    file.require_utf8();
     check_stock_lora_keys(file, model);
 
     guard_spec spec;
@@ -157,10 +216,15 @@ guard_spec read_guard_file(const std::string & path, const lg_model & model) {
                                 std::to_string(spec.head_weight.size()) + " weights (expected labels x n_embd = " +
                                 std::to_string(n_labels * model.n_embd) + ")");
     }
+    check_labels(spec.labels, file);
     const auto finite = [](float v) { return std::isfinite(v); };
     if (!std::all_of(spec.head_weight.begin(), spec.head_weight.end(), finite) ||
         !std::all_of(spec.head_bias.begin(), spec.head_bias.end(), finite)) {
         fail(LG_ERR_FORMAT, "guard file " + path + ": head has NaN or infinite weights");
+    }
+    // A label is flagged when its probability reaches the threshold; NaN would never flag it.
+    if (!std::all_of(spec.thresholds.begin(), spec.thresholds.end(), [](float v) { return v >= 0.0f && v <= 1.0f; })) {
+        fail(LG_ERR_FORMAT, "guard file " + path + ": thresholds must be probabilities in [0, 1] (NaN is not)");
     }
     spec.pool = parse_pooling(require(file.get_str(k_prefix + "pooling"), file, k_prefix + "pooling"), file);
     if ((spec.pool == pooling::last) == model.is_encoder) {
@@ -168,8 +232,8 @@ guard_spec read_guard_file(const std::string & path, const lg_model & model) {
                                   "', which does not suit " + (model.is_encoder ? "encoder" : "decoder") + " model " +
                                   model.name);
     }
-    spec.template_prompt = require(file.get_str(k_prefix + "template.prompt"), file, k_prefix + "template.prompt");
-    spec.template_pair = require(file.get_str(k_prefix + "template.pair"), file, k_prefix + "template.pair");
+    spec.template_prompt = read_template(file, "template.prompt", {"{prompt}"});
+    spec.template_pair = read_template(file, "template.pair", {"{prompt}", "{response}"});
     spec.parse_special = file.get_bool(k_prefix + "template.parse_special").value_or(false);
     spec.measured_types = file.get_str_array(k_prefix + "base.measured_types").value_or(std::vector<std::string>{});
     if (!spec.measured_types.empty() &&

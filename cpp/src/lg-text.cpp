@@ -6,9 +6,6 @@
 
 namespace lg {
 
-namespace {
-
-// Offset of the first byte that is not part of a well-formed UTF-8 sequence, or npos.
 size_t invalid_utf8_offset(std::string_view s) {
     size_t i = 0;
     const auto * p = reinterpret_cast<const unsigned char *>(s.data());
@@ -46,8 +43,6 @@ size_t invalid_utf8_offset(std::string_view s) {
     }
     return std::string_view::npos;
 }
-
-}  // namespace
 
 void check_text(std::string_view text, const char * field) {
     if (text.empty()) {
