@@ -4,6 +4,7 @@
 #include "lg-file-type.h"
 #include "lg-fingerprint.h"
 #include "lg-gguf.h"
+#include "lg-model-file.h"
 #include "lg-threads.h"
 
 #include "ggml-backend.h"
@@ -98,6 +99,7 @@ lg_model::lg_model(const std::string & path_, const lg_model_params & params) : 
     // Our own read of the file first: clear errors for missing or non-GGUF files, and the metadata the guard
     // checks need, before llama.cpp spends time loading weights.
     const lg::gguf_file file(path, "model");
+    lg::check_model_file(file);
     if (file.get_str("general.type").value_or("model") == "adapter") {
         lg::fail(LG_ERR_FORMAT, "model file " + path +
                                     " is a LoRA adapter, not a base model: pass it as the guard and the base GGUF as the model");
