@@ -1,5 +1,5 @@
 """The guard-file fuzzer (tests/fuzz_guard.py): a seeded 2,000-case run on a real guard, and its crash and hang
-detection on a real child process. The long run (100,000 cases and more) is a command: see the README's Testing."""
+detection on a real child process. The long run (100,000 cases) is a command: docs/robustness.md."""
 
 from __future__ import annotations
 
