@@ -73,9 +73,7 @@ class Region:
 
 @dataclasses.dataclass(frozen=True)
 class Tensor:
-    name: str
-    data: np.ndarray  # numpy order (ne reversed), dequantized to float32 for float types
-    type: GGMLQuantizationType
+    spec: TensorSpec  # F16 data as float32, so that rewrites can put any value in
     data_offset: int  # in the file
     n_bytes: int
 
@@ -127,7 +125,7 @@ def read_layout(path: Path) -> GuardLayout:
         data = np.array(t.data)
         if t.tensor_type == GGMLQuantizationType.F16:
             data = data.astype(np.float32)
-        tensors.append(Tensor(t.name, data, t.tensor_type, int(t.data_offset), int(t.n_bytes)))
+        tensors.append(Tensor(TensorSpec(t.name, data, t.tensor_type), int(t.data_offset), int(t.n_bytes)))
     return GuardLayout(path.read_bytes(), tuple(regions), int(reader.data_offset), tuple(kvs), tuple(tensors))
 
 
@@ -244,13 +242,13 @@ def poison_data(rng: random.Random, buf: bytearray, layout: GuardLayout) -> str:
     if t.data_offset + t.n_bytes > len(buf):
         return "no tensor data in range"
     n = rng.choice((1, 1, 4, t.n_bytes // 4))
-    if t.type == GGMLQuantizationType.F32 and rng.random() < 0.7:
+    if t.spec.type == GGMLQuantizationType.F32 and rng.random() < 0.7:
         for _ in range(n):
             struct.pack_into("<f", buf, t.data_offset + 4 * rng.randrange(t.n_bytes // 4), rng.choice(FLOATS))
-        return f"{n} float(s) of {t.name} set to specials"
+        return f"{n} float(s) of {t.spec.name} set to specials"
     for _ in range(n):
         buf[t.data_offset + rng.randrange(t.n_bytes)] = rng.randrange(256)
-    return f"{n} random byte(s) in the data of {t.name}"
+    return f"{n} random byte(s) in the data of {t.spec.name}"
 
 
 ByteMutation = Callable[[random.Random, bytearray, GuardLayout], str]
@@ -459,7 +457,7 @@ def make_case(layout: GuardLayout, seed: int, case: int, path: Path) -> list[str
     rng = random.Random(f"loraguard-fuzz:{seed}:{case}")
     done: list[str] = []
     if rng.random() < 0.4:
-        rw = Rewrite(list(layout.kvs), [TensorSpec(t.name, t.data, t.type) for t in layout.tensors])
+        rw = Rewrite(list(layout.kvs), [t.spec for t in layout.tensors])
         for _ in range(rng.choice((1, 1, 2))):
             done.append(_pick(rng, REWRITES)(rng, rw))
         try:
