@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -513,7 +514,23 @@ def run_guard(model: Any, path: str) -> Outcome:
     return {"kind": "ok", "detail": "loaded and classified" + (", NaN" if np.isnan(logits).any() else "")}
 
 
-def worker_main(base: str) -> None:
+def run_guard_class(base: str, path: str) -> Outcome:
+    """One case through the Python Guard class, as an application uses it (its own model load included)."""
+    from loraguard_cpp import Guard
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "measured on other base types" is a warning, not a failure
+        with Guard(base, path, n_threads=1, n_ctx=64) as guard:
+            results = [guard.classify(PROMPT), guard.classify(PROMPT, RESPONSE)]
+    scores = np.array([[r.scores[label] for label in guard.labels] for r in results])
+    return {"kind": "ok", "detail": "loaded and classified" + (", NaN" if np.isnan(scores).any() else "")}
+
+
+# How a worker runs a case: the extension's GuardPath on the model it loaded once, or the Guard class.
+APIS = ("native", "guard")
+
+
+def worker_main(base: str, api: str) -> None:
     """Child: loads the base once and says how that went, then answers one line per guard path read from stdin."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever native code prints goes to the case log, never into the protocol
@@ -536,14 +553,20 @@ def worker_main(base: str) -> None:
         with contextlib.suppress(OSError):  # stderr may be a terminal
             os.ftruncate(2, 0)
             os.lseek(2, 0, os.SEEK_SET)
-        protocol.write(json.dumps(outcome_of(functools.partial(run_guard, model, line.rstrip("\n")))) + "\n")
+        path = line.rstrip("\n")
+        if api == "native":
+            case = functools.partial(run_guard, model, path)
+        else:
+            case = functools.partial(run_guard_class, base, path)
+        protocol.write(json.dumps(outcome_of(case)) + "\n")
 
 
 class GuardWorker:
     """The parent's handle on a worker child; restarts it after a crash or hang."""
 
-    def __init__(self, base: Path, workdir: Path, timeout: float = CASE_TIMEOUT_S) -> None:
+    def __init__(self, base: Path, workdir: Path, timeout: float = CASE_TIMEOUT_S, api: str = "native") -> None:
         self.base = base
+        self.api = api
         self.log_path = workdir / "worker-stderr.log"
         self.timeout = timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -559,7 +582,7 @@ class GuardWorker:
         """Starts the child; returns how loading the base went (a crash there included)."""
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(self.base)],
+            [sys.executable, __file__, "--worker", str(self.base), "--api", self.api],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             env={**os.environ, "GGML_NO_BACKTRACE": "1"},  # ggml would attach gdb to an aborting child
         )
@@ -677,7 +700,7 @@ class FuzzReport:
 
 def fuzz(
     base: Path, guard: Path, *, cases: int, seed: int = 0, start: int = 0, workdir: Path | None = None,
-    progress: bool = True,
+    api: str = "native", progress: bool = True,
 ) -> FuzzReport:
     """Runs cases start..start+cases-1 of run `seed`; a finding's file is kept in workdir as case-N.gguf."""
     layout = read_layout(guard)
@@ -685,7 +708,7 @@ def fuzz(
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loraguard-fuzz-")))
         workdir.mkdir(parents=True, exist_ok=True)
-        worker = stack.enter_context(GuardWorker(base, workdir))
+        worker = stack.enter_context(GuardWorker(base, workdir, api=api))
         report = FuzzReport(seed, cases, 0.0, 0, 0, collections.Counter(), [])
         t0 = time.perf_counter()
         path = workdir / "case.gguf"
@@ -736,10 +759,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", type=int, help="rebuild and run this one case")
     parser.add_argument("--keep", type=Path, help="with --case: where to write its file")
     parser.add_argument("--workdir", type=Path, help="where findings' files are kept (default: a temp dir)")
+    parser.add_argument("--api", choices=APIS, default="native",
+                        help="run cases through the extension's GuardPath (default) or the Python Guard class")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker_main(args.worker)
+        worker_main(args.worker, args.api)
         return 0
     if args.stories:
         base, guard = stories_files(args.workdir or Path(tempfile.gettempdir()) / "loraguard-fuzz-stories")
@@ -752,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_once(base, keep.resolve(), Path(tmp))
         print(json.dumps(result, indent=1))
         return 1 if result["kind"] == "finding" else 0
-    report = fuzz(base, guard, cases=args.cases, seed=args.seed, start=args.start, workdir=args.workdir)
+    report = fuzz(base, guard, cases=args.cases, seed=args.seed, start=args.start, workdir=args.workdir, api=args.api)
     print(report.summary())
     return 1 if report.findings else 0
 

@@ -22,6 +22,13 @@ def test_2000_mutated_guards_load_or_fail_cleanly(stories_gguf: Path, stories_gu
     assert report.loaded > 100, report.summary()
 
 
+def test_300_mutated_guards_through_the_guard_class(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    """The same corpus through the Python Guard class (its model load, labels, scores, warnings) as apps use it."""
+    report = fuzz(stories_gguf, stories_guard, cases=300, seed=3, workdir=tmp_path, api="guard", progress=False)
+    assert not report.findings, report.summary()
+    assert report.loaded > 20 and report.errors["FileFormatError"] > 100, report.summary()
+
+
 def test_cases_are_reproducible_from_seed_and_number(stories_guard: Path, tmp_path: Path) -> None:
     layout = read_layout(stories_guard)
     files = {}
