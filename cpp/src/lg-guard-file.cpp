@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <set>
+#include <string_view>
 
 namespace lg {
 
@@ -140,11 +142,12 @@ pooling parse_pooling(const std::string & name, const gguf_file & file) {
 
 // Labels name the scores a caller looks up: each must be present once.
 void check_labels(const std::vector<std::string> & labels, const gguf_file & file) {
+    std::set<std::string_view> seen;
     for (size_t i = 0; i < labels.size(); ++i) {
         if (labels[i].empty()) {
             fail(LG_ERR_FORMAT, "guard file " + file.path() + ": label " + std::to_string(i) + " is empty");
         }
-        if (std::find(labels.begin(), labels.begin() + static_cast<long>(i), labels[i]) != labels.begin() + static_cast<long>(i)) {
+        if (!seen.insert(labels[i]).second) {
             fail(LG_ERR_FORMAT, "guard file " + file.path() + ": label '" + labels[i] + "' appears twice");
         }
     }
