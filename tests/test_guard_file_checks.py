@@ -120,3 +120,13 @@ def test_model_name_not_utf8_is_refused(stories_gguf: Path, stories_guard: Path,
     corrupt = _patch(b"stories-NAME", b"stories-\xffAME")(renamed, tmp_path / "corrupt.gguf")
     outcome = run_once(corrupt, stories_guard, tmp_path)
     assert re.match(r"FileFormatError: .*general\.name is not UTF-8", outcome["detail"]), outcome
+
+
+def test_overflowing_lora_scale_is_an_error_not_a_silent_pass(worker: GuardWorker, stories_guard: Path,
+                                                              tmp_path: Path) -> None:
+    """A finite but huge alpha passes the file checks and drives the scores to -inf, which would never flag:
+    classify must fail instead."""
+    huge = _keys(("adapter.lora.alpha", 1e30, F32))(stories_guard, tmp_path / "huge-alpha.gguf")
+    outcome = worker.run(huge)
+    assert outcome["kind"] == "error", outcome
+    assert re.match(r"BackendError: .*non-finite score", outcome["detail"]), outcome

@@ -301,6 +301,12 @@ void lg_guard::classify(const lg_input * inputs, size_t n, float * logits) {
             for (size_t k = 0; k < n_embd; ++k) {
                 acc += static_cast<double>(w[k]) * h[k];
             }
+            if (!std::isfinite(acc)) {
+                // A silent -inf would never flag: a scale or weights that overflow are a broken guard, not a verdict.
+                lg::fail(LG_ERR_BACKEND, "the guard computed a non-finite score for input " +
+                                             std::to_string(jobs[j].input) +
+                                             " (its LoRA scale or weights overflow): the guard file is unusable");
+            }
             out[l] = std::max(out[l], static_cast<float>(acc));  // windows: the max logit per label
         }
     }
