@@ -360,7 +360,7 @@ def test_cli_chat_json(stories_gguf: Path, stories_guard: Path, tmp_path: Path) 
     assert out.returncode == (1 if "refused" in turn else 0), out.stderr
     # thresholds no probability reaches: the prompt passes, the response is generated on the chat path and guarded
     lenient = edit_gguf(stories_guard, tmp_path / "lenient.gguf",
-                        keys=[("loraguard.thresholds", [1.5, 1.5], GGUFValueType.ARRAY)])
+                        keys=[("loraguard.thresholds", [1.0, 1.0], GGUFValueType.ARRAY)])
     out = cli(*base, "-g", str(lenient))
     assert out.returncode == 0, out.stderr
     turn = json.loads(out.stdout)
