@@ -42,9 +42,9 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _open_guard(args: argparse.Namespace) -> Guard:
+def _open_guard(args: argparse.Namespace, **options: int) -> Guard:
     return Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, n_ctx=args.ctx,
-                 overflow=args.overflow, isolated=args.isolated, verbose=args.verbose)
+                 overflow=args.overflow, isolated=args.isolated, verbose=args.verbose, **options)
 
 
 def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:

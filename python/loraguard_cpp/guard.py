@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import copy
 import os
 import queue
 import threading
@@ -118,19 +119,19 @@ class Guard:
         self.model = _native.Model(
             os.fspath(self.model_path), n_gpu_layers=n_gpu_layers, verbose=verbose, n_threads=n_threads or 0
         )
+        self._owns_model = True
+        self._guard_options: dict[str, int | bool] = {
+            "n_ctx": n_ctx,
+            "n_seq_max": n_seq_max,
+            "overflow": _OVERFLOW_CODES[overflow],
+            "isolated": isolated,
+            "f32_kv_cache": exact,
+            "flash_attn": 0 if exact else -1,
+            "n_ubatch": n_ubatch or 0,
+            "max_text_bytes": max_text_bytes,
+        }
         try:
-            self._guard = _native.GuardPath(
-                self.model,
-                os.fspath(self.guard_path),
-                n_ctx=n_ctx,
-                n_seq_max=n_seq_max,
-                overflow=_OVERFLOW_CODES[overflow],
-                isolated=isolated,
-                f32_kv_cache=exact,
-                flash_attn=0 if exact else -1,
-                n_ubatch=n_ubatch or 0,
-                max_text_bytes=max_text_bytes,
-            )
+            self._guard = _native.GuardPath(self.model, os.fspath(self.guard_path), **self._guard_options)
         except BaseException:
             self.model.close()
             raise
@@ -324,6 +325,21 @@ class Guard:
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
+    def twin(self) -> Guard:
+        """Another Guard over this one's loaded weights (no second copy): the same guard with a guard context and
+        a chat context of its own, so that calls on the two run at the same moment instead of one after the other
+        (a server's pool of contexts). The paths running at once split the model's thread budget (``n_threads``).
+        A twin shares this Guard's ``model`` object: close twins first (closing a twin keeps the weights loaded)."""
+        with self._chat_lock:
+            if self._closed:
+                raise InvalidInputError("guard is closed")
+            twin = copy.copy(self)
+        twin._guard = _native.GuardPath(self.model, os.fspath(self.guard_path), **self._guard_options)
+        twin._chat = None
+        twin._chat_lock = threading.Lock()
+        twin._owns_model = False
+        return twin
+
     def close(self) -> None:
         """Free the contexts, the adapter and the model once calls in flight return; a generation in flight is
         cancelled. Idempotent."""
@@ -332,7 +348,8 @@ class Guard:
             if self._chat is not None:
                 self._chat.close()
         self._guard.close()
-        self.model.close()
+        if self._owns_model:
+            self.model.close()
 
     def __enter__(self) -> Guard:
         return self
