@@ -19,6 +19,7 @@ import pytest
 from server_process import Server, free_port, running_server
 
 from loraguard_cpp import Guard
+from loraguard_cpp.errors import InvalidInputError
 from loraguard_cpp.server.categories import OPENAI_CATEGORIES
 
 KEY = "test-key-123"
@@ -305,6 +306,8 @@ def test_graceful_shutdown_finishes_the_request_in_flight(log_dir: Path) -> None
 @pytest.mark.parametrize(("args", "message"), [
     (["--guard", "{missing}"], "{missing}"),
     (["--max-batch", "0"], "--max-batch must be at least 1"),
+    (["--guard-contexts", "0"], "--guard-contexts must be at least 1"),
+    (["--chat-slots", "0"], "--chat-slots must be at least 1"),
     (["--max-queue", "8", "--max-inputs", "16"], "could never be queued"),
 ])
 def test_a_server_that_cannot_start_is_an_error_exit(tmp_path: Path, args: list[str], message: str) -> None:
@@ -352,3 +355,79 @@ def _wait_for_metric(server: Server, name: str, value: float, failure: str, seco
     while _metric(server, name) != value:
         assert time.monotonic() < deadline, failure
         time.sleep(0.1)
+
+
+# -- guard contexts and chat slots over the one loaded model ----------------------------------------------------
+
+
+def _histogram(server: Server, name: str) -> dict[str, float]:
+    """A histogram's cumulative bucket counts by upper bound ('1.0', ..., '+Inf')."""
+    status, text = server.request("GET", "/metrics")
+    assert status == 200 and isinstance(text, str)
+    return {line.split('le="')[1].split('"')[0]: float(line.split()[-1])
+            for line in text.splitlines() if line.startswith(f"{name}_bucket")}
+
+
+def test_guard_contexts_decode_batches_at_once(log_dir: Path, minilm_guard: Guard) -> None:
+    """Small batches of long-ish texts, so that a context is still decoding when the next batch starts."""
+    texts = [f"{t} {' '.join(['and then'] * 40)} ({i})" for i in range(4) for t in (BENIGN, THREAT, NON_ASCII)]
+    direct = minilm_guard.classify_batch(texts)
+    labels = minilm_guard.labels
+    with running_server(log_dir, "--guard", "minilm", "--guard-contexts", "2", "--max-batch", "2",
+                        "--batch-window-ms", "20") as server:
+        client = _client(server, key="unused")
+        with ThreadPoolExecutor(len(texts)) as pool:
+            results = list(pool.map(lambda t: client.moderations.create(input=t).results[0], texts))
+        served = np.array([[(r.model_extra or {})["loraguard_scores"][label] for label in labels] for r in results])
+        assert np.abs(served - direct).max() <= BATCH_TOLERANCE
+        per_context = [_metric(server, f'loraguard_guard_context_batches_total{{context="{i}"}}') for i in (0, 1)]
+        in_use = _histogram(server, "loraguard_guard_contexts_in_use")
+        assert "ready:" in server.log_text() and "2 guard context(s)" in server.log_text()
+    assert all(n > 0 for n in per_context), per_context
+    assert sum(per_context) == in_use["+Inf"]
+    assert in_use["1.0"] < in_use["+Inf"], f"no batch started while the other context decoded: {in_use}"
+
+
+def test_chat_slots_generate_at_once_and_each_gets_its_own_reply(log_dir: Path) -> None:
+    prompts = ["Name three colours.", "Say hello.", "Name a fruit.", "Count to five."]
+    with running_server(log_dir, "--guard", "smollm2", "--chat-slots", "2", "--chat-ctx", "512",
+                        "--guard-contexts", "1") as server:
+        alone = {p: _chat(server, p, stream=False, max_tokens=16).choices[0].message.content for p in prompts}
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            together = dict(zip(prompts, pool.map(
+                lambda p: "".join(c.choices[0].delta.content or "" for c in _chat(server, p, stream=True, max_tokens=16)
+                                  if c.choices), prompts), strict=True))
+        per_slot = [_metric(server, f'loraguard_chat_slot_requests_total{{slot="{i}"}}') for i in (0, 1)]
+        in_use = _histogram(server, "loraguard_chat_slots_in_use")
+        too_long = _client(server).chat.completions.create  # the slot's context is --chat-ctx tokens
+        with pytest.raises(openai.BadRequestError) as e:
+            too_long(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=600)
+    assert len(set(alone.values())) == len(prompts), alone  # distinct replies: a mix-up would show
+    assert together == alone
+    assert all(n > 0 for n in per_slot) and sum(per_slot) == 2 * len(prompts), per_slot
+    assert in_use["1.0"] < in_use["+Inf"], f"no generation started while the other slot generated: {in_use}"
+    assert e.value.code == "context_length_exceeded"
+
+
+
+def test_guard_twin_shares_the_weights() -> None:
+    """The pool's building block: a twin scores as the loaded guard does, adds a context and not the weights, and
+    closing it leaves the loaded guard working."""
+    def rss_mib() -> float:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+    texts = [BENIGN, THREAT, BOMB]
+    with Guard(guard="smollm2", n_threads=1) as guard:
+        expected = guard.classify_batch(texts)
+        before = rss_mib()
+        twin = guard.twin()
+        added = rss_mib() - before
+        np.testing.assert_array_equal(twin.classify_batch(texts), expected)
+        assert twin.chat([("user", "Say hello.")], max_tokens=6) == guard.chat([("user", "Say hello.")], max_tokens=6)
+        twin.close()
+        with pytest.raises(InvalidInputError, match="closed"):
+            twin.classify(BENIGN)
+        np.testing.assert_array_equal(guard.classify_batch(texts), expected)
+        weights_mib = guard.model_path.stat().st_size / 2**20
+    assert added < weights_mib / 4, (added, weights_mib)

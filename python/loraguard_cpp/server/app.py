@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..cli import REFUSAL
 from ..errors import InvalidInputError, LoraGuardError
 from ..guard import Guard, GuardResult
-from .batching import Batcher, QueueFullError
+from .batching import BatchDone, Batcher, QueueFullError
 from .categories import content_filter_results, moderation_result, moderation_results
 from .schema import APIError, ChatRequest, ModerationRequest, moderation_inputs, parse_body, text_of_parts
 
@@ -56,6 +56,8 @@ class ServerConfig:
     window: int = 16
     chat_n_ctx: int = 2048
     request_timeout_s: float = 120.0
+    guard_contexts: int = 1
+    chat_slots: int = 1
 
 
 class _Metrics:
@@ -68,13 +70,41 @@ class _Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.queue_depth = Gauge("loraguard_queue_depth", "guard inputs waiting for a batch", registry=r)
-        self.chats = Gauge("loraguard_chats", "chat requests generating or waiting for the chat slot", registry=r)
+        self.chats = Gauge("loraguard_chats", "chat requests generating or waiting for a chat slot", registry=r)
         self.batch_size = Histogram(
             "loraguard_batch_size", "guard inputs per decode", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128)
         )
+        # Per context and per slot: an operator sees whether the pool is used evenly and how busy it is (busy
+        # seconds summed over contexts past the wall time mean decodes overlapped).
+        self.contexts_busy = Gauge("loraguard_guard_contexts_busy", "guard contexts decoding now", registry=r)
+        pool_buckets = (1, 2, 3, 4, 6, 8, 12, 16)
+        self.contexts_in_use = Histogram(
+            "loraguard_guard_contexts_in_use", "guard contexts decoding as a batch starts, its own included",
+            registry=r, buckets=pool_buckets,
+        )
+        self.slots_in_use = Histogram(
+            "loraguard_chat_slots_in_use", "chat slots generating as a generation starts, its own included",
+            registry=r, buckets=pool_buckets,
+        )
+        self.context_batches = Counter("loraguard_guard_context_batches", "batches a guard context scored",
+                                       ["context"], registry=r)
+        self.context_busy = Counter("loraguard_guard_context_busy_seconds", "time a guard context spent decoding",
+                                    ["context"], registry=r)
+        self.slot_chats = Counter("loraguard_chat_slot_requests", "generations a chat slot ran", ["slot"], registry=r)
+        self.slot_busy = Counter("loraguard_chat_slot_busy_seconds", "time a chat slot spent generating", ["slot"],
+                                 registry=r)
         self.inputs = Counter("loraguard_guard_inputs", "texts the guard scored", registry=r)
         self.flagged = Counter("loraguard_flagged", "verdicts flagging a label", ["label"], registry=r)
         self.completion_tokens = Counter("loraguard_completion_tokens", "tokens generated on the chat path", registry=r)
+
+
+@dataclass(frozen=True)
+class _ChatSlot:
+    """A chat context of its own (a twin of the loaded guard) and the thread that runs it."""
+
+    index: int
+    guard: Guard
+    executor: ThreadPoolExecutor
 
 
 @dataclass
@@ -94,7 +124,10 @@ class _Turn:
 
 
 class _Server:
-    """The loaded guard and everything the endpoints share: batcher, chat slot, limits, metrics."""
+    """The loaded guard and everything the endpoints share: batcher, chat slots, limits, metrics.
+
+    One copy of the weights: the guard pool's contexts and the chat slots are twins of the loaded guard
+    (:meth:`Guard.twin`), each a context of its own; twin ``i`` serves guard context ``i`` and chat slot ``i``."""
 
     def __init__(self, config: ServerConfig, open_guard: Callable[[], Guard],
                  on_load_error: Callable[[BaseException], None]) -> None:
@@ -102,13 +135,14 @@ class _Server:
         self._open_guard = open_guard
         self._on_load_error = on_load_error
         self.metrics = _Metrics()
-        self.guard: Guard | None = None
+        self.guard: Guard | None = None  # set once ready
+        self._loaded: list[Guard] = []  # the loaded guard, then its twins
         self.batcher: Batcher | None = None
         self.is_encoder = False
-        # One thread per native context: the guard context scores batches, the chat context generates.
-        self._guard_executor = ThreadPoolExecutor(1, thread_name_prefix="loraguard-guard")
-        self._chat_executor = ThreadPoolExecutor(1, thread_name_prefix="loraguard-chat")
-        self._chat_slot = asyncio.Semaphore(1)
+        # Loading, then the chat slots' threads: one thread per native chat context.
+        self._load_executor = ThreadPoolExecutor(1, thread_name_prefix="loraguard-load")
+        self._chat_slots: list[_ChatSlot] = []
+        self._free_slots: asyncio.Queue[_ChatSlot] = asyncio.Queue()
         self.chat_busy = 0
         self._loading: asyncio.Task[None] | None = None
         self.metrics.chats.set_function(lambda: self.chat_busy)
@@ -120,25 +154,42 @@ class _Server:
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
+        config = self.config
         try:
-            guard = await loop.run_in_executor(self._guard_executor, self._open_guard)
+            guard = await loop.run_in_executor(self._load_executor, self._open_guard)
+            self._loaded.append(guard)
             self.is_encoder = guard.model.is_encoder
-            if not self.is_encoder:
+            n_slots = 0 if self.is_encoder else config.chat_slots
+            while len(self._loaded) < max(config.guard_contexts, n_slots):
+                self._loaded.append(await loop.run_in_executor(self._load_executor, guard.twin))
+            for twin in self._loaded[:n_slots]:
                 # Creates the chat context now, so that the first chat request does not pay for it.
-                await loop.run_in_executor(self._chat_executor, guard.tokenize_chat, [("user", "hello")])
+                await loop.run_in_executor(self._load_executor, twin.tokenize_chat, [("user", "hello")])
         except Exception as e:
             log.error("loading the guard failed: %s", e)
             self._on_load_error(e)
             return
+        self._chat_slots = [_ChatSlot(i, twin, ThreadPoolExecutor(1, thread_name_prefix=f"loraguard-chat-{i}"))
+                            for i, twin in enumerate(self._loaded[:n_slots])]
+        for slot in self._chat_slots:
+            self._free_slots.put_nowait(slot)
         self.batcher = Batcher(
-            guard.classify_many, self._guard_executor, window_s=self.config.batch_window_ms / 1000,
-            max_batch=self.config.max_batch, max_pending=self.config.max_queue,
-            on_batch=self.metrics.batch_size.observe,
+            [twin.classify_many for twin in self._loaded[:config.guard_contexts]],
+            window_s=config.batch_window_ms / 1000, max_batch=config.max_batch, max_pending=config.max_queue,
+            on_batch=self._on_batch,
         )
         self.batcher.start()
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth if self.batcher else 0)
+        self.metrics.contexts_busy.set_function(lambda: self.batcher.busy if self.batcher else 0)
         self.guard = guard
-        log.info("ready: %r", guard)
+        log.info("ready: %r; %d guard context(s), %d chat slot(s) of %d tokens, %d thread(s) shared",
+                 guard, config.guard_contexts, n_slots, config.chat_n_ctx, guard.model.n_threads)
+
+    def _on_batch(self, done: BatchDone) -> None:
+        self.metrics.batch_size.observe(done.size)
+        self.metrics.contexts_in_use.observe(done.in_use)
+        self.metrics.context_batches.labels(str(done.context)).inc()
+        self.metrics.context_busy.labels(str(done.context)).inc(done.seconds)
 
     async def close(self) -> None:
         if self._loading is not None:
@@ -146,10 +197,11 @@ class _Server:
             await asyncio.gather(self._loading, return_exceptions=True)
         if self.batcher is not None:
             await self.batcher.stop()
-        self._chat_executor.shutdown(wait=True)
-        self._guard_executor.shutdown(wait=True)
-        if self.guard is not None:
-            self.guard.close()
+        for slot in self._chat_slots:
+            slot.executor.shutdown(wait=True)
+        self._load_executor.shutdown(wait=True)
+        for guard in reversed(self._loaded):  # twins first: they share the loaded guard's model object
+            guard.close()
 
     # -- shared checks --------------------------------------------------------------------------------------
 
@@ -185,20 +237,24 @@ class _Server:
     async def generate(self, messages: list[tuple[str, str]], params: dict[str, Any],
                        deadline: float) -> AsyncIterator[str]:
         """The reply's text pieces from the chat path (message contents stay plain text: a user cannot spell turn
-        markers); the native generation runs on the chat thread and stops at the next token once the consumer
-        goes away or the deadline passes. The chat slot is held while the model generates, not while the
+        markers); the native generation runs on a free chat slot's thread and stops at the next token once the
+        consumer goes away or the deadline passes. The slot is held while the model generates, not while the
         consumer guards what it generated, so the next chat starts meanwhile."""
-        guard, _ = self.ready_guard()
+        self.ready_guard()
         loop = asyncio.get_running_loop()
         self.chat_busy += 1
         try:
-            await asyncio.wait_for(self._chat_slot.acquire(), max(0.0, deadline - time.monotonic()))
+            slot = await asyncio.wait_for(self._free_slots.get(), max(0.0, deadline - time.monotonic()))
         except BaseException:
             self.chat_busy -= 1
             raise
+        self.metrics.slot_chats.labels(str(slot.index)).inc()
+        self.metrics.slots_in_use.observe(len(self._chat_slots) - self._free_slots.qsize())
+        start = time.perf_counter()
 
         def release(_done: object) -> None:
-            self._chat_slot.release()
+            self.metrics.slot_busy.labels(str(slot.index)).inc(time.perf_counter() - start)
+            self._free_slots.put_nowait(slot)
             self.chat_busy -= 1
 
         pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
@@ -210,7 +266,7 @@ class _Server:
 
         def pump() -> None:
             try:
-                with contextlib.closing(guard.stream(messages, **params)) as stream:
+                with contextlib.closing(slot.guard.stream(messages, **params)) as stream:
                     for piece in stream:
                         put(piece)
                         if stop.is_set():
@@ -220,7 +276,7 @@ class _Server:
             finally:
                 put(None)
 
-        worker = loop.run_in_executor(self._chat_executor, pump)
+        worker = loop.run_in_executor(slot.executor, pump)
         worker.add_done_callback(release)
         try:
             while (item := await asyncio.wait_for(pieces.get(), max(0.0, deadline - time.monotonic()))) is not None:
@@ -464,9 +520,10 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
         body: ChatRequest = await read(request, ChatRequest)
         server.check_model(body.model)
         turn = chat_turn(body)
-        if server.chat_busy > config.max_chat_queue:
-            raise APIError(429, f"{server.chat_busy} chat requests are in progress or waiting (limit "
-                           f"{config.max_chat_queue + 1}): retry later", type="rate_limit_error", code="queue_full")
+        if server.chat_busy >= config.chat_slots + config.max_chat_queue:
+            raise APIError(429, f"{server.chat_busy} chat requests are in progress or waiting (limit: "
+                           f"{config.chat_slots} chat slots + {config.max_chat_queue} waiting): retry later",
+                           type="rate_limit_error", code="queue_full")
         # Off the event loop: a long history takes a while to tokenize.
         prompt_ids = await asyncio.get_running_loop().run_in_executor(None, guard.tokenize_chat, turn.messages)
         turn.prompt_tokens = len(prompt_ids)

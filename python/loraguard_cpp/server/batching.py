@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import LoraGuardError
@@ -19,6 +19,16 @@ class QueueFullError(Exception):
     """More inputs are waiting than the server accepts; the client should retry later (HTTP 429)."""
 
 
+@dataclass(frozen=True)
+class BatchDone:
+    """What a batch cost, for the server's metrics."""
+
+    context: int  # the guard context that scored it
+    size: int  # inputs
+    in_use: int  # contexts decoding as it started, its own included
+    seconds: float  # how long its context was busy with it
+
+
 @dataclass
 class _Pending:
     text: str
@@ -28,32 +38,35 @@ class _Pending:
 
 
 class Batcher:
-    """Collects (text, response) pairs and scores them in batches on one worker.
+    """Collects (text, response) pairs and scores them in batches on a pool of guard contexts.
 
-    A batch closes when it holds ``max_batch`` inputs or when its oldest input has waited ``window_s``. At most
-    ``max_pending`` inputs wait at a time; beyond that :meth:`classify` raises :class:`QueueFullError` at once
-    rather than letting latency grow without bound. The native call runs on ``executor``, off the event loop.
+    Each context has a worker of its own: an idle worker closes a batch when the queue holds ``max_batch`` inputs
+    or when its oldest input has waited ``window_s``, and scores it on its context while the other workers take
+    the next batches, so that several batches decode at once. At most ``max_pending`` inputs wait at a time;
+    beyond that :meth:`classify` raises :class:`QueueFullError` at once rather than letting latency grow without
+    bound. Each context's native calls run on a thread of its own, off the event loop.
     """
 
     def __init__(
         self,
-        classify_many: ClassifyMany,
-        executor: Executor,
+        contexts: Sequence[ClassifyMany],
         *,
         window_s: float,
         max_batch: int,
         max_pending: int,
-        on_batch: Callable[[int], None] = lambda _size: None,
+        on_batch: Callable[[BatchDone], None] = lambda _done: None,
     ) -> None:
-        self._classify_many = classify_many
-        self._executor = executor
+        self._contexts = list(contexts)
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"loraguard-guard-{i}")
+                           for i in range(len(self._contexts))]
         self._window_s = window_s
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._on_batch = on_batch
         self._pending: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self.busy = 0  # contexts decoding now
 
     @property
     def depth(self) -> int:
@@ -61,13 +74,17 @@ class Batcher:
         return len(self._pending)
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._run(), name="loraguard-batcher")
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._run(i), name=f"loraguard-batcher-{i}")
+                         for i in range(len(self._contexts))]
 
     async def stop(self) -> None:
-        """Stop after the batch in flight; inputs still waiting fail (requests in flight finish first)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        """Stop after the batches in flight; inputs still waiting fail (requests in flight finish first)."""
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():
@@ -91,8 +108,7 @@ class Batcher:
             for item in items:
                 item.future.cancel()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _run(self, context: int) -> None:
         while True:
             await self._arrived.wait()
             if not self._pending:
@@ -100,6 +116,7 @@ class Batcher:
                 continue
             if len(self._pending) < self._max_batch:
                 await asyncio.sleep(max(0.0, self._pending[0].since + self._window_s - time.monotonic()))
+            # Another worker may have taken the inputs meanwhile: then this batch is empty and the worker waits.
             batch: list[_Pending] = []
             while self._pending and len(batch) < self._max_batch:
                 item = self._pending.popleft()
@@ -108,13 +125,19 @@ class Batcher:
             if not self._pending:
                 self._arrived.clear()
             if batch:
-                self._on_batch(len(batch))
-                await self._score(loop, batch)
+                self.busy += 1
+                in_use, start = self.busy, time.perf_counter()
+                try:
+                    await self._score(context, batch)
+                finally:
+                    self.busy -= 1
+                    self._on_batch(BatchDone(context, len(batch), in_use, time.perf_counter() - start))
 
-    async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+    async def _score(self, context: int, batch: list[_Pending]) -> None:
         try:
-            results = await loop.run_in_executor(
-                self._executor, self._classify_many, [i.text for i in batch], [i.response for i in batch]
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executors[context], self._contexts[context], [i.text for i in batch],
+                [i.response for i in batch],
             )
         except LoraGuardError as e:
             if len(batch) == 1:
@@ -122,7 +145,7 @@ class Batcher:
                 return
             # One input the runtime refuses (too long under overflow="error") must fail only its own request.
             for item in batch:
-                await self._score(loop, [item])
+                await self._score(context, [item])
             return
         except Exception as e:
             for item in batch:

@@ -24,6 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="how long a moderation input waits for others to share its decode")
     p.add_argument("--max-batch", type=int, default=32, help="guard inputs per decode")
+    p.add_argument("--guard-contexts", type=int, default=None, metavar="N",
+                   help="guard contexts over the one loaded model, each decoding a batch of its own at the same time "
+                   "(default: one per two threads of --threads, at most 4)")
+    p.add_argument("--chat-slots", type=int, default=1, metavar="N",
+                   help="chats generating at the same time, each in a chat context of its own; more wait (up to "
+                   "--max-chat-queue)")
+    p.add_argument("--chat-ctx", type=int, default=2048,
+                   help="tokens per chat slot's context: the messages plus max_tokens must fit")
     p.add_argument("--max-queue", type=int, default=256, help="guard inputs waiting at most; beyond: 429")
     p.add_argument("--max-chat-queue", type=int, default=4, help="chat requests waiting at most; beyond: 429")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
@@ -47,13 +55,23 @@ def model_name(guard: str | None) -> str:
 
 # The smallest value each numeric option takes (by its argparse dest).
 _LEAST: dict[str, float] = {
-    "port": 0, "batch_window_ms": 0, "max_batch": 1, "max_queue": 1, "max_chat_queue": 0, "max_body_bytes": 1024,
-    "max_input_chars": 1, "max_inputs": 1, "max_tokens": 1, "default_max_tokens": 1, "window": 0,
-    "request_timeout": 0.001, "graceful_timeout": 0,
+    "port": 0, "batch_window_ms": 0, "max_batch": 1, "guard_contexts": 1, "chat_slots": 1, "chat_ctx": 64,
+    "max_queue": 1, "max_chat_queue": 0, "max_body_bytes": 1024, "max_input_chars": 1, "max_inputs": 1,
+    "max_tokens": 1, "default_max_tokens": 1, "window": 0, "request_timeout": 0.001, "graceful_timeout": 0,
 }
 
 
+def default_guard_contexts(threads: int | None) -> int:
+    """One guard context per two threads of the budget, at most 4: contexts decoding at once split the budget,
+    and below two threads each the split costs more than the overlap gains (bench/README.md, serving)."""
+    from .._native import Model
+
+    return max(1, min(4, (threads or Model.default_n_threads()) // 2))
+
+
 def _check_limits(args: argparse.Namespace) -> None:
+    if args.guard_contexts is None:
+        args.guard_contexts = default_guard_contexts(args.threads)
     for dest, least in _LEAST.items():
         if (value := getattr(args, dest)) < least:
             raise LoraGuardError(f"--{dest.replace('_', '-')} must be at least {least:g}, got {value}")
@@ -78,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, max_queue=args.max_queue, max_chat_queue=args.max_chat_queue,
         max_body_bytes=args.max_body_bytes, max_input_chars=args.max_input_chars, max_inputs=args.max_inputs,
         default_max_tokens=min(args.default_max_tokens, args.max_tokens), max_tokens=args.max_tokens,
-        window=args.window, request_timeout_s=args.request_timeout,
+        window=args.window, request_timeout_s=args.request_timeout, guard_contexts=args.guard_contexts,
+        chat_slots=args.chat_slots, chat_n_ctx=args.chat_ctx,
     )
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     load_errors: list[BaseException] = []
@@ -87,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         load_errors.append(error)
         server.should_exit = True
 
-    app = create_app(config, lambda: _open_guard(args), on_load_error)
+    app = create_app(config, lambda: _open_guard(args, chat_n_ctx=args.chat_ctx), on_load_error)
     server = uvicorn.Server(uvicorn.Config(
         app, host=args.host, port=args.port, access_log=False, log_level="info", lifespan="on",
         timeout_graceful_shutdown=args.graceful_timeout,
