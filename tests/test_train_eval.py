@@ -28,11 +28,14 @@ try:
         OPENAI_CATEGORIES,
         Columns,
         DataError,
+        Dataset,
+        Record,
         load_dataset,
         only_label,
         sample,
         split_dataset,
     )
+    from loraguard_train.evaluate import Evaluation, Scored, calibrate_fpr
     from loraguard_train.metrics import (
         average_precision,
         best_f1_threshold,
@@ -262,6 +265,30 @@ def test_flag_threshold_bounds_false_positives() -> None:
             assert flagged == k or np.sum(scores >= np.sort(scores)[::-1][flagged]) > k
     assert flag_threshold(np.array([0.2, 0.9]), 0) == pytest.approx(0.95)
     assert flag_threshold(np.array([0.2, 0.9]), 1) == pytest.approx(0.55)
+
+
+def test_calibrate_fpr_spends_the_budget_where_it_catches_harmful_rows() -> None:
+    """A category that only re-flags what `unsafe` flags must not take half of the benign budget: the split
+    between `unsafe` and the categories is the one that catches the most harmful rows within the target."""
+    rng = np.random.default_rng(1)
+    n_safe, n_harmful = 1000, 400
+    unsafe = np.concatenate([rng.random(n_safe) * 0.9, 0.5 + rng.random(n_harmful) * 0.5])
+    # the category fires on safe rows as often as `unsafe`, but its harmful rows are a subset of unsafe's top
+    category = np.concatenate([rng.random(n_safe) * 0.9, np.where(unsafe[n_safe:] > 0.95, 0.99, 0.1)])
+    records = [
+        Record(f"t{i}", None, {"unsafe": int(i >= n_safe), "hate": int(i >= n_safe)}) for i in range(n_safe + n_harmful)
+    ]
+    dataset = Dataset("synthetic", records)
+    probs = np.stack([unsafe, category], axis=1)
+    evaluation = Evaluation(dataset, Scored(dataset, probs, 0.0), None, ["unsafe", "hate"])
+    target = 0.05
+    new, recall = calibrate_fpr([evaluation], ["unsafe", "hate"], np.array([0.5, 0.5], np.float32), target, 1)
+    flagged = (probs >= np.array(new)[None, :]).any(axis=1)
+    assert flagged[:n_safe].sum() <= int(target * n_safe)
+    # all of the budget on `unsafe`: the best any split can do here
+    alone = flag_threshold(unsafe[:n_safe], int(target * n_safe))
+    assert flagged[n_safe:].sum() == (unsafe[n_safe:] >= alone).sum()
+    assert recall["unsafe"] == pytest.approx(float(np.mean(unsafe[n_safe:] >= new[0])))
 
 
 def test_keep_end_keeps_the_template_and_the_end_of_the_values() -> None:

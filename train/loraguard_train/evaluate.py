@@ -206,47 +206,63 @@ def calibrate_fpr(
     """Thresholds at a benign false-positive rate: of the safe rows (unsafe = 0) of all data sets pooled, at most
     `target_fpr` are flagged by any label, the operating point of a filter in front of every message.
 
-    Each calibrated label (min_positives positives or more) may flag the same number k of safe rows on its own;
-    k is the largest whose union over labels stays within the target. Labels with fewer positives keep their
-    threshold, and the safe rows they flag count against the target. Returns all thresholds and each calibrated
-    label's recall (share of its positive rows flagged) at its new threshold.
+    The budget of safe rows is split between `unsafe` (which may flag k_u of them on its own) and the calibrated
+    categories (each may flag k_c on its own), choosing the split whose union stays within the target and catches
+    the most harmful rows (unsafe = 1) by any label: the categories mostly flag what `unsafe` flags already, so an
+    equal share for each would spend the budget on rows counted twice. Labels with fewer than min_positives
+    positives keep their threshold, and the safe rows they flag count against the target. Returns all thresholds
+    and each calibrated label's recall (share of its positive rows flagged) at its new threshold.
     """
     if not 0.0 <= target_fpr < 1.0:
         raise DataError(f"--target-fpr must be in [0, 1), got {target_fpr}")
-    safe = [e.native.probs[e.dataset.targets([UNSAFE])[:, 0] == 0] for e in evaluations]
-    safe_probs = np.concatenate(safe) if safe else np.zeros((0, len(guard_labels)))
+    is_safe = [e.dataset.targets([UNSAFE])[:, 0] for e in evaluations]
+    safe_probs = _stack([e.native.probs[y == 0] for e, y in zip(evaluations, is_safe, strict=True)], guard_labels)
+    harmful_probs = _stack([e.native.probs[y == 1] for e, y in zip(evaluations, is_safe, strict=True)], guard_labels)
     if len(safe_probs) == 0:
         raise DataError("--calibrate fpr needs rows labelled safe (unsafe = 0) to measure false positives on")
     labels = _calibrated_labels(evaluations, guard_labels, min_positives)
+    unsafe_index = list(guard_labels).index(UNSAFE) if UNSAFE in guard_labels else None
     budget = int(np.floor(target_fpr * len(safe_probs)))
 
-    def thresholds_for(k: int) -> npt.NDArray[np.float64]:
+    def thresholds_for(k_unsafe: int, k_category: int) -> npt.NDArray[np.float64]:
         new = np.asarray(thresholds, dtype=np.float64).copy()
         for g in labels:
-            new[g] = flag_threshold(safe_probs[:, g], k)
+            new[g] = flag_threshold(safe_probs[:, g], k_unsafe if g == unsafe_index else k_category)
         return new
 
-    def n_flagged(k: int) -> int:
-        return int((safe_probs >= thresholds_for(k)[None, :]).any(axis=1).sum())
+    def n_flagged(new: npt.NDArray[np.float64], probs: Probs) -> int:
+        return int((probs >= new[None, :]).any(axis=1).sum())
 
-    if n_flagged(0) > budget:
+    if n_flagged(thresholds_for(0, 0), safe_probs) > budget:
         kept = [label for g, label in enumerate(guard_labels) if g not in labels]
         raise DataError(
             f"--calibrate fpr: the labels kept at their thresholds ({', '.join(kept)}) alone flag "
-            f"{n_flagged(0)} of {len(safe_probs)} safe rows, over the target {target_fpr}; lower --min-positives "
-            "so that they are calibrated too, or raise --target-fpr"
+            f"{n_flagged(thresholds_for(0, 0), safe_probs)} of {len(safe_probs)} safe rows, over the target "
+            f"{target_fpr}; lower --min-positives so that they are calibrated too, or raise --target-fpr"
         )
-    # the union only grows with k: binary search for the largest k within the budget
-    low, high = 0, budget
-    while low < high:
-        mid = (low + high + 1) // 2
-        if n_flagged(mid) <= budget:
-            low = mid
-        else:
-            high = mid - 1
-    new = thresholds_for(low)
+    best: tuple[int, int, int] | None = None  # (harmful rows caught, k_unsafe, k_category)
+    for k_unsafe in range(budget + 1):
+        # the union only grows with k_category: binary search for the largest within the budget
+        if n_flagged(thresholds_for(k_unsafe, 0), safe_probs) > budget:
+            break
+        low, high = 0, budget
+        while low < high:
+            mid = (low + high + 1) // 2
+            if n_flagged(thresholds_for(k_unsafe, mid), safe_probs) <= budget:
+                low = mid
+            else:
+                high = mid - 1
+        caught = n_flagged(thresholds_for(k_unsafe, low), harmful_probs)
+        if best is None or (caught, k_unsafe) > best[:2]:
+            best = (caught, k_unsafe, low)
+    assert best is not None  # k_unsafe = 0 is within the budget, checked above
+    new = thresholds_for(best[1], best[2])
     recall = {guard_labels[g]: float(np.mean(scores[y == 1] >= new[g])) for g, (y, scores) in labels.items()}
     return new.tolist(), recall
+
+
+def _stack(parts: Sequence[Probs], guard_labels: Sequence[str]) -> Probs:
+    return np.concatenate(parts) if parts else np.zeros((0, len(guard_labels)))
 
 
 def _fmt(value: float | int | None, digits: int = 3) -> str:
