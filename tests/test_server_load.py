@@ -57,7 +57,9 @@ def test_load(tmp_path: Path) -> None:
     # Without this a result swapped between two requests could pass as the right one.
     assert gaps.min() > 2 * TOLERANCE, "the load texts must score apart for the mix-up check to mean anything"
 
-    with running_server(tmp_path, "--guard", "smollm2", "--max-chat-queue", str(CLIENTS), "--window", "4") as server:
+    # Two guard contexts and two chat slots: results must not cross between contexts either.
+    with running_server(tmp_path, "--guard", "smollm2", "--max-chat-queue", str(CLIENTS), "--window", "4",
+                        "--guard-contexts", "2", "--chat-slots", "2") as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
         # Warm-up: one full batch and a chat, so that buffers llama.cpp allocates once are in the start figure.
         client.moderations.create(input=TEXTS)
@@ -108,14 +110,20 @@ def test_load(tmp_path: Path) -> None:
         sampler.join()
         rss_end = server.rss_mib()
         cpu = server.cpu_seconds() - cpu_start
+        status, metrics = server.request("GET", "/metrics")
+        assert status == 200 and isinstance(metrics, str)
+        pool = {line.split("{")[1].split("}")[0]: float(line.split()[-1]) for line in metrics.splitlines()
+                if line.startswith(("loraguard_guard_context_batches_total{", "loraguard_chat_slot_requests_total{"))}
 
     total = sum(outcomes.values())
     server_errors = sum(n for k, n in outcomes.items() if k.split()[1].startswith("5"))
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
     print(f"\nload: {total} requests in {elapsed:.1f} s ({total / elapsed:.1f}/s), outcomes {dict(outcomes)}, "
           f"5xx {server_errors}, latency p50 {p50:.0f} ms p99 {p99:.0f} ms, RSS start {rss_start:.0f} MiB "
-          f"end {rss_end:.0f} MiB peak {rss_peak[0]:.0f} MiB, server CPU {cpu:.1f} s")
+          f"end {rss_end:.0f} MiB peak {rss_peak[0]:.0f} MiB, server CPU {cpu:.1f} s, batches and chats per context "
+          f"and slot {pool}")
     assert total == CLIENTS * REQUESTS_PER_CLIENT
     assert server_errors == 0 and all(k.endswith(" 200") for k in outcomes), outcomes
     assert not mismatches, mismatches[:5]
     assert rss_end - rss_start < RSS_GROWTH_LIMIT_MIB, (rss_start, rss_end)
+    assert len(pool) == 4 and all(n > 0 for n in pool.values()), pool  # both contexts and both slots served
