@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -170,6 +171,43 @@ def test_bad_moderation_requests(minilm: Server, case: str) -> None:
     # The server keeps serving.
     assert _client(minilm).moderations.create(input=BENIGN).results[0].flagged is False
     assert minilm.process.poll() is None
+
+
+def test_one_log_line_per_request_without_the_text(minilm: Server) -> None:
+    secret = "My neighbour Alice Zebrowski-4711 will get stabbed tonight."
+    _client(minilm).moderations.create(input=[secret, BENIGN])
+    deadline = time.monotonic() + 10
+    while not (lines := [x for x in minilm.log_text().splitlines() if "POST /v1/moderations 200" in x]):
+        assert time.monotonic() < deadline, "no log line for the request"
+        time.sleep(0.1)
+    assert "ms flagged=" in lines[-1] and "/2" in lines[-1], lines[-1]  # latency and verdict counts
+    assert "Zebrowski" not in minilm.log_text() and "stabbed" not in minilm.log_text()
+
+
+def test_503_until_the_guard_is_loaded() -> None:
+    """The app in-process (Starlette's test client), its loading held back until the test lets it go."""
+    from starlette.testclient import TestClient
+
+    from loraguard_cpp.server.app import ServerConfig, create_app
+
+    release = threading.Event()
+
+    def open_guard() -> Guard:
+        release.wait(60)
+        return Guard(guard="minilm", n_threads=1)
+
+    with TestClient(create_app(ServerConfig(model_name="minilm"), open_guard)) as client:
+        assert client.get("/health").status_code == 503 and client.get("/health").json() == {"status": "loading"}
+        for path, body in (("/v1/moderations", {"input": BENIGN}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": BENIGN}]})):
+            answer = client.post(path, json=body)
+            assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_loading", answer.text
+        release.set()
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.05)
+        assert client.post("/v1/moderations", json={"input": THREAT}).json()["results"][0]["flagged"] is True
 
 
 def test_bad_routes_and_methods(minilm: Server) -> None:
