@@ -504,3 +504,22 @@ def test_serving_bench_runs_and_writes_its_documented_fields(tmp_path: Path) -> 
         assert set(chat["contenders"]) == {"loraguard", "llama_cpp.server"} and chat["overhead_ratio"] > 0
         assert all(c["tokens"] > 0 and c["requests"] == 4 for c in chat["contenders"].values())
     assert "| direct | 1 |" in done.stdout and (tmp_path / report_file.name.replace(".json", ".md")).exists()
+
+
+def test_chats_beyond_the_slots_and_the_chat_queue_get_429(log_dir: Path) -> None:
+    body = {"model": "smollm2", "stream": True, "max_tokens": 1024,
+            "messages": [{"role": "user", "content": LONG_REPLY}]}
+    with running_server(log_dir, "--guard", "smollm2", "--window", "0", "--chat-slots", "1",
+                        "--max-chat-queue", "0") as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        assert conn.getresponse().status == 200
+        _wait_for_metric(server, "loraguard_chats", 1, "the generation did not start")
+        with pytest.raises(openai.RateLimitError) as e:
+            _chat(server, "Say hello.", stream=False)
+        conn.close()  # the generation stops at its next token and frees the slot
+        _wait_for_metric(server, "loraguard_chats", 0, "the slot was not given back")
+        assert _chat(server, "Say hello.", stream=False).choices[0].finish_reason in ("stop", "length",
+                                                                                      "content_filter")
+    assert e.value.code == "queue_full" and "1 chat slots + 0 waiting" in e.value.message
