@@ -30,7 +30,7 @@ from loraguard_train.config import ConfigError, TrainConfig, to_plain
 from loraguard_train.data import DataError, Dataset, label_names, safe_rows_negative, split_dataset
 from loraguard_train.inputs import collate, length_grouped_batches, logits_of, pad_id, tokenize
 from loraguard_train.metrics import MIN_CALIBRATION_POSITIVES, best_f1_threshold, label_metrics, sigmoid
-from loraguard_train.model import GuardModel, base_info_from_model, load_tokenizer, save_checkpoint
+from loraguard_train.model import GuardModel, base_info_from_model, invocation_ids, load_tokenizer, save_checkpoint
 
 STATE_FILE = Path("state") / "state.pt"
 RUN_FILE = "train.json"
@@ -345,6 +345,11 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 def _load_model(config: TrainConfig, n_labels: int) -> tuple[GuardModel, Any]:
     # the base's own loading errors (missing weights, unsupported GGUF architecture) are user errors here
     try:
+        tokenizer = load_tokenizer(config.base)
+        invocation = None
+        if config.activation == "alora":
+            assert config.invocation is not None
+            invocation = invocation_ids(tokenizer, config.invocation)
         model = GuardModel.from_pretrained(
             config.base,
             n_labels=n_labels,
@@ -353,8 +358,9 @@ def _load_model(config: TrainConfig, n_labels: int) -> tuple[GuardModel, Any]:
             alpha=config.alpha,
             dropout=config.dropout,
             target_modules=config.targets,
+            invocation=invocation,
         )
-        return model, load_tokenizer(config.base)
+        return model, tokenizer
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load base {config.base}: {e}") from e
 
@@ -384,6 +390,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
             config.template_pair,
             config.parse_special,
             config.max_length,
+            invocation=model.invocation or (),
         )
         return _Split(ds, ids, ds.targets(labels))
 
@@ -440,6 +447,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
         parse_special=config.parse_special,
         pooling=model.pooling,
         base_info=base_info_from_model(model, name=base_name, fingerprint=fingerprint),
+        invocation=config.invocation,
     )
     guard = convert_guard(ckpt, config.out / GUARD_FILE, base_gguf, quiet=True)
     record = {
