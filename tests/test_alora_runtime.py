@@ -460,3 +460,44 @@ def test_guard_of_another_model_and_reentry_are_refused(stories: tuple[Base, Pat
         text = chat.generate_messages([(b"user", b"Once upon a time")], 6,
                                       on_token=lambda *_: judged.append(chat.classify(g._guard)) or True)
         assert judged and text == chat.generate_messages([(b"user", b"Once upon a time")], 6)
+
+
+def test_cli_chat_judges_in_the_chat_context(stories: tuple[Base, Path], tmp_path: Path) -> None:
+    """loraguard-cli chat with an aLoRA guard: the prompt's verdict after its prefill and the reply's in the chat
+    context; thresholds between the two on one label pass the prompt and withhold the reply."""
+    import json
+    import subprocess
+    import sys
+
+    base, path = stories
+    with Guard(base.gguf, path, n_threads=1) as g:
+        # a prompt whose greedy reply scores above the prompt alone on some label (the CLI's settings)
+        for prompt in ("Why?", "Once upon a time", "Tom had a big dog", "Mom said no"):
+            seen: list[Any] = []
+            reply = g.chat([("user", prompt)], max_tokens=12, window=0, on_verdict=seen.append)
+            first, last = seen[0], seen[-1]
+            label = max(LABELS, key=lambda lab: last.scores[lab] - first.scores[lab])
+            if last.scores[label] - first.scores[label] > 1e-3:
+                break
+        else:
+            pytest.fail("no prompt whose reply scores above it")
+
+    def run(guard: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "loraguard_cpp.cli", "chat", "--json", "--prompt", prompt,
+                               "--max-tokens", "12", "--window", "0", "--threads", "1", "-m", str(base.gguf),
+                               "-g", str(guard)], capture_output=True, text=True, timeout=600)
+
+    ok = run(path)
+    assert ok.returncode == 0, ok.stderr
+    turn = json.loads(ok.stdout)
+    assert turn["response"] == reply
+    assert turn["prompt_verdict"]["scores"] == {k: round(v, 6) for k, v in first.scores.items()}
+    assert turn["response_verdict"]["scores"] == {k: round(v, 6) for k, v in last.scores.items()}
+    between = (first.scores[label] + last.scores[label]) / 2
+    thresholds = tuple(between if lab == label else 1.0 for lab in LABELS)
+    strict = run(build_alora_guard(base, tmp_path / "strict.gguf", thresholds=thresholds))
+    assert strict.returncode == 1, strict.stderr
+    turn = json.loads(strict.stdout)
+    assert turn["refused"] == "response" and turn["response_withheld"] and turn["response"] != reply
+    assert not turn["prompt_verdict"]["flagged"] and turn["response_verdict"]["flagged_labels"] == [label]
+    assert reply not in strict.stdout
