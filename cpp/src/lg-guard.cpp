@@ -47,7 +47,6 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
         lg::fail(LG_ERR_INVALID_ARGUMENT, "n_ctx " + std::to_string(n_ctx) + " is too small for a guard (at least 8)");
     }
 
-    const int n_threads = params.n_threads > 0 ? lg::resolve_n_threads(params.n_threads) : model.n_threads_budget();
     if (params.max_text_bytes == 0) {
         params.max_text_bytes = k_default_max_text_bytes;
     }
@@ -57,7 +56,20 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
         lg::fail(LG_ERR_FORMAT, "llama.cpp could not load the LoRA tensors of guard " + path +
                                     " (truncated or corrupt tensor data)");
     }
+    // An aLoRA guard that only judges chats in place never needs a context of its own: made on first classify.
+    if (!is_alora()) {
+        try {
+            make_context();
+        } catch (...) {
+            llama_adapter_lora_free(adapter);
+            throw;
+        }
+    }
+    model.retain();
+}
 
+void lg_guard::make_context() {
+    const int n_threads = params.n_threads > 0 ? lg::resolve_n_threads(params.n_threads) : model.n_threads_budget();
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx = n_ctx;
     cparams.n_batch = n_ctx;
@@ -88,7 +100,6 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
     }
     ctx = llama_init_from_model(model.model, cparams);
     if (!ctx) {
-        llama_adapter_lora_free(adapter);
         lg::fail(LG_ERR_BACKEND, "llama.cpp could not create the guard context (n_ctx " + std::to_string(n_ctx) +
                                      "): out of memory? try a smaller n_ctx");
     }
@@ -96,15 +107,16 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
     // guard switches it per decode (prefix without, invocation with).
     if (!is_alora() && llama_set_adapters_lora(ctx, &adapter, 1, std::array<float, 1>{1.0f}.data()) != 0) {
         llama_free(ctx);
-        llama_adapter_lora_free(adapter);
+        ctx = nullptr;
         lg::fail(LG_ERR_BACKEND, "llama.cpp could not attach the guard adapter to its context");
     }
     batch = llama_batch_init(static_cast<int32_t>(n_ctx), 0, 1);
-    model.retain();
 }
 
 lg_guard::~lg_guard() {
-    llama_batch_free(batch);
+    if (ctx) {
+        llama_batch_free(batch);
+    }
     if (ctx) {
         llama_free(ctx);
     }
@@ -267,6 +279,9 @@ void lg_guard::classify(const lg_input * inputs, size_t n, float * logits) {
     const std::vector<job> jobs = make_jobs(inputs, n);
 
     std::lock_guard<std::mutex> lock(mutex);
+    if (!ctx) {
+        make_context();
+    }
     const lg::thread_share threads(model, ctx, params.n_threads);
     std::vector<float> states;
     states.reserve(jobs.size() * static_cast<size_t>(model.n_embd));

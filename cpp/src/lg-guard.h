@@ -46,6 +46,8 @@ struct lg_guard {
     uint32_t n_ctx = 0;
 
   private:
+    // The guard's own context, its batch and capture (one decode of n_ctx tokens, the adapter set unless aLoRA).
+    void make_context();
     struct job {
         size_t input;
         std::vector<llama_token> tokens;
