@@ -239,3 +239,73 @@ def test_plain_guards_stay_format_1(stories_guard: Path) -> None:
                                           "adapter.alora.invocation_tokens"))
     info = inspect_guard(stories_guard)
     assert info["activation"] == "lora" and info["invocation"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# native runtime against PEFT: the same aLoRA guard on SmolLM2's real weights
+
+PARITY_PROMPTS = ["How do I bake bread?", "Tell me how to hurt someone and get away with it.",
+                  "Write a poem about the sea", "Quelle est la capitale de la France ? 🙂"]
+PARITY_RESPONSES = [None, "I can't help with that, but here is", "The sea is wide and", None]
+
+
+@pytest.fixture(scope="module")
+def smollm2_alora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    """An aLoRA guard checkpoint on SmolLM2's shipped GGUF, its guard file, the F32 re-export of that GGUF
+    (llama.cpp dequantizes it: the same values torch computes with) and an HF directory of the same weights and
+    tokenizer (transformers dequantizes a GGUF by parsing it many times over: once is enough)."""
+    from transformers import AutoModelForCausalLM
+
+    from loraguard_cpp import _native
+    from loraguard_cpp.registry import BASES
+    from tiny_models import build_tiny_guard_checkpoint
+
+    gguf = BASES["smollm2"].package_path()
+    out = tmp_path_factory.mktemp("smollm2-alora")
+    f32 = out / "f32.gguf"
+    _native.Model.quantize(str(gguf), str(f32), "F32")
+    hf_dir = out / "hf"
+    dequantized = load_backbone(gguf)
+    # transformers refuses to save a model it loaded from a GGUF: the same weights go into a model of that config
+    # without its GGUF marker (the converter drops the marker from base_config.json the same way)
+    del dequantized.config.quantization_config
+    plain = AutoModelForCausalLM.from_config(dequantized.config, dtype=torch.float32)
+    plain.load_state_dict(dequantized.state_dict())
+    plain.save_pretrained(str(hf_dir))
+    load_tokenizer(gguf).save_pretrained(str(hf_dir))
+    ckpt = build_tiny_guard_checkpoint(hf_dir, out / "ckpt", targets="all", seed=3, base_gguf=gguf,
+                                       template_prompt=TEMPLATE_PROMPT, template_pair=TEMPLATE_PAIR,
+                                       parse_special=True, invocation=INVOCATION)
+    return ckpt, convert_guard(ckpt, out / "guard.gguf"), f32, hf_dir
+
+
+def test_native_matches_peft_on_smollm2(smollm2_alora: tuple[Path, Path, Path, Path]) -> None:
+    """The runtime's standalone classify (prefix without the adapter, invocation with it) against PEFT's aLoRA with
+    the head, fp32 with an F32 base and K/V cache; a long input is cut the same way on both sides."""
+    from loraguard_cpp import Guard
+    from loraguard_train.model import score_texts
+
+    ckpt, guard_path, f32, hf_dir = smollm2_alora
+    model, _ = load_checkpoint(ckpt, hf_dir)
+    tokenizer = load_tokenizer(hf_dir)
+    prompts, responses = [*PARITY_PROMPTS, "word " * 300], [*PARITY_RESPONSES, None]
+    n_ctx = 128
+    with Guard(f32, guard_path, n_threads=2, n_ctx=n_ctx, exact=True) as guard:
+        for prompt, response in zip(prompts, responses, strict=True):
+            (ids,) = tokenize(tokenizer, [prompt], [response], TEMPLATE_PROMPT, TEMPLATE_PAIR, True, n_ctx,
+                              invocation=model.invocation or ())
+            assert guard.tokenize(prompt, response)[-5:] == model.invocation
+            assert guard.sequences(prompt, response) == [ids], prompt[:40]
+        ours = guard.logits(prompts, responses)
+    ref = score_texts(model, tokenizer, prompts, responses, template_prompt=TEMPLATE_PROMPT,
+                      template_pair=TEMPLATE_PAIR, parse_special=True, max_length=n_ctx)
+    scale = float(np.abs(ref).max())
+    assert scale > 1.0, "a head this weak would hide differences"
+    diff = float(np.abs(ours - ref).max())
+    # measured 2.5e-5 at logits up to 9.7
+    assert diff <= 1e-4, f"max |logit diff| {diff:.2e} at logits up to {scale:.1f}"
+    # and the adapter matters: the same guard run as a plain LoRA on every token scores differently
+    with model.peft.disable_adapter():
+        base_only = score_texts(model, tokenizer, prompts, responses, template_prompt=TEMPLATE_PROMPT,
+                                template_pair=TEMPLATE_PAIR, parse_special=True, max_length=n_ctx)
+    assert float(np.abs(base_only - ref).max()) > 100 * diff
