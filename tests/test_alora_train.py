@@ -21,7 +21,7 @@ try:
     from loraguard_convert import ConvertError, convert_guard, inspect_guard
     from loraguard_convert.gguf_read import GgufFile
     from loraguard_convert.inspect import format_report
-    from loraguard_train.cli import train_main
+    from loraguard_train.cli import eval_main, train_main
     from loraguard_train.config import ConfigError, build_config, read_recipe
     from loraguard_train.inputs import collate, pad_id, tokenize
     from loraguard_train.model import GuardModel, invocation_ids, load_backbone, load_checkpoint, load_tokenizer
@@ -207,6 +207,14 @@ def test_train_resume_convert_inspect(smollm2_tiny: Path, tmp_path: Path, capsys
     assert info["activation"] == "alora" and info["invocation"] == {"text": INVOCATION, "ids": invocation}
     report = format_report(info)
     assert f"invocation:       {INVOCATION!r} = ids {invocation}" in report and "activation:       alora" in report
+
+    # loraguard-eval: the native runtime next to the checkpoint's torch model, both appending the invocation
+    report_path = tmp_path / "eval.json"
+    assert eval_main(["-m", str(out / "base-f32.gguf"), "-g", str(out / "guard.gguf"), str(TOXICCHAT), "--limit",
+                      "120", "--split", "dev", "--target", "prompt", "--reference", str(ckpt), "--n-ctx", "48",
+                      "--exact", "--json-out", str(report_path), "-q"]) == 0
+    (scored,) = json.loads(report_path.read_text(encoding="utf-8"))["datasets"]
+    assert scored["rows"] == 24 and scored["reference"]["max_abs_prob_diff"] < 1e-4
 
     # the two halves of a checkpoint must agree on the activation
     guard_config.pop("invocation")
