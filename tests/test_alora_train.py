@@ -154,6 +154,23 @@ def test_config_errors(tmp_path: Path) -> None:
         build_config({**common, "activation": "always"}, tmp_path)
 
 
+def test_runs_saved_before_activation_existed_resume(tmp_path: Path) -> None:
+    """A plain run interrupted before this version resumes: its saved config lacks the keys, which held their
+    defaults; a real difference is still refused."""
+    from loraguard_train.train import STATE_FILE, _open_out
+
+    (tmp_path / "x.jsonl").touch()
+    config = build_config({"base": str(tmp_path), "out": str(tmp_path / "out"), "train": ["x.jsonl"]}, tmp_path)
+    saved = config.resumable_view()
+    del saved["activation"], saved["invocation"]
+    (config.out / STATE_FILE).parent.mkdir(parents=True)
+    torch.save({"config": saved}, config.out / STATE_FILE)
+    assert _open_out(config, resume=True) == {"config": saved}
+    config.activation, config.invocation = "alora", "guard:"
+    with pytest.raises(ConfigError, match="differs from the saved run in activation, invocation"):
+        _open_out(config, resume=True)
+
+
 def test_encoders_refuse_an_invocation(tiny_base: Any) -> None:
     with pytest.raises(ValueError, match="needs a decoder base"):
         GuardModel(load_backbone(tiny_base("bert").hf_dir), n_labels=2, invocation=[5, 6])

@@ -10,13 +10,14 @@ Output directory:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -329,8 +330,11 @@ def _open_out(config: TrainConfig, resume: bool) -> dict[str, Any] | None:
     if not state_path.is_file():
         raise ConfigError(f"nothing to resume: {state_path} does not exist")
     state: dict[str, Any] = torch.load(state_path, map_location="cpu", weights_only=True)
-    if state["config"] != config.resumable_view():
-        changed = sorted(k for k, v in config.resumable_view().items() if state["config"].get(k) != v)
+    # a run saved before a setting existed (activation, invocation) ran with that setting's default
+    defaults = {f.name: to_plain(f.default) for f in dataclasses.fields(TrainConfig) if f.default is not MISSING}
+    saved = {**defaults, **state["config"]}
+    changed = sorted(k for k, v in config.resumable_view().items() if saved.get(k) != v)
+    if changed:
         raise ConfigError(f"cannot resume {config.out}: the config differs from the saved run in {', '.join(changed)}")
     return state
 
