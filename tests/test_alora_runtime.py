@@ -30,6 +30,7 @@ from loraguard_cpp import (
     InputTooLongError,
     InvalidInputError,
     ModelMismatchError,
+    _native,
 )
 
 TEXTS = [
@@ -329,6 +330,24 @@ def test_invocation_past_the_chat_context_fails_and_leaves_the_chat(smollm2: tup
         # a guarded generation keeps the invocation's room: a prompt that leaves none is refused up front
         with pytest.raises(InputTooLongError, match="leaves no room for the guard's invocation"):
             g.chat([("user", _long_user_message(200))])
+
+
+@pytest.mark.parametrize(("n_batch", "n_ubatch"), [(2, 2), (1, 1), (512, 1)])
+def test_invocation_longer_than_the_chat_batch(stories: tuple[Base, Path], n_batch: int, n_ubatch: int) -> None:
+    """A chat made with a batch or step smaller than the invocation reads it in several decodes (llama.cpp
+    aborts on a decode past n_batch): the same verdict, the chat unchanged."""
+    base, path = stories
+    with Guard(base.gguf, path, n_threads=1) as g:
+        n_inv = len(g.invocation)
+        assert n_inv > n_batch or n_inv > n_ubatch
+        expected = g.logits(["Once upon a time there was a dog"])[0]
+        ids = g.tokenize("Once upon a time there was a dog")[:-n_inv]
+        chat = _native.ChatPath(g.model, n_ctx=128, n_batch=n_batch, n_ubatch=n_ubatch)
+        chat.decode(ids)
+        before = chat.memory()
+        logits, _, _ = chat.classify(g._guard)
+        assert chat.memory() == before
+        assert np.abs(_sigmoid(logits) - _sigmoid(expected)).max() <= 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------------

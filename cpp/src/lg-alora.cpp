@@ -7,6 +7,8 @@
 
 #include "lg-error.h"
 
+#include <algorithm>
+
 void lg_guard::set_adapter(llama_context * target, bool on) const {
     llama_adapter_lora * adapters[] = {adapter};
     float scales[] = {1.0f};
@@ -18,9 +20,18 @@ void lg_guard::set_adapter(llama_context * target, bool on) const {
 void lg_guard::invoke(llama_context * target, llama_batch & b, const std::vector<llama_pos> & starts,
                       lg::hidden_capture & cap) const {
     const std::vector<llama_token> & ids = spec.invocation;
-    b.n_tokens = 0;
-    for (size_t s = 0; s < starts.size(); ++s) {
-        for (size_t p = 0; p < ids.size(); ++p) {
+    const size_t n_total = starts.size() * ids.size();
+    // In decodes of at most the context's n_batch tokens (llama.cpp asserts on more): a chat made with a small
+    // n_batch reads the invocation in several, all with the adapter set, only the last token of each an output.
+    const size_t n_batch = llama_n_batch(target);
+    set_adapter(target, true);
+    cap.reset();
+    for (size_t begin = 0; begin < n_total; begin += n_batch) {
+        const size_t end = std::min(n_total, begin + n_batch);
+        b.n_tokens = 0;
+        for (size_t i = begin; i < end; ++i) {
+            const size_t s = i / ids.size();
+            const size_t p = i % ids.size();
             const int32_t k = b.n_tokens++;
             b.token[k] = ids[p];
             b.pos[k] = starts[s] + static_cast<llama_pos>(p);
@@ -28,12 +39,10 @@ void lg_guard::invoke(llama_context * target, llama_batch & b, const std::vector
             b.seq_id[k][0] = static_cast<llama_seq_id>(s);
             b.logits[k] = p + 1 == ids.size();
         }
-    }
-    set_adapter(target, true);
-    cap.reset();
-    const int32_t rc = llama_decode(target, b);
-    if (rc != 0) {
-        lg::fail(LG_ERR_BACKEND, "llama.cpp decode of the guard's invocation failed (" + std::to_string(rc) + ")");
+        const int32_t rc = llama_decode(target, b);
+        if (rc != 0) {
+            lg::fail(LG_ERR_BACKEND, "llama.cpp decode of the guard's invocation failed (" + std::to_string(rc) + ")");
+        }
     }
     lg::check_captured(cap, starts.size(), model.architecture);
 }
