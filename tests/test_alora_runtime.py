@@ -366,6 +366,10 @@ def test_chat_and_stream_are_guarded_and_stop_on_a_flag(stories: tuple[Base, Pat
         assert seen[-1].n_reply_tokens > 0 and not any(v.flagged for v in seen)
         # on_verdict may stop a generation itself: at the prompt's verdict, before any text
         assert g.chat(messages, max_tokens=20, on_verdict=lambda v: False) == ""
+        # an exception in on_verdict ends the generation with that exception; the chat stays usable
+        with pytest.raises(ZeroDivisionError):
+            g.chat(messages, max_tokens=20, on_verdict=lambda v: 1 / 0)
+        assert g.chat(messages, max_tokens=20, window=4) == text
     always = build_alora_guard(base, tmp_path / "always.gguf", thresholds=(0.0, 0.0))
     with Guard(base.gguf, always, n_threads=1) as g:
         with pytest.raises(FlaggedError, match="flagged the prompt") as e:
