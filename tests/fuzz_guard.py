@@ -386,6 +386,9 @@ def add_key(rng: random.Random, rw: Rewrite) -> str:
     choices = (
         KeyValue("adapter.alora.invocation_tokens", [1, 2], A, U32T),
         KeyValue("adapter.alora.invocation_tokens", [1.0], A, F32),
+        KeyValue("adapter.alora.invocation_tokens", [2**32 - 1], A, U32T),
+        KeyValue("loraguard.activation", "alora", S, None),
+        KeyValue("loraguard.alora.invocation", "x", S, None),
         KeyValue("loraguard.base.measured_types", ["F16"], A, S),
         KeyValue("loraguard.base.measured_types", [], A, S),
         KeyValue("loraguard.extra", "x", S, None),

@@ -39,11 +39,12 @@ from loraguard_train import (
     DEFAULT_RANK,
     GuardModel,
     base_info_from_model,
-    encode,
+    invocation_ids,
     load_backbone,
     load_tokenizer,
     save_checkpoint,
 )
+from loraguard_train.inputs import collate, pad_id, tokenize
 from loraguard_train.model import DEFAULT_TEMPLATE_PAIR, DEFAULT_TEMPLATE_PROMPT
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -494,10 +495,12 @@ def build_tiny_guard_checkpoint(
     rank: int = DEFAULT_RANK,
     template_prompt: str = DEFAULT_TEMPLATE_PROMPT,
     parse_special: bool = False,
+    template_pair: str = DEFAULT_TEMPLATE_PAIR,
+    invocation: str | None = None,
 ) -> Path:
     """A guard checkpoint on a tiny model (or any HF directory or GGUF file): non-zero random LoRA of `rank` (all
     linear projections, or the paper's q/v) and a random head scaled so logits have a standard deviation of
-    about 5 on a few texts.
+    about 5 on a few texts. With `invocation` (text) the adapter is an activated LoRA.
 
     With `base_gguf`, the checkpoint records that base's fingerprint (computed by loraguard_convert).
     """
@@ -505,8 +508,13 @@ def build_tiny_guard_checkpoint(
         raise ValueError(f"targets must be 'all' or 'qv', got {targets!r}")
     torch.manual_seed(seed)
     backbone = load_backbone(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     model = GuardModel(
-        backbone, n_labels=len(GUARD_LABELS), r=rank, target_modules="all-linear" if targets == "all" else None
+        backbone,
+        n_labels=len(GUARD_LABELS),
+        r=rank,
+        target_modules="all-linear" if targets == "all" else None,
+        invocation=None if invocation is None else invocation_ids(tokenizer, invocation),
     )
     generator = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
@@ -515,10 +523,9 @@ def build_tiny_guard_checkpoint(
             if "lora_B" in name:
                 param.copy_(0.1 * torch.randn(param.shape, generator=generator))
         model.eval()
-        tokenizer = load_tokenizer(model_dir)
-        batch = encode(tokenizer, [template_prompt.replace("{prompt}", t) for t in _CALIBRATION_TEXTS],
-                       parse_special=parse_special)
-        feats = model.features(batch["input_ids"], batch["attention_mask"])
+        ids = tokenize(tokenizer, list(_CALIBRATION_TEXTS), None, template_prompt, template_pair, parse_special, None,
+                       invocation=model.invocation or ())
+        feats = model.features(*collate(ids, pad_id(tokenizer)))
         weight = torch.randn(model.head.weight.shape, generator=generator)
         scale = TARGET_LOGIT_STD / float((feats @ weight.T).std())
         model.head.weight.copy_(weight * scale)
@@ -536,10 +543,11 @@ def build_tiny_guard_checkpoint(
         labels=GUARD_LABELS,
         thresholds=[0.5] * len(GUARD_LABELS),
         template_prompt=template_prompt,
-        template_pair=DEFAULT_TEMPLATE_PAIR,
+        template_pair=template_pair,
         parse_special=parse_special,
         pooling=model.pooling,
         base_info=base_info,
+        invocation=invocation,
     )
 
 

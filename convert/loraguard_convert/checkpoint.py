@@ -40,7 +40,6 @@ _UNSUPPORTED_OPTIONS = {
     "lora_bias": "a bias on lora_B",
     "fan_in_fan_out": "Conv1D (fan_in_fan_out) weights",
     "layer_replication": "layer replication",
-    "alora_invocation_tokens": "activated LoRA (aLoRA)",
     "trainable_token_indices": "trainable token embeddings",
     "target_parameters": "LoRA on raw parameters (target_parameters)",
     "kasa_config": "KaSA",
@@ -79,6 +78,9 @@ class GuardSpec:
     template_pair: str
     parse_special: bool
     base: BaseSpec
+    # "alora": the adapter applies from the invocation on (its ids are the adapter config's alora_invocation_tokens)
+    activation: str = "lora"
+    invocation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class LoraSpec:
     # scale = alpha / rank for every module, as llama.cpp computes it, with rsLoRA and patterns folded in.
     alpha: float
     ranks: dict[str, int]
+    # aLoRA: the invocation's token ids (PEFT's alora_invocation_tokens); None for a plain LoRA
+    invocation_tokens: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,15 @@ def load_checkpoint(ckpt_dir: Path | str) -> Checkpoint:
     weight, bias = _load_head(directory / HEAD, guard)
     base_config = _load_json(directory / BASE_CONFIG)
     _check_base_config(base_config, directory / BASE_CONFIG, guard.base)
+    if (guard.activation == "alora") != (lora.invocation_tokens is not None):
+        raise ConvertError(
+            f"checkpoint {directory}: {GUARD_CONFIG} says activation {guard.activation!r} but {ADAPTER_CONFIG} "
+            + ("has no alora_invocation_tokens" if lora.invocation_tokens is None else "is an aLoRA adapter")
+            + "; both come from one training run, so the files are mixed up"
+        )
+    if lora.invocation_tokens is not None and guard.pooling != "last":
+        raise ConvertError(f"{directory / GUARD_CONFIG}: an aLoRA guard reads its invocation's last token (pooling "
+                           f"'last'), not {guard.pooling!r}")
     return Checkpoint(directory, guard, lora, weight, bias, base_config)
 
 
@@ -192,6 +205,15 @@ def _parse_guard_config(cfg: dict[str, Any], path: Path) -> GuardSpec:
     if not isinstance(name, str) or not _is_str_list(measured_types):
         raise fail("base.name must be a string and base.measured_types a list of strings")
 
+    activation = cfg.get("activation", "lora")
+    if activation not in keys.ACTIVATIONS:
+        raise fail(f"activation must be one of {', '.join(keys.ACTIVATIONS)}, got {activation!r}")
+    invocation = cfg.get("invocation")
+    if activation == "alora" and (not isinstance(invocation, str) or not invocation):
+        raise fail("activation 'alora' needs the invocation text (a non-empty string)")
+    if activation == "lora" and invocation is not None:
+        raise fail("an invocation belongs to activation 'alora' only")
+
     return GuardSpec(
         labels=labels,
         thresholds=[float(t) for t in thresholds],
@@ -200,6 +222,8 @@ def _parse_guard_config(cfg: dict[str, Any], path: Path) -> GuardSpec:
         template_pair=pair,
         parse_special=parse_special,
         base=BaseSpec(architecture, n_embd, n_layer, fingerprint, name, measured_types),
+        activation=activation,
+        invocation=invocation,
     )
 
 
@@ -248,7 +272,14 @@ def _parse_lora(cfg: dict[str, Any], config_path: Path, weights_path: Path) -> L
                 f"one alpha per adapter as alpha / rank: {first_module} needs alpha {first_alpha:g}, {module} needs "
                 f"{module_alpha:g}; retrain with one alpha (and with rsLoRA, one rank)"
             )
-    return LoraSpec(config=cfg, alpha=first_alpha, ranks=ranks)
+    invocation_tokens = cfg.get("alora_invocation_tokens")
+    if invocation_tokens is not None and (
+        not isinstance(invocation_tokens, list)
+        or not invocation_tokens
+        or not all(_is_int(t) and 0 <= t < 2**32 for t in invocation_tokens)
+    ):
+        raise fail(f"alora_invocation_tokens must be a non-empty list of token ids, got {invocation_tokens!r}")
+    return LoraSpec(config=cfg, alpha=first_alpha, ranks=ranks, invocation_tokens=invocation_tokens)
 
 
 def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:

@@ -97,6 +97,11 @@ class GgufFile:
         raw = self.string_bytes(key)
         return None if raw is None else [_decode(self.path, key, b) for b in raw]
 
+    def integers(self, key: str, allowed: frozenset[GGUFValueType] = _INTEGER_TYPES) -> list[int] | None:
+        """An array of integers; `allowed` narrows the element types accepted (llama.cpp's aLoRA key: UINT32)."""
+        field = self._array(key, allowed, " or ".join(sorted(t.name for t in allowed)))
+        return None if field is None else [int(v) for i in field.data for v in np.asarray(field.parts[i]).reshape(-1)]
+
     def floats(self, key: str) -> npt.NDArray[np.float32] | None:
         field = self._array(key, _FLOAT_TYPES, "floats")
         if field is None:

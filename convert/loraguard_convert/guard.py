@@ -1,7 +1,9 @@
 """`loraguard-convert guard`: checkpoint directory -> guard GGUF (docs/guard-format.md).
 
 The LoRA tensors come from the pinned convert_lora_to_gguf.py unchanged, so stock llama.cpp loads the guard as
-a plain adapter; the head, labels and templates are added as `loraguard.*` key/values, which it ignores.
+a plain adapter; the head, labels and templates are added as `loraguard.*` key/values, which it ignores. An aLoRA
+guard's invocation ids are written by that converter too (`adapter.alora.invocation_tokens`, from the PEFT
+config), its text and activation by us.
 """
 
 import json
@@ -134,6 +136,12 @@ def _check_converted(lora: GgufFile, ckpt: Checkpoint, base: _Base) -> None:
     alpha = lora.field(keys.ADAPTER_LORA_ALPHA)
     if alpha is None or alpha.types != [GGUFValueType.FLOAT32]:
         raise ConvertError(f"convert_lora_to_gguf.py wrote no F32 {keys.ADAPTER_LORA_ALPHA}")
+    invocation = lora.integers(keys.ADAPTER_ALORA_INVOCATION_TOKENS, frozenset({GGUFValueType.UINT32}))
+    if invocation != ckpt.lora.invocation_tokens:
+        raise ConvertError(
+            f"convert_lora_to_gguf.py wrote {keys.ADAPTER_ALORA_INVOCATION_TOKENS} = {invocation} for an adapter "
+            f"whose alora_invocation_tokens are {ckpt.lora.invocation_tokens}"
+        )
     names = [t.name for t in lora.tensors]
     stray = [n for n in names if not n.endswith(_LORA_SUFFIXES)]
     if stray or not names:
@@ -151,8 +159,10 @@ def _check_converted(lora: GgufFile, ckpt: Checkpoint, base: _Base) -> None:
 def _write_guard(lora: GgufFile, ckpt: Checkpoint, base: _Base, path: Path) -> None:
     guard = ckpt.guard
     f32_array = (GGUFValueType.ARRAY, GGUFValueType.FLOAT32)
+    alora = guard.activation == "alora"
+    version = keys.ALORA_FORMAT_VERSION if alora else keys.LORA_FORMAT_VERSION
     guard_kvs: list[KeyValue] = [
-        (keys.VERSION, keys.FORMAT_VERSION, GGUFValueType.UINT32, None),
+        (keys.VERSION, version, GGUFValueType.UINT32, None),
         (keys.LABELS, guard.labels, GGUFValueType.ARRAY, GGUFValueType.STRING),
         (keys.THRESHOLDS, guard.thresholds, *f32_array),
         (keys.HEAD_WEIGHT, ckpt.head_weight.reshape(-1).tolist(), *f32_array),
@@ -167,6 +177,11 @@ def _write_guard(lora: GgufFile, ckpt: Checkpoint, base: _Base, path: Path) -> N
         (keys.BASE_FINGERPRINT, base.fingerprint, GGUFValueType.STRING, None),
         (keys.BASE_NAME, base.name, GGUFValueType.STRING, None),
     ]
+    if alora:
+        guard_kvs += [
+            (keys.ACTIVATION, guard.activation, GGUFValueType.STRING, None),
+            (keys.ALORA_INVOCATION, guard.invocation, GGUFValueType.STRING, None),
+        ]
     # GGUF has no empty arrays, and the key is optional.
     if guard.base.measured_types:
         guard_kvs.append(

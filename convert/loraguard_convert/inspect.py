@@ -6,11 +6,16 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from gguf import GGUFValueType
 
 from . import keys
 from .errors import ConvertError
 from .gguf_read import GgufFile
 
+_ACTIVATION_TEXT = {
+    "lora": "lora (the adapter changes every token)",
+    "alora": "alora (the adapter applies from the invocation on; do not load as a plain --lora)",
+}
 _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)\.weight\.lora_b$")
 
 
@@ -63,6 +68,26 @@ def inspect_guard(path: Path | str) -> dict[str, Any]:
             f"{len(head_weight)} values (expected {len(labels)} x {n_embd}) and {len(head_bias)} biases"
         )
 
+    activation = guard.string(keys.ACTIVATION) or "lora"
+    invocation_text = guard.string(keys.ALORA_INVOCATION)
+    invocation_ids = guard.integers(keys.ADAPTER_ALORA_INVOCATION_TOKENS, frozenset({GGUFValueType.UINT32}))
+    if activation not in keys.ACTIVATIONS:
+        raise ConvertError(f"{guard.path} has {keys.ACTIVATION} {activation!r}; known: {', '.join(keys.ACTIVATIONS)}")
+    alora = activation == "alora"
+    if alora and (not invocation_text or not invocation_ids):
+        raise ConvertError(
+            f"{guard.path} is a damaged aLoRA guard: it needs {keys.ALORA_INVOCATION} and "
+            f"{keys.ADAPTER_ALORA_INVOCATION_TOKENS}"
+        )
+    if not alora and (invocation_text is not None or invocation_ids is not None):
+        # stock llama.cpp would treat the file as an aLoRA while loraguard ran it on every token
+        raise ConvertError(f"{guard.path} is a damaged guard: an aLoRA invocation without {keys.ACTIVATION} alora")
+    if alora != (version >= keys.ALORA_FORMAT_VERSION):
+        raise ConvertError(
+            f"{guard.path} is a damaged guard: format version {version} with activation {activation!r} (aLoRA guards "
+            f"are version {keys.ALORA_FORMAT_VERSION}, plain ones {keys.LORA_FORMAT_VERSION})"
+        )
+
     ranks: set[int] = set()
     modules: set[str] = set()
     layers: set[int] = set()
@@ -91,6 +116,8 @@ def inspect_guard(path: Path | str) -> dict[str, Any]:
             "pair": required(guard.string(keys.TEMPLATE_PAIR), keys.TEMPLATE_PAIR),
             "parse_special": bool(guard.boolean(keys.TEMPLATE_PARSE_SPECIAL)),
         },
+        "activation": activation,
+        "invocation": {"text": invocation_text, "ids": invocation_ids} if alora else None,
         "head": {"n_labels": len(labels), "n_embd": n_embd},
         "lora": {
             "ranks": sorted(ranks),
@@ -122,6 +149,12 @@ def format_report(info: dict[str, Any]) -> str:
         f"prompt template:  {template['prompt']!r}",
         f"pair template:    {template['pair']!r}",
         f"parse special:    {'yes' if template['parse_special'] else 'no'}",
+        f"activation:       {_ACTIVATION_TEXT[info['activation']]}",
+        *(
+            [f"invocation:       {info['invocation']['text']!r} = ids {info['invocation']['ids']}"]
+            if info["invocation"]
+            else []
+        ),
         f"head:             {info['head']['n_labels']} x {info['head']['n_embd']}",
         f"LoRA rank:        {', '.join(str(r) for r in lora['ranks'])}",
         f"LoRA alpha:       {lora['alpha']:g}" if lora["alpha"] is not None else "LoRA alpha:       none (scale 1)",

@@ -1,6 +1,7 @@
 #include "lg-chat.h"
 
 #include "lg-error.h"
+#include "lg-guard.h"
 #include "lg-template.h"
 #include "lg-text.h"
 #include "lg-threads.h"
@@ -99,6 +100,18 @@ lg_chat::lg_chat(lg_model & model_, const lg_chat_params & params_) : model(mode
     if (params.flash_attn >= 0) {
         cparams.flash_attn_type = params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     }
+    if (params.f32_kv_cache) {
+        cparams.type_k = GGML_TYPE_F32;
+        cparams.type_v = GGML_TYPE_F32;
+    }
+    // llama.cpp's default, relied on by guard calls: with a full-size sliding-window cache the invocation takes
+    // empty cells after the chat's, never a cell the chat's next token still attends to.
+    cparams.swa_full = true;
+    // Inactive between guard calls: it then asks for no tensor and the chat's graph runs as without a callback.
+    capture.n_embd = model.n_embd;
+    capture.active = false;
+    cparams.cb_eval = lg::capture_final_norm;
+    cparams.cb_eval_user_data = &capture;
     ctx = llama_init_from_model(model.model, cparams);
     if (!ctx) {
         lg::fail(LG_ERR_BACKEND, "llama.cpp could not create the chat context (n_ctx " + std::to_string(n_ctx) +
@@ -297,7 +310,19 @@ void lg_chat::decode(const llama_token * tokens, size_t n, bool clear) {
 
 const float * lg_chat::last_logits() const { return llama_get_logits_ith(ctx, -1); }
 
-std::string lg_chat::generate(const std::vector<llama_token> & prompt, const lg_generate_params & p) {
+std::unique_lock<std::mutex> lg_chat::enter(bool allowed_in_callback, const char * what) {
+    if (generating_thread.load() == std::this_thread::get_id()) {
+        if (!allowed_in_callback) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, std::string(what) + " was called from a callback of this chat's own "
+                                                  "generation, which it would change under it: call it after "
+                                                  "the generation returns");
+        }
+        return {};
+    }
+    return std::unique_lock<std::mutex>(mutex);
+}
+
+lg_chat::generation lg_chat::generate(const std::vector<llama_token> & prompt, const lg_generate_params & p) {
     std::vector<std::string> stops;
     for (size_t i = 0; i < p.n_stop; ++i) {
         if (!p.stop[i] || !p.stop[i][0]) {
@@ -305,11 +330,60 @@ std::string lg_chat::generate(const std::vector<llama_token> & prompt, const lg_
         }
         stops.emplace_back(p.stop[i]);
     }
+    lg_guard * guard = p.guard;
+    // Room the guard's invocation needs after the last token, so that the final verdict always fits.
+    const size_t reserve = guard ? guard->spec.invocation.size() : 0;
+    if (guard) {
+        check_guard(*guard);
+        if (prompt.size() + reserve > n_ctx) {
+            lg::fail(LG_ERR_TOO_LONG, "prompt of " + std::to_string(prompt.size()) + " tokens leaves no room for the "
+                                          "guard's invocation (" + std::to_string(reserve) + " tokens) in n_ctx " +
+                                          std::to_string(n_ctx) + ": raise n_ctx or shorten the prompt");
+        }
+    }
+    struct generating_scope {
+        std::atomic<std::thread::id> & id;
+        explicit generating_scope(std::atomic<std::thread::id> & i) : id(i) { id = std::this_thread::get_id(); }
+        ~generating_scope() { id = std::thread::id(); }
+    } scope(generating_thread);
     cancel_requested = false;
     decode(prompt.data(), prompt.size(), /*clear=*/true);
+    const size_t n_prompt = n_past;
+
+    generation result;
+    size_t n_judged = 0;  // n_past at the last verdict
+    std::vector<float> verdict_logits(guard ? guard->spec.labels.size() : 0);
+    std::vector<float> verdict_probs(verdict_logits.size());
+    std::vector<uint8_t> verdict_flags(verdict_logits.size());
+    // Judges the context; false when generation must stop (flagged, or on_verdict said so).
+    const auto judge = [&] {
+        classify(*guard, verdict_logits.data());
+        guard->verdicts(verdict_logits.data(), 1, verdict_probs.data(), verdict_flags.data());
+        n_judged = n_past;
+        std::string labels;
+        for (size_t l = 0; l < verdict_flags.size(); ++l) {
+            if (verdict_flags[l]) {
+                labels += (labels.empty() ? "" : ", ") + guard->spec.labels[l];
+            }
+        }
+        const lg_verdict v{n_past, n_past - n_prompt, static_cast<int32_t>(verdict_logits.size()),
+                           verdict_logits.data(), verdict_probs.data(), verdict_flags.data(), !labels.empty()};
+        const bool go_on = !p.on_verdict || p.on_verdict(&v, p.user_data);
+        if (!labels.empty()) {
+            result.flagged = "the guard flagged the " +
+                             (n_past == n_prompt ? std::string("prompt")
+                                                 : "reply after " + std::to_string(n_past - n_prompt) + " tokens") +
+                             " (" + labels + ")";
+            return false;
+        }
+        return go_on;
+    };
+    if (guard && !judge()) {
+        return result;
+    }
 
     sampler_ptr sampler = make_sampler(p);
-    std::string out;
+    std::string & out = result.text;
     size_t final_end = 0;  // out[0, final_end) has been handed to on_token and can no longer change
     llama_token last = LLAMA_TOKEN_NULL;
     // Hands out[final_end, end) to the callback; false when the callback asks to stop.
@@ -321,6 +395,11 @@ std::string lg_chat::generate(const std::vector<llama_token> & prompt, const lg_
                            p.on_token(last, out.data() + final_end, end - final_end, last_logits(), p.user_data);
         final_end = end;
         return go_on;
+    };
+    // A verdict that stops generation withholds the text not yet released.
+    const auto stop_by_guard = [&] {
+        out.resize(final_end);
+        return result;
     };
     for (int32_t step = 0; p.max_tokens <= 0 || step < p.max_tokens; ++step) {
         if (cancel_requested) {
@@ -338,18 +417,23 @@ std::string lg_chat::generate(const std::vector<llama_token> & prompt, const lg_
         }
         if (stop_at != std::string::npos) {
             out.resize(stop_at);
-            release(stop_at);
-            return out;
+            break;
         }
         if (!release(out.size() - stop_prefix_at_end(out, stops))) {
             out.resize(final_end);
-            return out;
+            break;
         }
-        if (n_past >= n_ctx) {
+        if (n_past + reserve >= n_ctx) {
             break;
         }
         decode(&last, 1, /*clear=*/false);
+        if (guard && p.guard_every > 0 && (n_past - n_prompt) % static_cast<size_t>(p.guard_every) == 0 && !judge()) {
+            return stop_by_guard();
+        }
+    }
+    if (guard && n_past != n_judged && !judge()) {
+        return stop_by_guard();
     }
     release(out.size());
-    return out;
+    return result;
 }

@@ -30,6 +30,8 @@ class gguf_file {
     std::optional<bool> get_bool(const std::string & key) const;
     std::optional<std::vector<std::string>> get_str_array(const std::string & key) const;
     std::optional<std::vector<float>> get_f32_array(const std::string & key) const;
+    // Exactly UINT32 elements: llama.cpp's LoRA loader refuses any other type for its token-id arrays.
+    std::optional<std::vector<uint32_t>> get_u32_array(const std::string & key) const;
     // Any scalar or array as text, for display.
     std::optional<std::string> get_as_text(const std::string & key) const;
     // Fails unless every key, string value and tensor name is UTF-8, as GGUF requires: they reach messages and

@@ -14,6 +14,9 @@ namespace lg {
 namespace {
 
 const std::string k_prefix = "loraguard.";
+const std::string k_invocation_tokens = "adapter.alora.invocation_tokens";  // llama.cpp's own key
+// Invocations are a few marker tokens; a cap keeps a damaged file from making every guard call long.
+constexpr size_t k_max_invocation_tokens = 64;
 
 template <typename T> T require(const std::optional<T> & value, const gguf_file & file, const std::string & key) {
     if (!value) {
@@ -43,8 +46,67 @@ void check_stock_lora_keys(const gguf_file & file, const lg_model & model) {
     if (!std::isfinite(file.get_f32("adapter.lora.alpha").value_or(0.0f))) {
         fail(LG_ERR_FORMAT, "guard file " + file.path() + ": adapter.lora.alpha is NaN or infinite");
     }
-    if (file.has("adapter.alora.invocation_tokens")) {
-        fail(LG_ERR_FORMAT, "guard file " + file.path() + " is an activated LoRA (aLoRA), which guards do not use");
+}
+
+// The aLoRA keys (docs/guard-format.md), checked before llama.cpp's loader reads them: it throws on a wrong
+// type and trusts the ids, which index the vocabulary.
+void read_activation(const gguf_file & file, const lg_model & model, guard_spec & spec) {
+    const std::string & path = file.path();
+    const auto ids = file.get_u32_array(k_invocation_tokens);
+    const auto activation = file.get_str(k_prefix + "activation");
+    if (!ids && !activation) {
+        if (spec.version > 1) {
+            fail(LG_ERR_FORMAT, "guard file " + path + " has format version " + std::to_string(spec.version) +
+                                    " (activated LoRA) but no " + k_prefix + "activation key: the file is damaged; "
+                                    "rebuild it with loraguard-convert guard");
+        }
+        return;
+    }
+    if (!ids || !activation) {
+        fail(LG_ERR_FORMAT, "guard file " + path + " has " + (ids ? k_invocation_tokens : k_prefix + "activation") +
+                                " without " + (ids ? k_prefix + "activation = alora" : k_invocation_tokens) +
+                                ": an activated LoRA (aLoRA) guard needs both; rebuild it with loraguard-convert guard");
+    }
+    if (*activation != "alora") {
+        fail(LG_ERR_FORMAT, "guard file " + path + ": unknown " + k_prefix + "activation '" + *activation +
+                                "' (expected alora, or no key for a plain LoRA guard)");
+    }
+    if (spec.version < 2) {
+        fail(LG_ERR_FORMAT, "guard file " + path + " is an activated LoRA (aLoRA) with format version " +
+                                std::to_string(spec.version) + ", aLoRA guards are version 2: the file is damaged; "
+                                "rebuild it with loraguard-convert guard");
+    }
+    if (ids->empty() || ids->size() > k_max_invocation_tokens) {
+        fail(LG_ERR_FORMAT, "guard file " + path + ": " + k_invocation_tokens + " has " + std::to_string(ids->size()) +
+                                " tokens, an invocation has 1 to " + std::to_string(k_max_invocation_tokens));
+    }
+    const uint32_t n_vocab = static_cast<uint32_t>(llama_vocab_n_tokens(model.vocab));
+    for (const uint32_t id : *ids) {
+        if (id >= n_vocab) {
+            fail(LG_ERR_MISMATCH, "guard file " + path + ": invocation token id " + std::to_string(id) +
+                                      " is outside the vocabulary of model " + model.name + " (" +
+                                      std::to_string(n_vocab) + " tokens): the guard was built for another tokenizer");
+        }
+    }
+    spec.invocation.assign(ids->begin(), ids->end());
+    spec.invocation_text = require(file.get_str(k_prefix + "alora.invocation"), file, k_prefix + "alora.invocation");
+    const std::vector<llama_token> retokenized =
+        tokenize(model.vocab, spec.invocation_text, /*add_special=*/false, /*parse_special=*/true);
+    if (retokenized != spec.invocation) {
+        const auto list = [](const std::vector<llama_token> & v) {
+            std::string out;
+            for (const llama_token t : v) {
+                out += (out.empty() ? "" : ",") + std::to_string(t);
+            }
+            return "[" + out + "]";
+        };
+        fail(LG_ERR_MISMATCH, "guard file " + path + ": its invocation text tokenizes to " + list(retokenized) +
+                                  " with model " + model.name + "'s tokenizer, but the guard stores ids " +
+                                  list(spec.invocation) + ": the guard was made for another tokenizer");
+    }
+    if (spec.pool != pooling::last) {
+        fail(LG_ERR_FORMAT, "guard file " + path + ": an activated LoRA guard reads the invocation's last token, so "
+                                "its pooling must be 'last'");
     }
 }
 
@@ -235,6 +297,7 @@ guard_spec read_guard_file(const std::string & path, const lg_model & model) {
                                   "', which does not suit " + (model.is_encoder ? "encoder" : "decoder") + " model " +
                                   model.name);
     }
+    read_activation(file, model, spec);
     spec.template_prompt = read_template(file, "template.prompt", {"{prompt}"});
     spec.template_pair = read_template(file, "template.pair", {"{prompt}", "{response}"});
     spec.parse_special = file.get_bool(k_prefix + "template.parse_special").value_or(false);

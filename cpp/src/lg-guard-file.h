@@ -25,6 +25,10 @@ struct guard_spec {
     int32_t lora_rank = 0;
     uint64_t lora_params = 0;
     std::vector<std::string> measured_types;
+    // Activated LoRA (format version 2): the adapter applies only from the first invocation token on, so the
+    // input before it is the base model's own K/V. Empty for a plain LoRA guard.
+    std::vector<llama_token> invocation;
+    std::string invocation_text;
     std::string warning;  // non-fatal: e.g. a base type the guard was not measured on
     // Every loraguard.* key as text, without the prefix, for lg_guard_meta.
     std::map<std::string, std::string> meta;

@@ -5,35 +5,17 @@
 #include "lg-threads.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
 namespace {
 
-// The decoder builders in llama.cpp name the final-norm output "result_norm"; the LM head follows it.
-constexpr const char * k_final_norm = "result_norm";
 // llama.cpp's own default ubatch
 constexpr uint32_t k_default_n_ubatch = 512;
 // Past this a text is refused before tokenizing (llama.cpp allocates 4 bytes per input byte to tokenize it)
 constexpr size_t k_default_max_text_bytes = size_t{4} << 20;
-
-// Scheduler callback: asks for the final-norm tensor only, copies its rows, then returns false so the
-// scheduler skips the rest of the graph (the LM head, which the guard never needs).
-bool capture_final_norm(ggml_tensor * t, bool ask, void * user_data) {
-    auto * cap = static_cast<lg_hidden_capture *>(user_data);
-    if (ask) {
-        return std::strcmp(t->name, k_final_norm) == 0;
-    }
-    if (t->type != GGML_TYPE_F32 || t->ne[0] != cap->n_embd || !ggml_is_contiguous(t)) {
-        cap->error = "final norm tensor is not a contiguous F32 [n_embd, n_outputs] matrix";
-        return false;
-    }
-    const size_t offset = cap->rows.size();
-    cap->rows.resize(offset + static_cast<size_t>(ggml_nelements(t)));
-    ggml_backend_tensor_get(t, cap->rows.data() + offset, 0, ggml_nbytes(t));
-    return false;
-}
 
 enum llama_pooling_type llama_pooling(lg::pooling p) {
     switch (p) {
@@ -65,7 +47,6 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
         lg::fail(LG_ERR_INVALID_ARGUMENT, "n_ctx " + std::to_string(n_ctx) + " is too small for a guard (at least 8)");
     }
 
-    const int n_threads = params.n_threads > 0 ? lg::resolve_n_threads(params.n_threads) : model.n_threads_budget();
     if (params.max_text_bytes == 0) {
         params.max_text_bytes = k_default_max_text_bytes;
     }
@@ -75,7 +56,20 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
         lg::fail(LG_ERR_FORMAT, "llama.cpp could not load the LoRA tensors of guard " + path +
                                     " (truncated or corrupt tensor data)");
     }
+    // An aLoRA guard that only judges chats in place never needs a context of its own: made on first classify.
+    if (!is_alora()) {
+        try {
+            make_context();
+        } catch (...) {
+            llama_adapter_lora_free(adapter);
+            throw;
+        }
+    }
+    model.retain();
+}
 
+void lg_guard::make_context() {
+    const int n_threads = params.n_threads > 0 ? lg::resolve_n_threads(params.n_threads) : model.n_threads_budget();
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx = n_ctx;
     cparams.n_batch = n_ctx;
@@ -98,7 +92,7 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
     }
     if (spec.pool == lg::pooling::last) {
         capture.n_embd = model.n_embd;
-        cparams.cb_eval = capture_final_norm;
+        cparams.cb_eval = lg::capture_final_norm;
         cparams.cb_eval_user_data = &capture;
     } else {
         cparams.embeddings = true;
@@ -106,24 +100,23 @@ lg_guard::lg_guard(lg_model & model_, const std::string & path, const lg_guard_p
     }
     ctx = llama_init_from_model(model.model, cparams);
     if (!ctx) {
-        llama_adapter_lora_free(adapter);
         lg::fail(LG_ERR_BACKEND, "llama.cpp could not create the guard context (n_ctx " + std::to_string(n_ctx) +
                                      "): out of memory? try a smaller n_ctx");
     }
-    // Set once: this context only ever runs with the guard's adapter, so no per-call switching cost.
-    llama_adapter_lora * adapters[] = {adapter};
-    float scales[] = {1.0f};
-    if (llama_set_adapters_lora(ctx, adapters, 1, scales) != 0) {
+    // A plain guard's context only ever runs with its adapter: set once, no per-call switching cost. An aLoRA
+    // guard switches it per decode (prefix without, invocation with).
+    if (!is_alora() && llama_set_adapters_lora(ctx, &adapter, 1, std::array<float, 1>{1.0f}.data()) != 0) {
         llama_free(ctx);
-        llama_adapter_lora_free(adapter);
+        ctx = nullptr;
         lg::fail(LG_ERR_BACKEND, "llama.cpp could not attach the guard adapter to its context");
     }
     batch = llama_batch_init(static_cast<int32_t>(n_ctx), 0, 1);
-    model.retain();
 }
 
 lg_guard::~lg_guard() {
-    llama_batch_free(batch);
+    if (ctx) {
+        llama_batch_free(batch);
+    }
     if (ctx) {
         llama_free(ctx);
     }
@@ -147,12 +140,17 @@ std::vector<llama_token> lg_guard::tokenize(const lg_input & input) const {
         lg::check_text(text, field);
     };
     check(prompt, "prompt");
+    std::vector<llama_token> tokens;
     if (input.response) {
         const std::string_view response(input.response, input.response_len);
         check(response, "response");
-        return pair_template.tokenize({prompt, response});
+        tokens = pair_template.tokenize({prompt, response});
+    } else {
+        tokens = prompt_template.tokenize({prompt});
     }
-    return prompt_template.tokenize({prompt});
+    // Appended as ids: tokenizing the invocation together with the text could merge tokens across the seam.
+    tokens.insert(tokens.end(), spec.invocation.begin(), spec.invocation.end());
+    return tokens;
 }
 
 std::vector<std::vector<llama_token>> lg_guard::sequences(const lg_input & input) const { return fit(input, 0); }
@@ -185,7 +183,7 @@ std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size
     const std::vector<lg::token_template::segment> segments =
         input.response ? pair_template.segments({prompt, std::string_view(input.response, input.response_len)})
                        : prompt_template.segments({prompt});
-    size_t fixed = 0;
+    size_t fixed = spec.invocation.size();  // the invocation is always kept whole, at the end
     size_t content = 0;
     for (const auto & seg : segments) {
         (seg.slot < 0 ? fixed : content) += seg.tokens.size();
@@ -209,6 +207,7 @@ std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size
             w.insert(w.end(), seg.tokens.begin() + static_cast<long>(lo), seg.tokens.begin() + static_cast<long>(hi));
             at += seg.tokens.size();
         }
+        w.insert(w.end(), spec.invocation.begin(), spec.invocation.end());
         return w;
     };
     if (params.overflow == LG_OVERFLOW_KEEP_END) {
@@ -228,35 +227,42 @@ std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size
 
 void lg_guard::run_decode(const std::vector<job> & jobs, size_t begin, size_t end, std::vector<float> & states) {
     const bool last_token = spec.pool == lg::pooling::last;
+    // An aLoRA guard decodes every prefix without the adapter first (no outputs), then the invocations with it.
+    const size_t n_tail = spec.invocation.size();
     batch.n_tokens = 0;
     for (size_t j = begin; j < end; ++j) {
         const auto & tokens = jobs[j].tokens;
         const auto seq = static_cast<llama_seq_id>(j - begin);
-        for (size_t p = 0; p < tokens.size(); ++p) {
+        for (size_t p = 0; p + n_tail < tokens.size(); ++p) {
             const int32_t k = batch.n_tokens++;
             batch.token[k] = tokens[p];
             batch.pos[k] = static_cast<llama_pos>(p);
             batch.n_seq_id[k] = 1;
             batch.seq_id[k][0] = seq;
-            batch.logits[k] = !last_token || p + 1 == tokens.size();
+            batch.logits[k] = !is_alora() && (!last_token || p + 1 == tokens.size());
         }
     }
     llama_memory_clear(llama_get_memory(ctx), true);
-    capture.rows.clear();
-    capture.error.clear();
-    const int32_t rc = llama_decode(ctx, batch);
+    capture.reset();
+    if (is_alora()) {
+        set_adapter(ctx, false);
+        capture.active = false;  // no outputs: nothing to read, and the prefix's last layer runs to the end
+    }
+    const int32_t rc = batch.n_tokens > 0 ? llama_decode(ctx, batch) : 0;
+    capture.active = true;
     if (rc != 0) {
         lg::fail(LG_ERR_BACKEND, "llama.cpp guard decode failed (" + std::to_string(rc) + ")");
     }
     const size_t n_embd = static_cast<size_t>(model.n_embd);
+    if (is_alora()) {
+        std::vector<llama_pos> starts;
+        for (size_t j = begin; j < end; ++j) {
+            starts.push_back(static_cast<llama_pos>(jobs[j].tokens.size() - n_tail));
+        }
+        invoke(ctx, batch, starts, capture);
+    }
     if (last_token) {
-        if (!capture.error.empty()) {
-            lg::fail(LG_ERR_BACKEND, capture.error);
-        }
-        if (capture.rows.size() != (end - begin) * n_embd) {
-            lg::fail(LG_ERR_BACKEND, "architecture '" + model.architecture + "' did not expose its final norm ('" +
-                                         k_final_norm + "'): the guard path does not support it");
-        }
+        lg::check_captured(capture, end - begin, model.architecture);
         states.insert(states.end(), capture.rows.begin(), capture.rows.end());
         return;
     }
@@ -273,6 +279,9 @@ void lg_guard::classify(const lg_input * inputs, size_t n, float * logits) {
     const std::vector<job> jobs = make_jobs(inputs, n);
 
     std::lock_guard<std::mutex> lock(mutex);
+    if (!ctx) {
+        make_context();
+    }
     const lg::thread_share threads(model, ctx, params.n_threads);
     std::vector<float> states;
     states.reserve(jobs.size() * static_cast<size_t>(model.n_embd));
@@ -292,23 +301,30 @@ void lg_guard::classify(const lg_input * inputs, size_t n, float * logits) {
     const size_t n_labels = spec.labels.size();
     const size_t n_embd = static_cast<size_t>(model.n_embd);
     std::fill(logits, logits + n * n_labels, -std::numeric_limits<float>::infinity());
+    std::vector<float> row(n_labels);
     for (size_t j = 0; j < jobs.size(); ++j) {
-        const float * h = states.data() + j * n_embd;
+        head(states.data() + j * n_embd, row.data(), jobs[j].input);
         float * out = logits + jobs[j].input * n_labels;
         for (size_t l = 0; l < n_labels; ++l) {
-            const float * w = spec.head_weight.data() + l * n_embd;
-            double acc = spec.head_bias[l];
-            for (size_t k = 0; k < n_embd; ++k) {
-                acc += static_cast<double>(w[k]) * h[k];
-            }
-            if (!std::isfinite(acc)) {
-                // A silent -inf would never flag: a scale or weights that overflow are a broken guard, not a verdict.
-                lg::fail(LG_ERR_BACKEND, "the guard computed a non-finite score for input " +
-                                             std::to_string(jobs[j].input) +
-                                             " (its LoRA scale or weights overflow): the guard file is unusable");
-            }
-            out[l] = std::max(out[l], static_cast<float>(acc));  // windows: the max logit per label
+            out[l] = std::max(out[l], row[l]);  // windows: the max logit per label
         }
+    }
+}
+
+void lg_guard::head(const float * state, float * logits, size_t input_index) const {
+    const size_t n_embd = static_cast<size_t>(model.n_embd);
+    for (size_t l = 0; l < spec.labels.size(); ++l) {
+        const float * w = spec.head_weight.data() + l * n_embd;
+        double acc = spec.head_bias[l];
+        for (size_t k = 0; k < n_embd; ++k) {
+            acc += static_cast<double>(w[k]) * state[k];
+        }
+        if (!std::isfinite(acc)) {
+            // A silent -inf would never flag: a scale or weights that overflow are a broken guard, not a verdict.
+            lg::fail(LG_ERR_BACKEND, "the guard computed a non-finite score for input " + std::to_string(input_index) +
+                                         " (its LoRA scale or weights overflow): the guard file is unusable");
+        }
+        logits[l] = static_cast<float>(acc);
     }
 }
 

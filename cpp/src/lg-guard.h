@@ -1,6 +1,7 @@
 // The guard path: the model plus the guard's LoRA delta in a context of its own, and the linear head.
 #pragma once
 
+#include "lg-capture.h"
 #include "lg-guard-file.h"
 #include "lg-model.h"
 #include "lg-template.h"
@@ -9,26 +10,31 @@
 #include <string>
 #include <vector>
 
-// Rows of final-norm hidden states captured from the graph, in output order.
-struct lg_hidden_capture {
-    int64_t n_embd = 0;
-    std::vector<float> rows;
-    std::string error;
-};
-
 struct lg_guard {
     lg_guard(lg_model & model, const std::string & path, const lg_guard_params & params);
     ~lg_guard();
     lg_guard(const lg_guard &) = delete;
     lg_guard & operator=(const lg_guard &) = delete;
 
-    // The token ids one input runs as (template applied, no overflow handling).
+    // The token ids one input runs as (template applied, an aLoRA guard's invocation after it; no overflow handling).
     std::vector<llama_token> tokenize(const lg_input & input) const;
     // The sequences one input is scored as, its overflow policy applied.
     std::vector<std::vector<llama_token>> sequences(const lg_input & input) const;
     void classify(const lg_input * inputs, size_t n, float * logits);
     // Sigmoid of the logits and the guard's thresholds: the one place the verdict rule lives.
     void verdicts(const float * logits, size_t n, float * probs, uint8_t * flagged) const;
+    // The head on one pooled state (n_embd floats): n_labels logits.
+    void head(const float * state, float * logits, size_t input_index) const;
+
+    // Activated LoRA (lg-alora.cpp): true for a guard whose adapter applies from its invocation on.
+    bool is_alora() const { return !spec.invocation.empty(); }
+    // The guard's adapter on ctx (on) or no adapter (off). llama.cpp rebuilds the context's scheduler at the next
+    // decode after a change; the same state again costs nothing.
+    void set_adapter(llama_context * ctx, bool on) const;
+    // Decodes the invocation with the adapter on, after the prefix of sequence i that holds starts[i] tokens,
+    // and captures the final-norm state of each invocation's last token into capture (one row per sequence).
+    void invoke(llama_context * ctx, llama_batch & batch, const std::vector<llama_pos> & starts,
+                lg::hidden_capture & capture) const;
 
     lg_model & model;
     lg::guard_spec spec;
@@ -40,6 +46,8 @@ struct lg_guard {
     uint32_t n_ctx = 0;
 
   private:
+    // The guard's own context, its batch and capture (one decode of n_ctx tokens, the adapter set unless aLoRA).
+    void make_context();
     struct job {
         size_t input;
         std::vector<llama_token> tokens;
@@ -50,7 +58,7 @@ struct lg_guard {
     // Runs jobs [begin, end) in one decode; appends one pooled state (n_embd floats) per job to states.
     void run_decode(const std::vector<job> & jobs, size_t begin, size_t end, std::vector<float> & states);
 
-    lg_hidden_capture capture;
+    lg::hidden_capture capture;
     llama_batch batch{};
     std::mutex mutex;  // one decode at a time on this context
 };

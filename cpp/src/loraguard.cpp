@@ -58,6 +58,7 @@ const char * lg_status_name(lg_status status) {
         case LG_ERR_BACKEND: return "backend error";
         case LG_ERR_CANCELLED: return "cancelled";
         case LG_ERR_INTERNAL: return "internal error";
+        case LG_FLAGGED: return "flagged by the guard";
     }
     return "unknown status";
 }
@@ -222,6 +223,16 @@ lg_status lg_guard_classify(lg_guard * guard, const lg_input * inputs, size_t n,
     });
 }
 
+bool lg_guard_is_alora(const lg_guard * g) { return g && g->is_alora(); }
+
+lg_status lg_guard_invocation(const lg_guard * guard, int32_t * tokens, size_t n_max, size_t * n_tokens) {
+    return lg::call([&] {
+        require(guard, "guard");
+        require(n_tokens, "n_tokens");
+        *n_tokens = copy_tokens(guard->spec.invocation, tokens, n_max);
+    });
+}
+
 lg_status lg_guard_tokenize(const lg_guard * guard, const lg_input * input, int32_t * tokens, size_t n_max,
                             size_t * n_tokens) {
     return lg::call([&] {
@@ -260,6 +271,7 @@ lg_chat_params lg_chat_default_params(void) {
     p.n_ubatch = d.n_ubatch;
     p.n_threads = 0;
     p.flash_attn = LG_FLASH_ATTN_AUTO;
+    p.f32_kv_cache = false;
     return p;
 }
 
@@ -310,6 +322,9 @@ lg_generate_params lg_generate_default_params(void) {
     p.n_stop = 0;
     p.on_token = nullptr;
     p.user_data = nullptr;
+    p.guard = nullptr;
+    p.guard_every = 16;
+    p.on_verdict = nullptr;
     return p;
 }
 
@@ -327,10 +342,13 @@ lg_status generate_with(lg_chat * chat, const lg_generate_params * params, char 
             require(p.stop, "stop");
         }
         const std::vector<llama_token> tokens = prompt_tokens();
-        std::lock_guard<std::mutex> lock(chat->mutex);
-        const std::string text = chat->generate(tokens, p);
+        const auto lock = chat->enter(/*allowed_in_callback=*/false, "a generation");
+        const lg_chat::generation result = chat->generate(tokens, p);
         if (out) {
-            *out = copy_string(text);
+            *out = copy_string(result.text);
+        }
+        if (!result.flagged.empty()) {
+            lg::fail(LG_FLAGGED, result.flagged);
         }
     });
 }
@@ -366,11 +384,43 @@ lg_status lg_chat_decode(lg_chat * chat, const int32_t * tokens, size_t n, bool 
     return lg::call([&] {
         require(chat, "chat");
         require(tokens, "tokens");
-        std::lock_guard<std::mutex> lock(chat->mutex);
+        const auto lock = chat->enter(/*allowed_in_callback=*/false, "lg_chat_decode");
         chat->decode(tokens, n, clear);
         if (logits) {
             const float * last = chat->last_logits();
             std::copy(last, last + llama_vocab_n_tokens(chat->model.vocab), logits);
+        }
+    });
+}
+
+lg_status lg_chat_classify(lg_chat * chat, lg_guard * guard, float * logits, float * probs, uint8_t * flagged) {
+    return lg::call([&] {
+        require(chat, "chat");
+        require(guard, "guard");
+        require(logits, "logits");
+        const auto lock = chat->enter(/*allowed_in_callback=*/true, "lg_chat_classify");
+        chat->classify(*guard, logits);
+        guard->verdicts(logits, 1, probs, flagged);
+    });
+}
+
+lg_status lg_chat_memory(lg_chat * chat, size_t * n_tokens, int32_t * pos_min, int32_t * pos_max,
+                         size_t * state_bytes) {
+    return lg::call([&] {
+        require(chat, "chat");
+        const auto lock = chat->enter(/*allowed_in_callback=*/true, "lg_chat_memory");
+        llama_memory_t memory = llama_get_memory(chat->ctx);
+        if (n_tokens) {
+            *n_tokens = chat->n_tokens();
+        }
+        if (pos_min) {
+            *pos_min = llama_memory_seq_pos_min(memory, 0);
+        }
+        if (pos_max) {
+            *pos_max = llama_memory_seq_pos_max(memory, 0);
+        }
+        if (state_bytes) {
+            *state_bytes = llama_state_seq_get_size(chat->ctx, 0);
         }
     });
 }

@@ -81,6 +81,9 @@ class Model {
     model_handle handle_;
 };
 
+// The lg_guard of a Python GuardPath (guard.cpp), for calls that judge a chat with it.
+std::shared_ptr<lg_guard> guard_of(const py::object & guard_path);
+
 void register_model(py::module_ & m);
 void register_guard(py::module_ & m);
 void register_chat(py::module_ & m);

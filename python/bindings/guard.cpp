@@ -109,6 +109,16 @@ class GuardPath {
         return tokens;
     }
 
+    std::shared_ptr<lg_guard> get() const { return handle_.get("guard"); }
+    bool is_alora() const { return lg_guard_is_alora(handle_.get("guard").get()); }
+    std::vector<int32_t> invocation() const {
+        auto g = handle_.get("guard");
+        size_t n = 0;
+        check(lg_guard_invocation(g.get(), nullptr, 0, &n));
+        std::vector<int32_t> tokens(n);
+        check(lg_guard_invocation(g.get(), tokens.data(), tokens.size(), &n));
+        return tokens;
+    }
     int32_t lora_rank() const { return lg_guard_lora_rank(handle_.get("guard").get()); }
     uint64_t n_params() const { return lg_guard_n_params(handle_.get("guard").get()); }
     std::string warning() const { return lg_guard_warning(handle_.get("guard").get()); }
@@ -147,6 +157,8 @@ class GuardPath {
 
 }  // namespace
 
+std::shared_ptr<lg_guard> guard_of(const py::object & guard_path) { return guard_path.cast<const GuardPath &>().get(); }
+
 void register_guard(py::module_ & m) {
     py::class_<GuardPath>(m, "GuardPath")
         .def(py::init<const Model &, const std::string &, uint32_t, uint32_t, int, int, bool, bool, int, uint32_t,
@@ -158,6 +170,8 @@ void register_guard(py::module_ & m) {
         .def_property_readonly("labels", &GuardPath::labels)
         .def_property_readonly("thresholds", &GuardPath::thresholds)
         .def_property_readonly("lora_rank", &GuardPath::lora_rank)
+        .def_property_readonly("is_alora", &GuardPath::is_alora)
+        .def_property_readonly("invocation", &GuardPath::invocation)
         .def_property_readonly("n_params", &GuardPath::n_params)
         .def_property_readonly("warning", &GuardPath::warning)
         .def_property_readonly("closed", &GuardPath::closed)

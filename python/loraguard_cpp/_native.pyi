@@ -8,6 +8,10 @@ FORMAT_VERSION: int
 # on_token(token_id, piece_bytes, logits_or_None) -> keep going (None counts as True)
 TokenCallback = Callable[[int, bytes, npt.NDArray[np.float32] | None], bool | None]
 Messages = Sequence[tuple[str | bytes, str | bytes]]
+# on_verdict(n_tokens, n_reply_tokens, logits, probs, flagged) -> keep going (None counts as True)
+VerdictCallback = Callable[
+    [int, int, npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]], bool | None
+]
 
 class Model:
     def __init__(
@@ -70,6 +74,10 @@ class GuardPath:
     @property
     def lora_rank(self) -> int: ...
     @property
+    def is_alora(self) -> bool: ...
+    @property
+    def invocation(self) -> list[int]: ...
+    @property
     def n_params(self) -> int: ...
     @property
     def warning(self) -> str: ...
@@ -95,6 +103,7 @@ class ChatPath:
         n_ubatch: int = 0,
         n_threads: int = 0,
         flash_attn: int = -1,
+        f32_kv_cache: bool = False,
     ) -> None: ...
     def format(self, messages: Messages) -> str: ...
     def tokenize(self, messages: Messages) -> list[int]: ...
@@ -109,6 +118,9 @@ class ChatPath:
         stop: Sequence[str | bytes] = (),
         on_token: TokenCallback | None = None,
         with_logits: bool = False,
+        guard: GuardPath | None = None,
+        guard_every: int = 16,
+        on_verdict: VerdictCallback | None = None,
     ) -> bytes: ...
     def generate_messages(
         self,
@@ -121,9 +133,16 @@ class ChatPath:
         stop: Sequence[str | bytes] = (),
         on_token: TokenCallback | None = None,
         with_logits: bool = False,
+        guard: GuardPath | None = None,
+        guard_every: int = 16,
+        on_verdict: VerdictCallback | None = None,
     ) -> bytes: ...
     def cancel(self) -> None: ...
     def decode(self, tokens: Sequence[int], clear: bool = True) -> npt.NDArray[np.float32]: ...
+    def classify(
+        self, guard: GuardPath
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]: ...
+    def memory(self) -> tuple[int, int, int, int]: ...
     @property
     def closed(self) -> bool: ...
     def close(self) -> None: ...

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from . import dataset, registry
-from .errors import FileAccessError, LoraGuardError
-from .guard import Guard
+from .errors import FileAccessError, FlaggedError, LoraGuardError
+from .guard import ChatVerdict, Guard, GuardResult
 
 EXIT_FLAGGED = 1
 EXIT_ERROR = 2
@@ -147,15 +147,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 REFUSAL = "I can't help with that."
 
 
-def _verdict(guard: Guard, prompt: str, response: str | None = None) -> dict[str, object]:
-    result = guard.classify(prompt, response)
+def _verdict_dict(result: GuardResult) -> dict[str, object]:
     return {"flagged": result.flagged, "flagged_labels": result.flagged_labels,
             "scores": {k: round(v, 6) for k, v in result.scores.items()}}
+
+
+def _verdict(guard: Guard, prompt: str, response: str | None = None) -> dict[str, object]:
+    return _verdict_dict(guard.classify(prompt, response))
 
 
 def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Namespace,
                   echo: bool) -> dict[str, object]:
     """One chat turn: guard the prompt, generate on the chat path, guard the response as it grows."""
+    if guard.is_alora:
+        return _alora_turn(guard, history, args, echo)
     user = history[-1][1]
     prompt_verdict = _verdict(guard, user)
     turn: dict[str, object] = {"prompt": user, "prompt_verdict": prompt_verdict}
@@ -188,6 +193,38 @@ def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.N
     elif echo:
         print()
     return turn
+
+
+def _alora_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Namespace,
+                echo: bool) -> dict[str, object]:
+    """A turn guarded in the chat's own context by an aLoRA guard: the whole conversation is judged after the
+    prompt's prefill and the reply every --window tokens, each at the cost of the new tokens plus the invocation."""
+    verdicts: list[ChatVerdict] = []
+    response = ""
+    try:
+        for piece in guard.stream(history, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                                  window=args.window, on_verdict=verdicts.append):
+            response += piece
+            if echo:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    except FlaggedError as e:
+        flagged = e.verdict if isinstance(e.verdict, ChatVerdict) else verdicts[-1]
+        where = "prompt" if flagged.n_reply_tokens == 0 else "response"
+        turn: dict[str, object] = {"prompt": history[-1][1], "prompt_verdict": _verdict_dict(verdicts[0]),
+                                   "response": REFUSAL, "refused": where}
+        turn["response_verdict"] = None if where == "prompt" else _verdict_dict(flagged)
+        if where == "response":
+            turn["response_withheld"] = True
+        if echo:
+            lead = "\n" if where == "response" else ""
+            print(f"{lead}[guard: {where} flagged {flagged.flagged_labels}] {REFUSAL}")
+        return turn
+    replies = [v for v in verdicts if v.n_reply_tokens > 0]
+    if echo:
+        print()
+    return {"prompt": history[-1][1], "prompt_verdict": _verdict_dict(verdicts[0]), "response": response,
+            "response_verdict": _verdict_dict(replies[-1]) if replies and response.strip() else None}
 
 
 def _fit_history(guard: Guard, history: list[tuple[str, str]], budget: int) -> list[tuple[str, str]]:
@@ -330,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system message")
     p.add_argument("--json", action="store_true", help="with --prompt: print verdicts and response as JSON")
     p.add_argument("--window", type=int, default=16,
-                   help="re-guard the streamed response every N pieces (0: only when finished)")
+                   help="re-guard the streamed response every N pieces (0: only when finished); an aLoRA guard "
+                        "judges the whole conversation in the chat's own context every N tokens")
     p.add_argument("--chat-ctx", type=int, default=2048,
                    help="chat context: the oldest exchanges are dropped to keep room for --max-tokens")
     _sampling_options(p)

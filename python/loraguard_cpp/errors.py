@@ -50,6 +50,18 @@ class BackendError(LoraGuardError):
     status = 6
 
 
+class FlaggedError(LoraGuardError):
+    """A guarded generation stopped because its guard flagged the conversation (C API: LG_FLAGGED). ``text`` is
+    the reply released before the verdict, ``verdict`` the flagged verdict (set by ``Guard.chat`` / ``stream``)."""
+
+    status = 9
+
+    def __init__(self, message: str, text: bytes | str = "", verdict: object | None = None) -> None:
+        super().__init__(message)
+        self.text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        self.verdict = verdict
+
+
 _BY_STATUS: dict[int, type[LoraGuardError]] = {
     cls.status: cls
     for cls in (

@@ -112,6 +112,8 @@ _TRAIN_OVERRIDES = (
     "alpha",
     "dropout",
     "targets",
+    "activation",
+    "invocation",
     "max_length",
     "seed",
     "max_steps",
@@ -143,6 +145,9 @@ def _train_parser() -> argparse.ArgumentParser:
     h.add_argument("--alpha", type=float)
     h.add_argument("--dropout", type=float)
     h.add_argument("--targets", nargs="+", metavar="MODULE", help="LoRA target modules (default: q/v projections)")
+    h.add_argument("--activation", choices=("lora", "alora"),
+                   help="alora: the adapter applies only from --invocation on (default lora: every token)")
+    h.add_argument("--invocation", help="aLoRA invocation text appended to every input (special-token text parsed)")
     h.add_argument("--epochs", type=int)
     h.add_argument("--batch-size", type=int)
     h.add_argument("--grad-accum", type=int)

@@ -29,6 +29,7 @@ from loraguard_train.data import (
     sample,
 )
 from loraguard_train.model import (
+    ACTIVATIONS,
     DEFAULT_ALPHA,
     DEFAULT_DROPOUT,
     DEFAULT_RANK,
@@ -114,6 +115,10 @@ class TrainConfig:
     dropout: float = DEFAULT_DROPOUT
     # PEFT module names; default: the paper's query/value projections
     targets: list[str] | None = None
+    # "alora": the adapter applies only from an invocation appended to every input (activated LoRA), given as
+    # text that tokenizes with special-token text parsed (e.g. "<|im_end|>\n<|im_start|>guard\n")
+    activation: str = "lora"
+    invocation: str | None = None
     template_prompt: str = DEFAULT_TEMPLATE_PROMPT
     template_pair: str = DEFAULT_TEMPLATE_PAIR
     parse_special: bool = False
@@ -317,6 +322,15 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"dev_fraction must be between 0 and 1, got {c.dev_fraction}")
     if not 0.0 <= c.threshold <= 1.0:
         raise ConfigError(f"threshold must be in [0, 1], got {c.threshold}")
+    if c.activation not in ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {c.activation!r}")
+    if c.activation == "alora" and not c.invocation:
+        raise ConfigError(
+            "activation 'alora' needs an invocation: the text appended to every input from which the adapter "
+            "applies, e.g. invocation = \"<|im_end|>\\n<|im_start|>guard\\n\""
+        )
+    if c.activation == "lora" and c.invocation is not None:
+        raise ConfigError("an invocation is only for activation = 'alora' (a plain LoRA applies to every token)")
     if c.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
     if c.labels is not None and (not c.labels or c.labels[0] != "unsafe"):

@@ -91,6 +91,7 @@ class Reference:
             template["pair"],
             template["parse_special"],
             self.max_tokens,
+            invocation=self.model.invocation or (),
         )
         desc = None if quiet else f"torch {dataset.name}"
         logits = logits_of(self.model, ids, pad_id(self.tokenizer), batch_size, desc=desc)

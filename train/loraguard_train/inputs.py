@@ -31,19 +31,28 @@ def tokenize(
     template_pair: str,
     parse_special: bool,
     max_tokens: int | None,
+    invocation: Sequence[int] = (),
 ) -> list[list[int]]:
     """Guard inputs as the runtime tokenizes them (loraguard_train.template); an input longer than max_tokens is
-    cut like the runtime's keep_end: the template whole, the last tokens of the prompt and response."""
+    cut like the runtime's keep_end: the template whole, the last tokens of the prompt and response.
+
+    An aLoRA guard's `invocation` ids are appended to every input after the cut (which leaves room for them), as
+    ids: never tokenized together with the text before them.
+    """
     ids = token_ids(tokenizer, prompts, responses, template_prompt, template_pair, parse_special)
     if any(not row for row in ids):
         raise ValueError("a text tokenized to zero tokens; the guard has nothing to pool")
-    if max_tokens is None:
-        return ids
-    for i, row in enumerate(ids):
-        if len(row) > max_tokens:
-            response = None if responses is None else responses[i]
-            pieces = segments(tokenizer, prompts[i], response, template_prompt, template_pair, parse_special)
-            ids[i] = keep_end(pieces, max_tokens)
+    if max_tokens is not None:
+        budget = max_tokens - len(invocation)
+        if budget < 1:
+            raise ValueError(f"max length {max_tokens} leaves no room beside the {len(invocation)}-token invocation")
+        for i, row in enumerate(ids):
+            if len(row) > budget:
+                response = None if responses is None else responses[i]
+                pieces = segments(tokenizer, prompts[i], response, template_prompt, template_pair, parse_special)
+                ids[i] = keep_end(pieces, budget)
+    if invocation:
+        ids = [[*row, *invocation] for row in ids]
     return ids
 
 

@@ -31,6 +31,9 @@ DEFAULT_DROPOUT = 0.05
 CHECKPOINT_FORMAT = "loraguard-checkpoint"
 CHECKPOINT_VERSION = 1
 POOLINGS = ("last", "mean", "cls")
+# "lora": the adapter changes every token (LoRA-Guard); "alora": only the invocation appended after the input and
+# what follows it (activated LoRA), so the guard can read a chat's cache, which holds the base model's K/V
+ACTIVATIONS = ("lora", "alora")
 
 # Encoders are run bidirectionally and pooled like sentence-embedding models; every other model type is
 # treated as a decoder whose final-norm hidden state of the last token is the guard's feature.
@@ -85,6 +88,15 @@ def encode(
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+def invocation_ids(tokenizer: Any, text: str) -> list[int]:
+    """An aLoRA invocation's token ids: its text tokenized alone with special-token text parsed and no BOS/EOS
+    framing (llama_tokenize(add_special=false, parse_special=true)); the runtime appends these very ids."""
+    ids: list[int] = tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"the invocation {text!r} tokenizes to no tokens")
+    return ids
+
+
 def is_encoder(config: Any) -> bool:
     return config.model_type in ENCODER_MODEL_TYPES
 
@@ -136,11 +148,19 @@ class GuardModel(torch.nn.Module):
         dropout: float = DEFAULT_DROPOUT,
         target_modules: str | Sequence[str] | None = None,
         adapter_dir: str | os.PathLike[str] | None = None,
+        invocation: Sequence[int] | None = None,
     ) -> None:
-        """A fresh LoRA (r, alpha, dropout, target_modules), or with `adapter_dir` a saved PEFT adapter."""
+        """A fresh LoRA (r, alpha, dropout, target_modules), or with `adapter_dir` a saved PEFT adapter.
+
+        With `invocation` (token ids) the fresh adapter is an activated LoRA: it applies from the first invocation
+        token on, and every input must end with the invocation (loraguard_train.inputs.tokenize appends it).
+        """
         super().__init__()
         config = backbone.config
         self.encoder = is_encoder(config)
+        if invocation is not None and self.encoder:
+            # every token of a bidirectional encoder sees the invocation: nothing before it is the base's state
+            raise ValueError("activated LoRA (an invocation) needs a decoder base; encoders read bidirectionally")
         pooling = pooling or ("mean" if self.encoder else "last")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -163,7 +183,17 @@ class GuardModel(torch.nn.Module):
                 targets = list(target_modules)
             else:
                 targets = default_target_modules(config.model_type)
-            lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+            lora_config = LoraConfig(
+                r=r,
+                lora_alpha=alpha,
+                lora_dropout=dropout,
+                target_modules=targets,
+                bias="none",
+                alora_invocation_tokens=None if invocation is None else [int(t) for t in invocation],
+                # an aLoRA adapter saved as a causal-LM one loads in PEFT (AutoPeftModelForCausalLM) with the
+                # offsets found on its own; the guard passes them itself either way
+                task_type=None if invocation is None else "CAUSAL_LM",
+            )
             self.peft = get_peft_model(backbone, lora_config)
         self.head = torch.nn.Linear(config.hidden_size, n_labels)
 
@@ -175,6 +205,12 @@ class GuardModel(torch.nn.Module):
     def n_labels(self) -> int:
         return self.head.out_features
 
+    @property
+    def invocation(self) -> list[int] | None:
+        """The aLoRA invocation's token ids (None for a plain LoRA), as the adapter config records them."""
+        tokens = getattr(self.peft.peft_config[self.peft.active_adapter], "alora_invocation_tokens", None)
+        return None if tokens is None else list(tokens)
+
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "last":
             last = attention_mask.sum(dim=1) - 1
@@ -184,12 +220,43 @@ class GuardModel(torch.nn.Module):
             return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
         return hidden[:, 0]
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def alora_offsets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
+        """PEFT's aLoRA offsets of right-padded rows that end with the invocation: per row, how many positions
+        from the invocation's first token to the end of the padded row (the adapter applies to those)."""
+        invocation = self.invocation
+        assert invocation is not None
+        n = len(invocation)
+        lengths = attention_mask.sum(dim=1)
+        width = input_ids.shape[1]
+        if bool((lengths < n).any()):
+            raise ValueError(f"an input is shorter than the {n}-token invocation it must end with")
+        # the last n real tokens of every row; padding is on the right (inputs.collate)
+        at = (lengths - n).unsqueeze(1) + torch.arange(n, device=input_ids.device)
+        tails = torch.gather(input_ids, 1, at)
+        expected = torch.tensor(invocation, device=input_ids.device)
+        if not bool((tails == expected).all()):
+            raise ValueError(
+                "an aLoRA guard's inputs must end with its invocation tokens "
+                "(loraguard_train.inputs.tokenize(..., invocation=model.invocation) appends them)"
+            )
+        return (width - (lengths - n)).tolist()
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states [batch, tokens, n_embd] of right-padded inputs, with the adapter applied as
+        the guard's activation says."""
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if not self.encoder:
             kwargs["use_cache"] = False
-        hidden = self.trunk(**kwargs).last_hidden_state
-        return self.pool(hidden, attention_mask)
+        if self.invocation is None:
+            return self.trunk(**kwargs).last_hidden_state
+        # PEFT finds aLoRA offsets only in its causal-LM forward; the trunk called directly would run the adapter
+        # nowhere (a head-only probe with zero LoRA gradient), so the offsets go in explicitly
+        offsets = self.alora_offsets(input_ids, attention_mask)
+        with self.peft.base_model._enable_peft_forward_hooks(alora_offsets=offsets):
+            return self.trunk(**kwargs).last_hidden_state
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.hidden(input_ids, attention_mask), attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         feats = self.features(input_ids, attention_mask)
@@ -206,11 +273,19 @@ class GuardModel(torch.nn.Module):
         dropout: float = DEFAULT_DROPOUT,
         target_modules: str | Sequence[str] | None = None,
         attn_implementation: str | None = None,
+        invocation: Sequence[int] | None = None,
     ) -> GuardModel:
         """Build a fresh guard on a base given as an HF directory or a GGUF file."""
         backbone = load_backbone(source, attn_implementation=attn_implementation)
         return cls(
-            backbone, n_labels, pooling=pooling, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules
+            backbone,
+            n_labels,
+            pooling=pooling,
+            r=r,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
+            invocation=invocation,
         )
 
 
@@ -252,8 +327,10 @@ def save_checkpoint(
     parse_special: bool,
     pooling: str,
     base_info: Mapping[str, Any],
+    invocation: str | None = None,
 ) -> Path:
-    """Write the checkpoint directory of docs/guard-format.md, replacing out_dir atomically.
+    """Write the checkpoint directory of docs/guard-format.md, replacing out_dir atomically; `invocation` is the
+    text of an aLoRA guard's invocation (its ids are in the adapter config).
 
     The directory is assembled next to out_dir and renamed into place, so a reader never sees a half-written
     checkpoint (an interrupted run leaves only a hidden temp dir behind).
@@ -271,6 +348,8 @@ def save_checkpoint(
         raise ValueError(f"pooling {pooling!r} differs from the model's {model.pooling!r}")
     if "{prompt}" not in template_prompt or "{prompt}" not in template_pair or "{response}" not in template_pair:
         raise ValueError("templates must contain {prompt} (and {response} for the pair template)")
+    if (invocation is None) != (model.invocation is None):
+        raise ValueError("an aLoRA guard needs its invocation text, and a plain LoRA guard has none")
     base = base_info_from_model(model)
     base.update(base_info)
     if int(base["n_embd"]) != model.head.in_features:
@@ -283,6 +362,8 @@ def save_checkpoint(
         "thresholds": thresholds,
         "pooling": pooling,
         "template": {"prompt": template_prompt, "pair": template_pair, "parse_special": bool(parse_special)},
+        "activation": "lora" if invocation is None else "alora",
+        **({} if invocation is None else {"invocation": invocation}),
         "base": {
             "architecture": str(base["architecture"]),
             "n_embd": int(base["n_embd"]),
@@ -349,8 +430,18 @@ def score_texts(
     max_length: int | None = None,
 ) -> np.ndarray:
     """Logits [N, n_labels] as float32, computed in eval mode and fp32 (what the runtime is compared to), on the
-    runtime's token ids (inputs longer than max_length keep their end, as its default overflow policy does)."""
+    runtime's token ids (inputs longer than max_length keep their end, as its default overflow policy does; an aLoRA
+    guard's invocation is appended)."""
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise TypeError("score_texts compares against the fp32 runtime; call model.float() first")
-    ids = tokenize(tokenizer, prompts, responses, template_prompt, template_pair, parse_special, max_length)
+    ids = tokenize(
+        tokenizer,
+        prompts,
+        responses,
+        template_prompt,
+        template_pair,
+        parse_special,
+        max_length,
+        invocation=model.invocation or (),
+    )
     return logits_of(model, ids, pad_id(tokenizer), batch_size)

@@ -10,13 +10,14 @@ Output directory:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from loraguard_train.config import ConfigError, TrainConfig, to_plain
 from loraguard_train.data import DataError, Dataset, label_names, safe_rows_negative, split_dataset
 from loraguard_train.inputs import collate, length_grouped_batches, logits_of, pad_id, tokenize
 from loraguard_train.metrics import MIN_CALIBRATION_POSITIVES, best_f1_threshold, label_metrics, sigmoid
-from loraguard_train.model import GuardModel, base_info_from_model, load_tokenizer, save_checkpoint
+from loraguard_train.model import GuardModel, base_info_from_model, invocation_ids, load_tokenizer, save_checkpoint
 
 STATE_FILE = Path("state") / "state.pt"
 RUN_FILE = "train.json"
@@ -329,8 +330,11 @@ def _open_out(config: TrainConfig, resume: bool) -> dict[str, Any] | None:
     if not state_path.is_file():
         raise ConfigError(f"nothing to resume: {state_path} does not exist")
     state: dict[str, Any] = torch.load(state_path, map_location="cpu", weights_only=True)
-    if state["config"] != config.resumable_view():
-        changed = sorted(k for k, v in config.resumable_view().items() if state["config"].get(k) != v)
+    # a run saved before a setting existed (activation, invocation) ran with that setting's default
+    defaults = {f.name: to_plain(f.default) for f in dataclasses.fields(TrainConfig) if f.default is not MISSING}
+    saved = {**defaults, **state["config"]}
+    changed = sorted(k for k, v in config.resumable_view().items() if saved.get(k) != v)
+    if changed:
         raise ConfigError(f"cannot resume {config.out}: the config differs from the saved run in {', '.join(changed)}")
     return state
 
@@ -345,6 +349,11 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 def _load_model(config: TrainConfig, n_labels: int) -> tuple[GuardModel, Any]:
     # the base's own loading errors (missing weights, unsupported GGUF architecture) are user errors here
     try:
+        tokenizer = load_tokenizer(config.base)
+        invocation = None
+        if config.activation == "alora":
+            assert config.invocation is not None
+            invocation = invocation_ids(tokenizer, config.invocation)
         model = GuardModel.from_pretrained(
             config.base,
             n_labels=n_labels,
@@ -353,8 +362,9 @@ def _load_model(config: TrainConfig, n_labels: int) -> tuple[GuardModel, Any]:
             alpha=config.alpha,
             dropout=config.dropout,
             target_modules=config.targets,
+            invocation=invocation,
         )
-        return model, load_tokenizer(config.base)
+        return model, tokenizer
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load base {config.base}: {e}") from e
 
@@ -384,6 +394,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
             config.template_pair,
             config.parse_special,
             config.max_length,
+            invocation=model.invocation or (),
         )
         return _Split(ds, ids, ds.targets(labels))
 
@@ -440,6 +451,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
         parse_special=config.parse_special,
         pooling=model.pooling,
         base_info=base_info_from_model(model, name=base_name, fingerprint=fingerprint),
+        invocation=config.invocation,
     )
     guard = convert_guard(ckpt, config.out / GUARD_FILE, base_gguf, quiet=True)
     record = {

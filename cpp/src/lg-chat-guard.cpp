@@ -1,0 +1,83 @@
+// Judging a chat's context in place with an activated LoRA guard: the chat's cells hold the base model's K/V of
+// the conversation, which is exactly what an aLoRA guard reads before its invocation, so a verdict costs the
+// invocation's tokens instead of a second read of the whole conversation.
+#include "lg-chat.h"
+
+#include "lg-error.h"
+#include "lg-guard.h"
+#include "lg-threads.h"
+
+#include <algorithm>
+#include <exception>
+
+void lg_chat::check_guard(const lg_guard & guard) const {
+    if (&guard.model != &model) {
+        lg::fail(LG_ERR_MISMATCH, "the guard was loaded on another model than the chat's: load it on the chat's own "
+                                  "model, whose weights and cache it reads");
+    }
+    if (!guard.is_alora()) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, "the guard is a plain LoRA guard: its adapter changes every token's K/V, so "
+                                          "it cannot read the chat's cache; classify the text with it instead, or "
+                                          "use an activated LoRA (aLoRA) guard");
+    }
+    if (llama_model_is_recurrent(model.model) || llama_model_is_hybrid(model.model)) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, "model " + model.name + " (" + model.architecture +
+                                              ") keeps a recurrent state, from which a guard's invocation cannot be "
+                                              "removed again: classify the text with the guard instead");
+    }
+}
+
+void lg_chat::classify(lg_guard & guard, float * logits) {
+    check_guard(guard);
+    if (n_past == 0) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, "the chat context is empty: decode or generate before judging it");
+    }
+    const std::vector<llama_token> & invocation = guard.spec.invocation;
+    if (n_past + invocation.size() > n_ctx) {
+        lg::fail(LG_ERR_TOO_LONG, "the guard's invocation (" + std::to_string(invocation.size()) +
+                                      " tokens) does not fit after the chat's " + std::to_string(n_past) +
+                                      " tokens in n_ctx " + std::to_string(n_ctx) +
+                                      ": raise the chat's n_ctx (the chat is unchanged)");
+    }
+    // The logits the chat samples its next token from: the invocation's decode overwrites llama.cpp's output buffer.
+    const float * current = last_logits();
+    if (!current) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, "the chat has no logits to continue from: decode before judging it");
+    }
+    const std::vector<float> saved(current, current + llama_vocab_n_tokens(model.vocab));
+    llama_memory_t memory = llama_get_memory(ctx);
+    const auto end = static_cast<llama_pos>(n_past);
+
+    std::vector<float> state;
+    std::exception_ptr failure;
+    {
+        const lg::thread_share threads(model, ctx, params.n_threads);
+        llama_batch batch = llama_batch_init(static_cast<int32_t>(invocation.size()), 0, 1);
+        capture.active = true;
+        try {
+            guard.invoke(ctx, batch, {end}, capture);
+            state = capture.rows;
+        } catch (...) {
+            failure = std::current_exception();  // rethrown once the chat is back as it was
+        }
+        capture.active = false;
+        llama_batch_free(batch);
+    }
+    // Back as it was: the invocation's cells out, no adapter, the saved logits in llama.cpp's output row.
+    llama_memory_seq_rm(memory, 0, end, -1);
+    llama_set_adapters_lora(ctx, nullptr, 0, nullptr);
+    float * row = llama_get_logits_ith(ctx, -1);
+    if (row) {
+        std::copy(saved.begin(), saved.end(), row);
+    }
+    if (!row || llama_memory_seq_pos_max(memory, 0) != end - 1) {
+        llama_memory_clear(memory, true);
+        n_past = 0;
+        lg::fail(LG_ERR_BACKEND, "the chat context could not be restored after the guard's invocation and was "
+                                 "cleared: start the conversation again");
+    }
+    if (failure) {
+        std::rethrow_exception(failure);
+    }
+    guard.head(state.data(), logits, 0);
+}
