@@ -266,7 +266,9 @@ class _Server:
 
         def pump() -> None:
             try:
-                with contextlib.closing(slot.guard.stream(messages, **params)) as stream:
+                # window=None: the server guards the reply itself (_GuardedReply, through the batcher) before any
+                # piece leaves it; an aLoRA guard's in-place verdicts (Guard.stream's window) are not wired in
+                with contextlib.closing(slot.guard.stream(messages, window=None, **params)) as stream:
                     for piece in stream:
                         put(piece)
                         if stop.is_set():
