@@ -123,11 +123,13 @@ def test_smollm2_tokens_and_logits_match_torch(smollm2: RealGuard, texts: list[s
 def test_smollm2_decisions_on_the_types_it_runs(smollm2: RealGuard, smollm2_f16: Path, texts: list[str]) -> None:
     """The F16 re-export the named guard runs on, and the file as shipped (Q4_1: the very weights torch trains
     on): llama.cpp rounds activations (to F16, or to 8 bits for Q4_1), so decisions are compared on 200 real
-    texts. Measured with this random head (logit std ~5, two labels): F16 >= 99 %, Q4_1 97.0 % (max move 2.2)."""
+    texts. Measured with this random head (logit std ~5, two labels): F16 >= 99 %, Q4_1 95.0 % (max move 2.16;
+    the head built before the aLoRA change to tests/tiny_models.py, scaled on differently tokenized texts, gave
+    97.0 % at the same max move of 2.2: how many texts sit near 0 is the head's, the rounding is llama.cpp's)."""
     with Guard(smollm2_f16, smollm2.guard, n_threads=1) as guard:
         fit = [t for t in texts if len(guard.tokenize(t)) <= MAX_TOKENS]
     ref = _reference(smollm2, fit)
-    for base, wanted in ((smollm2_f16, 0.99), (smollm2.gguf, 0.95)):
+    for base, wanted in ((smollm2_f16, 0.99), (smollm2.gguf, 0.93)):
         ours = _native_logits(smollm2, base, fit)
         agree = float(((ours >= 0) == (ref >= 0)).all(axis=1).mean())
         moved = float(np.abs(ours - ref).max())

@@ -304,7 +304,7 @@ def test_chat_guards_every_message_of_a_supplied_history(smollm2: Server) -> Non
 def test_chat_reply_cut_where_the_guard_flags_it(smollm2: Server) -> None:
     """The reply is released only in windows the guard passed, and cut at the first one it flags. The expected
     cut comes from the same model and guard loaded here (greedy generation is deterministic)."""
-    prompt = "How do I bake bread?"
+    prompt = "What would a villain say to threaten the hero?"
     with Guard(guard="smollm2", n_threads=1) as guard:
         assert not guard.classify(prompt).flagged
         pieces = list(guard.stream([("user", prompt)], max_tokens=12))
@@ -314,8 +314,8 @@ def test_chat_reply_cut_where_the_guard_flags_it(smollm2: Server) -> None:
                 cut = True
                 break
             released = "".join(pieces[:end])
-    # SmolLM2's guard flags a partial reply to this prompt (its category heads are noisy on replies): pick
-    # another prompt if a new guard stops doing so.
+    # SmolLM2's guard passes this prompt and flags the threat its reply starts to quote: pick another prompt if a
+    # new guard stops doing so.
     assert cut and released, "this prompt no longer shows a cut after released text"
 
     completion = _chat(smollm2, prompt, stream=False)
