@@ -124,30 +124,27 @@ std::optional<std::vector<std::string>> gguf_file::get_str_array(const std::stri
     return out;
 }
 
-std::optional<std::vector<float>> gguf_file::get_f32_array(const std::string & key) const {
+template <typename T>
+std::optional<std::vector<T>> gguf_file::get_array(const std::string & key, gguf_type element,
+                                                   const char * expected) const {
     const int64_t id = gguf_find_key(ctx_, key.c_str());
     if (id < 0) {
         return std::nullopt;
     }
-    if (gguf_get_kv_type(ctx_, id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(ctx_, id) != GGUF_TYPE_FLOAT32) {
-        type_error(key, "an array of float32");
+    if (gguf_get_kv_type(ctx_, id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(ctx_, id) != element) {
+        type_error(key, expected);
     }
     const size_t n = gguf_get_arr_n(ctx_, id);
-    const auto * data = static_cast<const float *>(gguf_get_arr_data(ctx_, id));
-    return std::vector<float>(data, data + n);
+    const auto * data = static_cast<const T *>(gguf_get_arr_data(ctx_, id));
+    return std::vector<T>(data, data + n);
+}
+
+std::optional<std::vector<float>> gguf_file::get_f32_array(const std::string & key) const {
+    return get_array<float>(key, GGUF_TYPE_FLOAT32, "an array of float32");
 }
 
 std::optional<std::vector<uint32_t>> gguf_file::get_u32_array(const std::string & key) const {
-    const int64_t id = gguf_find_key(ctx_, key.c_str());
-    if (id < 0) {
-        return std::nullopt;
-    }
-    if (gguf_get_kv_type(ctx_, id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(ctx_, id) != GGUF_TYPE_UINT32) {
-        type_error(key, "an array of uint32");
-    }
-    const size_t n = gguf_get_arr_n(ctx_, id);
-    const auto * data = static_cast<const uint32_t *>(gguf_get_arr_data(ctx_, id));
-    return std::vector<uint32_t>(data, data + n);
+    return get_array<uint32_t>(key, GGUF_TYPE_UINT32, "an array of uint32");
 }
 
 std::optional<std::string> gguf_file::get_as_text(const std::string & key) const {

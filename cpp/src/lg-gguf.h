@@ -45,6 +45,9 @@ class gguf_file {
     std::vector<uint8_t> read_tensor_data(int64_t i) const;
 
   private:
+    // A numeric array whose elements are exactly `element` (T its C type); `expected` names it in the error.
+    template <typename T>
+    std::optional<std::vector<T>> get_array(const std::string & key, gguf_type element, const char * expected) const;
     [[noreturn]] void type_error(const std::string & key, const char * expected) const;
 
     std::string path_;
