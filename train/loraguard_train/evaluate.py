@@ -23,7 +23,7 @@ from loraguard_train.inputs import logits_of, pad_id, tokenize
 from loraguard_train.metrics import (
     MIN_CALIBRATION_POSITIVES,
     best_f1_threshold,
-    flag_threshold,
+    flag_thresholds,
     label_metrics,
     precision_recall_curve,
     sigmoid,
@@ -224,11 +224,13 @@ def calibrate_fpr(
     labels = _calibrated_labels(evaluations, guard_labels, min_positives)
     unsafe_index = list(guard_labels).index(UNSAFE) if UNSAFE in guard_labels else None
     budget = int(np.floor(target_fpr * len(safe_probs)))
+    # ladder[g][k]: label g's threshold that flags at most k safe rows on its own
+    ladder = {g: flag_thresholds(safe_probs[:, g], range(budget + 1)) for g in labels}
 
     def thresholds_for(k_unsafe: int, k_category: int) -> npt.NDArray[np.float64]:
         new = np.asarray(thresholds, dtype=np.float64).copy()
         for g in labels:
-            new[g] = flag_threshold(safe_probs[:, g], k_unsafe if g == unsafe_index else k_category)
+            new[g] = ladder[g][k_unsafe if g == unsafe_index else k_category]
         return new
 
     def n_flagged(new: npt.NDArray[np.float64], probs: Probs) -> int:

@@ -5,6 +5,7 @@ Labels come as float arrays with NaN for unknown; every function here drops unkn
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -107,15 +108,25 @@ def flag_threshold(negative_scores: FloatArray, max_flagged: int) -> float:
     flip the deciding row; rows tied on a score are flagged together or not at all. Rows scored exactly 1.0 are
     flagged at any threshold a guard can hold.
     """
+    return float(flag_thresholds(negative_scores, [max_flagged])[0])
+
+
+def flag_thresholds(negative_scores: FloatArray, max_flagged: Sequence[int]) -> npt.NDArray[np.float64]:
+    """flag_threshold for each count in `max_flagged`, sorting the scores once (a calibration search tries
+    many counts on the same rows)."""
     scores = np.sort(np.asarray(negative_scores, dtype=np.float64))[::-1]
-    if max_flagged >= len(scores):
-        return 0.0
-    # scores[:k] flagged, scores[k] the highest unflagged: move k down past ties with scores[k]
-    k = max(max_flagged, 0)
-    while k > 0 and scores[k - 1] == scores[k]:
-        k -= 1
-    upper = scores[k - 1] if k > 0 else 1.0
-    return float((scores[k] + upper) / 2.0)
+    out = np.empty(len(max_flagged), dtype=np.float64)
+    for i, wanted in enumerate(max_flagged):
+        if wanted >= len(scores):
+            out[i] = 0.0
+            continue
+        # scores[:k] flagged, scores[k] the highest unflagged: move k down past ties with scores[k]
+        k = max(wanted, 0)
+        while k > 0 and scores[k - 1] == scores[k]:
+            k -= 1
+        upper = scores[k - 1] if k > 0 else 1.0
+        out[i] = (scores[k] + upper) / 2.0
+    return out
 
 
 @dataclass(frozen=True)
