@@ -16,7 +16,6 @@ import datetime
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.driver import CHILD_CWD, child_env
+from loraguard_cpp.server.process import child_server, free_port
 
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
@@ -63,12 +63,6 @@ CHAT_PROMPTS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Client:
     """One keep-alive HTTP connection: what a client thread of an app holds."""
 
@@ -97,34 +91,8 @@ class Server:
 def running(name: str, argv: Sequence[str], port: int, ready_path: str, log_dir: Path,
             timeout: float = 600) -> Iterator[Server]:
     """A server process, ready once ready_path answers 200; stopped with SIGTERM afterwards."""
-    log = log_dir / f"{name}.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=child_env(), cwd=CHILD_CWD)
-    server = Server(name, port, process, log)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError, ValueError):
-                client = Client(port, timeout=5)
-                try:
-                    if client.call("GET", ready_path)[0] == 200:
-                        break
-                finally:
-                    client.close()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not ready after {timeout} s: {log.read_text()[-2000:]}")
-            time.sleep(0.25)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with child_server(argv, port, log_dir / f"{name}.log", ready_path, timeout, child_env(), CHILD_CWD) as child:
+        yield Server(name, port, child.process, child.log)
 
 
 def _latency_stats(latencies: Sequence[float], wall: float) -> dict[str, float]:
@@ -188,7 +156,7 @@ def bench_moderation(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
 
         contenders: dict[str, Callable[[], Caller]] = {"direct": lambda: guard.classify}
         for n_contexts in (int(c) for c in args.guard_contexts.split(",")):
-            port = _free_port()
+            port = free_port()
             name = f"serve-{n_contexts}ctx"
             argv = [sys.executable, "-m", "loraguard_cpp.cli", "serve", "--guard", args.guard, "--port", str(port),
                     "--threads", str(args.threads), "--guard-contexts", str(n_contexts), "--max-queue", "1024"]
@@ -235,7 +203,7 @@ def bench_chat(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     from loraguard_cpp import registry
 
     base, _ = registry.resolve(None, args.chat_guard)
-    ours_port, peer_port = _free_port(), _free_port()
+    ours_port, peer_port = free_port(), free_port()
     ours_argv = [sys.executable, "-m", "loraguard_cpp.cli", "serve", "--guard", args.chat_guard, "--port",
                  str(ours_port), "--threads", str(args.threads), "--chat-ctx", "2048",
                  "--max-tokens", str(args.max_tokens)]

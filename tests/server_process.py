@@ -7,19 +7,13 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from loraguard_cpp.server.process import STOP_GRACE_S, child_server, free_port
 
 
 @dataclass(frozen=True)
@@ -66,34 +60,13 @@ def running_server(log_dir: Path, *args: str, startup_timeout: float = 300) -> I
     """Starts the server, waits until /health says ready, and stops it with SIGTERM afterwards, requiring a clean
     exit (the graceful shutdown path)."""
     port = free_port()
-    log = log_dir / f"serve-{port}.log"
     # One thread per native call: the test's own client threads share the cores, and llama.cpp's worker threads
     # spin, which slows a two-thread call down many times over once a core is taken (8x measured here).
     cmd = [sys.executable, "-m", "loraguard_cpp.cli", "serve", "--port", str(port), "--threads", "1", *args]
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
-    server = Server(f"http://127.0.0.1:{port}", port, process, log)
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited with {process.returncode}:\n{server.log_text()[-3000:]}")
-            with contextlib.suppress(OSError):
-                if server.request("GET", "/health", timeout=5)[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready after {startup_timeout} s:\n{server.log_text()[-3000:]}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                raise AssertionError("server did not stop within 60 s of SIGTERM") from None
+    with child_server(cmd, port, log_dir / f"serve-{port}.log", startup_timeout=startup_timeout) as child:
+        yield Server(f"http://127.0.0.1:{port}", port, child.process, child.log)
+    assert child.stopped_in_time, f"server did not stop within {STOP_GRACE_S} s of SIGTERM"
     # uvicorn re-raises the signal once it has shut down, so -SIGTERM is a clean exit when the app's shutdown ran.
-    clean = process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in server.log_text()
-    assert clean, f"server exited with {process.returncode}:\n{server.log_text()[-3000:]}"
+    process = child.process
+    clean = process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in child.log_text()
+    assert clean, f"server exited with {process.returncode}:\n{child.log_text()[-3000:]}"
