@@ -135,7 +135,7 @@ def test_models_health_metrics(minilm: Server) -> None:
     status, text = minilm.request("GET", "/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert status == 200 and isinstance(text, str)
     for name in ("loraguard_requests_total", "loraguard_request_seconds_bucket", "loraguard_queue_depth",
-                 "loraguard_batch_size_bucket", 'loraguard_flagged_total{label="violence"}'):
+                 "loraguard_batch_size_bucket", 'loraguard_flagged_total{label="unsafe"}'):
         assert name in text, name
 
 
