@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,7 +22,7 @@ import pytest
 from alora_guards import LABELS, Base, build_alora_guard
 from gguf import GGUFReader, GGUFValueType
 
-from conftest import STORIES, require_shared
+from conftest import REPO, STORIES, require_shared
 from gguf_edit import KeyValue, TensorSpec, key_values, write_gguf
 from loraguard_cpp import (
     FileFormatError,
@@ -153,9 +154,15 @@ def _stock_state(base: Path, guard: Path, ids: list[int], n_off: int) -> np.ndar
     with it (F32 K/V, no flash attention)."""
     import llama_cpp
 
+    sys.path.insert(0, str(REPO / "bench"))
+    from lowlevel import extra_bufts
+
     llama_cpp.llama_log_set(_quiet_log(), None)
     llama_cpp.llama_backend_init()
     mparams = llama_cpp.llama_model_default_params()
+    # loraguard's rule (lg_model_params.cpu_repack = -1): stock llama.cpp's AMX kernels crash on multi-token
+    # decodes of this quantized base, so on CPUs with AMX both run without the extra buffer types
+    mparams.use_extra_bufts = extra_bufts(base)
     model = llama_cpp.llama_model_load_from_file(str(base).encode(), mparams)
     adapter = llama_cpp.llama_adapter_lora_init(model, str(guard).encode())
     cparams = llama_cpp.llama_context_default_params()
@@ -377,6 +384,30 @@ def test_chat_and_stream_are_guarded_and_stop_on_a_flag(stories: tuple[Base, Pat
         assert e.value.text == "" and e.value.verdict is not None and e.value.verdict.n_reply_tokens == 0
         with pytest.raises(FlaggedError, match="flagged the prompt"):
             list(g.stream(messages, max_tokens=20))
+
+
+def test_no_reply_text_leaves_a_guarded_chat_unread(stories: tuple[Base, Path]) -> None:
+    """The last verdict reads every token of the reply, also where generation ends at the context's end (the
+    token sampled last has no room to be read before the verdict: it is not part of the reply) and at a stop
+    string inside a token (the token is read, its text before the stop kept, as without a guard)."""
+    base, path = stories
+    prompt = [("user", "Once upon a time")]
+    with Guard(base.gguf, path, n_threads=1) as g:
+        pieces = list(g.stream(prompt, max_tokens=24, window=None))  # one per token: ASCII, no stop strings
+        n_room = len(g.tokenize_chat(prompt)) + len(g.invocation) + 10
+        reply = "".join(pieces)
+        # a stop string inside token i after its first character, not earlier in the reply
+        i, stop = next((i, pieces[i][1:]) for i in range(1, len(pieces))
+                       if len(pieces[i]) >= 2 and reply.find(pieces[i][1:]) == len("".join(pieces[:i])) + 1)
+        seen: list[Any] = []
+        text = g.chat(prompt, max_tokens=24, stop=[stop], window=4, on_verdict=seen.append)
+        assert text == "".join(pieces[:i]) + pieces[i][0] == g.chat(prompt, max_tokens=24, stop=[stop], window=None)
+        assert seen[-1].n_reply_tokens == i + 1
+    with Guard(base.gguf, path, n_threads=1, chat_n_ctx=n_room) as g:
+        seen = []
+        text = g.chat(prompt, max_tokens=100, window=4, on_verdict=seen.append)
+        assert seen[-1].n_tokens + len(g.invocation) <= n_room
+        assert text == "".join(pieces[:seen[-1].n_reply_tokens])
 
 
 def test_plain_lora_guard_keeps_todays_chat(stories: tuple[Base, Path], tmp_path: Path) -> None:

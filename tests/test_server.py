@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import alora_guards
 import numpy as np
 import openai
 import pytest
 from server_process import Server, free_port, running_server
 
-from loraguard_cpp import Guard
+from conftest import STORIES, require_shared
+from loraguard_cpp import ChatVerdict, Guard
 from loraguard_cpp.errors import InvalidInputError
 from loraguard_cpp.server.categories import OPENAI_CATEGORIES
 
@@ -523,3 +525,51 @@ def test_chats_beyond_the_slots_and_the_chat_queue_get_429(log_dir: Path) -> Non
         assert _chat(server, "Say hello.", stream=False).choices[0].finish_reason in ("stop", "length",
                                                                                       "content_filter")
     assert e.value.code == "queue_full" and "1 chat slots + 0 waiting" in e.value.message
+
+
+def test_chat_with_an_alora_guard_is_judged_in_the_chat_slot(log_dir: Path, tmp_path: Path) -> None:
+    """With an aLoRA guard the server judges the reply in the chat slot's own context (the prompt after its
+    prefill, the reply every --window tokens): text is released up to the last passing verdict and cut at the
+    first flagged one, and no reply goes through the guard contexts. Thresholds between two verdicts of one
+    label, from the same base and guard run directly, make a guard that passes the prompt and flags the reply."""
+    base = alora_guards.stories(require_shared(STORIES / "gguf" / "stories260K-F32.gguf"))
+    passing = alora_guards.build_alora_guard(base, tmp_path / "passing.gguf")
+    prompt = "Once upon a time"
+    with Guard(base.gguf, passing, n_threads=1) as g:
+        verdicts: list[ChatVerdict] = []
+        reply = g.chat([("user", prompt)], max_tokens=16, window=WINDOW, on_verdict=verdicts.append)
+        alone = g.classify(prompt).scores  # the server's verdict on the message itself
+        # the first reply verdict after a passing one that scores above every verdict before it on some label
+        cut = next(((k, label) for k in range(2, len(verdicts)) for label in alora_guards.LABELS
+                    if verdicts[k].scores[label] > max(v.scores[label] for v in verdicts[:k]) + 1e-4
+                    and verdicts[k].scores[label] > alone[label] + 1e-4), None)
+        assert cut is not None, "no reply verdict above the ones before it: pick another prompt or seed"
+        k, label = cut
+        below = max([alone[label]] + [v.scores[label] for v in verdicts[:k]])
+        released = g.chat([("user", prompt)], max_tokens=verdicts[k - 1].n_reply_tokens, window=None)
+    between = (below + verdicts[k].scores[label]) / 2
+    strict = alora_guards.build_alora_guard(base, tmp_path / "strict.gguf", thresholds=tuple(
+        between if lab == label else 1.0 for lab in alora_guards.LABELS))
+    request = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 16}
+    served = ("-m", str(base.gguf), "--window", str(WINDOW), "--chat-ctx", "256")
+
+    with running_server(log_dir, "-g", str(passing), *served) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0, timeout=120)
+        choice = client.chat.completions.create(model="passing", **request).choices[0]  # type: ignore[call-overload]
+        assert choice.message.content == reply and choice.finish_reason == "length"
+        assert _metric(server, "loraguard_chat_verdicts_in_place_total") == len(verdicts)
+        assert _metric(server, "loraguard_guard_inputs_total") == 1  # the prompt alone: the reply was judged in place
+
+    with running_server(log_dir, "-g", str(strict), *served) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0, timeout=120)
+        completion = client.chat.completions.create(model="strict", **request)  # type: ignore[call-overload]
+        choice = completion.choices[0]
+        assert choice.finish_reason == "content_filter" and choice.message.content == released
+        assert (choice.model_extra or {})["content_filter_results"][label]["filtered"] is True
+        prompt_filter = (completion.model_extra or {})["prompt_filter_results"][0]["content_filter_results"]
+        assert prompt_filter[label]["filtered"] is False
+        chunks = list(client.chat.completions.create(model="strict", stream=True, **request))  # type: ignore[call-overload]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == released
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "content_filter"
+        assert _metric(server, "loraguard_chat_verdicts_in_place_total") == 2 * (k + 1)
+        assert _metric(server, "loraguard_guard_inputs_total") == 2

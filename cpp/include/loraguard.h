@@ -267,9 +267,10 @@ typedef struct lg_generate_params {
     void * user_data;  // passed to on_token and on_verdict
     // Guarding in the chat's own context with an aLoRA guard loaded on the chat's model (NULL: no guarding): the
     // prompt is judged right after its prefill, the reply every guard_every generated tokens and once more when
-    // generation ends (every reply token in the context; the token that hit a stop string, the context's end
-    // or a stopping callback is not). Each verdict costs the new tokens plus the invocation. A flagged verdict
-    // stops the generation with LG_FLAGGED. Room for the invocation is kept free in the context.
+    // generation ends, which reads every token whose text is returned: a token that hit a stop string is read
+    // when text of it before the stop is kept, and one sampled with no room left in the context to read it is
+    // not part of the reply. Each verdict costs the new tokens plus the invocation. A flagged verdict stops the
+    // generation with LG_FLAGGED. Room for the invocation is kept free in the context.
     lg_guard * guard;
     int32_t guard_every;  // default 16; <= 0: the prompt and the finished reply only
     lg_verdict_callback on_verdict;  // optional

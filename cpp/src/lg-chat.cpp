@@ -409,6 +409,7 @@ lg_chat::generation lg_chat::generate(const std::vector<llama_token> & prompt, c
         if (llama_vocab_is_eog(model.vocab, last)) {
             break;
         }
+        const size_t before = out.size();
         out += token_piece(model.vocab, last);
         // A stop string can only begin in text not yet released: released text never ended in a stop's prefix.
         size_t stop_at = std::string::npos;
@@ -417,13 +418,25 @@ lg_chat::generation lg_chat::generate(const std::vector<llama_token> & prompt, c
         }
         if (stop_at != std::string::npos) {
             out.resize(stop_at);
+        }
+        const bool room = n_past + reserve < n_ctx;
+        // Under a guard no reply text leaves unread by a verdict: a token there is no room to read before the
+        // final verdict is not part of the reply, and one whose text before a stop string is kept is read.
+        if (guard && !room) {
+            out.resize(std::min(out.size(), before));
+            break;
+        }
+        if (stop_at != std::string::npos) {
+            if (guard && out.size() > before) {
+                decode(&last, 1, /*clear=*/false);
+            }
             break;
         }
         if (!release(out.size() - stop_prefix_at_end(out, stops))) {
             out.resize(final_end);
             break;
         }
-        if (n_past + reserve >= n_ctx) {
+        if (!room) {
             break;
         }
         decode(&last, 1, /*clear=*/false);

@@ -26,10 +26,11 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .guard import Guard, GuardResult
+    from .guard import ChatVerdict, Guard, GuardResult
 
 __all__ = [
     "BackendError",
+    "ChatVerdict",
     "FileAccessError",
     "FileFormatError",
     "FlaggedError",
@@ -48,6 +49,6 @@ def __getattr__(name: str) -> Any:
 
         preload()
         return importlib.import_module("._native", __name__)
-    if name in ("Guard", "GuardResult"):
+    if name in ("ChatVerdict", "Guard", "GuardResult"):
         return getattr(importlib.import_module(".guard", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

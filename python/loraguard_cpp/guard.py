@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import copy
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, TypeVar
@@ -342,12 +343,40 @@ class Guard:
         reply as :meth:`chat` makes it; for a str, a trusted raw prompt as :meth:`generate` takes it. The pieces
         join to exactly what :meth:`chat` / :meth:`generate` return, stop strings included. An aLoRA guard
         guards it as in :meth:`chat` (a flagged verdict ends the stream with :class:`FlaggedError`)."""
-        pieces: queue.Queue[bytes | BaseException | None] = queue.Queue()
+        items = self.stream_with_verdicts(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                          top_p=top_p, seed=seed, stop=stop, window=window, on_verdict=on_verdict)
+        with contextlib.closing(items):
+            for item in items:
+                if isinstance(item, str):
+                    yield item
+
+    def stream_with_verdicts(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+        window: int | None = 16,
+        on_verdict: VerdictCallback | None = None,
+    ) -> Generator[str | ChatVerdict, None, None]:
+        """:meth:`stream`'s text pieces with an aLoRA guard's in-place verdicts among them, in order: a verdict
+        covers every piece before it (a character split across the verdict's last token comes after it), so a
+        consumer that releases text only up to a passing verdict releases nothing the guard has not read."""
+        items: queue.Queue[bytes | ChatVerdict | BaseException | None] = queue.Queue()
         cancelled = threading.Event()
         chat = self._chat_path()
         stops = _stops(stop)
         args = (max_tokens, temperature, top_k, top_p, seed, stops)
-        guarding = self._guarding(window, on_verdict)
+
+        def verdict_in_order(verdict: ChatVerdict) -> object:
+            items.put(verdict)  # on the generating thread, between the tokens before it and after it
+            return on_verdict(verdict) if on_verdict is not None else True
+
+        guarding = self._guarding(window, verdict_in_order)
         if isinstance(prompt, str):
             raw = _utf8(prompt, "prompt")
 
@@ -362,24 +391,26 @@ class Guard:
                     chat.generate_messages(pairs, *args, on_token, False, *guarding.args)
 
         def on_token(_token: int, piece: bytes, _logits: object) -> bool:
-            pieces.put(piece)
+            items.put(piece)
             return not cancelled.is_set()
 
         def run() -> None:
             try:
                 generate(on_token)
-                pieces.put(None)
+                items.put(None)
             except BaseException as e:  # handed to the consuming thread
-                pieces.put(e)
+                items.put(e)
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
-            while (item := pieces.get()) is not None:
+            while (item := items.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                if text := decoder.decode(item):
+                if isinstance(item, ChatVerdict):
+                    yield item
+                elif text := decoder.decode(item):
                     yield text
             if tail := decoder.decode(b"", final=True):
                 yield tail

@@ -24,8 +24,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..cli import REFUSAL
-from ..errors import InvalidInputError, LoraGuardError
-from ..guard import Guard, GuardResult
+from ..errors import FlaggedError, InvalidInputError, LoraGuardError
+from ..guard import ChatVerdict, Guard, GuardResult
 from .batching import BatchDone, Batcher, QueueFullError
 from .categories import content_filter_results, moderation_result, moderation_results
 from .schema import APIError, ChatRequest, ModerationRequest, moderation_inputs, parse_body, text_of_parts
@@ -95,6 +95,8 @@ class _Metrics:
                                  registry=r)
         self.inputs = Counter("loraguard_guard_inputs", "texts the guard scored", registry=r)
         self.flagged = Counter("loraguard_flagged", "verdicts flagging a label", ["label"], registry=r)
+        self.chat_verdicts = Counter("loraguard_chat_verdicts_in_place",
+                                     "verdicts an aLoRA guard gave in a chat slot's own context", registry=r)
         self.completion_tokens = Counter("loraguard_completion_tokens", "tokens generated on the chat path", registry=r)
 
 
@@ -228,18 +230,25 @@ class _Server:
             raise APIError(400, str(e)) from e
         self.metrics.inputs.inc(len(results))
         for result in results:
-            for label in result.flagged_labels:
-                self.metrics.flagged.labels(label).inc()
+            self.count_verdict(result)
         return results
+
+    def count_verdict(self, result: GuardResult) -> None:
+        for label in result.flagged_labels:
+            self.metrics.flagged.labels(label).inc()
 
     # -- chat path ------------------------------------------------------------------------------------------
 
     async def generate(self, messages: list[tuple[str, str]], params: dict[str, Any],
-                       deadline: float) -> AsyncIterator[str]:
+                       deadline: float) -> AsyncIterator[str | ChatVerdict]:
         """The reply's text pieces from the chat path (message contents stay plain text: a user cannot spell turn
         markers); the native generation runs on a free chat slot's thread and stops at the next token once the
         consumer goes away or the deadline passes. The slot is held while the model generates, not while the
-        consumer guards what it generated, so the next chat starts meanwhile."""
+        consumer guards what it generated, so the next chat starts meanwhile.
+
+        With an aLoRA guard the slot's chat context judges the conversation in place, after the prompt's prefill
+        and every ``window`` reply tokens, at the cost of the new tokens and the invocation: those verdicts come
+        among the pieces, each after the pieces it covers; a flagged one ends the generation."""
         self.ready_guard()
         loop = asyncio.get_running_loop()
         self.chat_busy += 1
@@ -257,22 +266,25 @@ class _Server:
             self._free_slots.put_nowait(slot)
             self.chat_busy -= 1
 
-        pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        pieces: asyncio.Queue[str | ChatVerdict | BaseException | None] = asyncio.Queue()
         stop = threading.Event()
+        # a plain LoRA guard cannot judge in the chat's context: the consumer (_GuardedReply) guards the reply
+        window = self.config.window if slot.guard.is_alora else None
 
-        def put(item: str | BaseException | None) -> None:
+        def put(item: str | ChatVerdict | BaseException | None) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
                 loop.call_soon_threadsafe(pieces.put_nowait, item)
 
         def pump() -> None:
             try:
-                # window=None: the server guards the reply itself (_GuardedReply, through the batcher) before any
-                # piece leaves it; an aLoRA guard's in-place verdicts (Guard.stream's window) are not wired in
-                with contextlib.closing(slot.guard.stream(messages, window=None, **params)) as stream:
-                    for piece in stream:
-                        put(piece)
+                stream = slot.guard.stream_with_verdicts(messages, window=window, **params)
+                with contextlib.closing(stream):
+                    for item in stream:
+                        put(item)
                         if stop.is_set():
                             break
+            except FlaggedError:
+                pass  # the flagged verdict went before it
             except Exception as e:
                 put(e)
             finally:
@@ -294,7 +306,8 @@ class _GuardedReply:
 
     Every ``window`` pieces the guard reads (prompt, reply so far); the pieces are released once it passes and
     the reply is cut there with ``finish_reason: "content_filter"`` once it does not, so no flagged text leaves
-    the server. The whole reply is guarded once more when generation ends."""
+    the server. The whole reply is guarded once more when generation ends. An aLoRA guard's verdicts come from
+    the chat slot's own context (:meth:`_Server.generate`) instead of a re-read through the batcher."""
 
     def __init__(self, server: _Server, turn: _Turn) -> None:
         self._server = server
@@ -310,16 +323,31 @@ class _GuardedReply:
         generated = ""
         try:
             pieces = self._server.generate(self._turn.messages, self._turn.params, self._turn.deadline)
+            in_place = False
             async with contextlib.aclosing(pieces):
-                async for piece in pieces:
-                    generated += piece
-                    pending.append(piece)
-                    if window and len(pending) >= window:
+                async for item in pieces:
+                    if isinstance(item, ChatVerdict):
+                        in_place = True
+                        if not self._passes_in_place(item, pending):
+                            return
+                        if pending:
+                            yield "".join(pending)
+                        pending = []
+                        continue
+                    generated += item
+                    pending.append(item)
+                    if not in_place and window and len(pending) >= window:
                         if not await self._passes(pending):
                             return
                         yield "".join(pending)
                         pending = []
-            if await self._passes(pending) and pending:
+            # In place, the last verdict read the whole reply (a flagged one ended it): the native chat path hands
+            # out a stop string's possible beginning, and a character split across tokens, only after it.
+            if in_place:
+                self.text += "".join(pending)
+            elif not await self._passes(pending):
+                return
+            if pending:
                 yield "".join(pending)
         finally:
             # Usage counts what was generated, released or not (a tokenizer round trip: the chat path reports
@@ -329,6 +357,16 @@ class _GuardedReply:
             self._server.metrics.completion_tokens.inc(self.completion_tokens)
             if self.finish_reason == "stop" and self.completion_tokens >= self._turn.max_tokens:
                 self.finish_reason = "length"
+
+    def _passes_in_place(self, verdict: ChatVerdict, pending: list[str]) -> bool:
+        self._server.count_verdict(verdict)
+        self._server.metrics.chat_verdicts.inc()
+        self.verdict = verdict
+        if verdict.flagged:
+            self.finish_reason = "content_filter"
+            return False
+        self.text += "".join(pending)
+        return True
 
     async def _passes(self, pending: list[str]) -> bool:
         candidate = self.text + "".join(pending)

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=1024, help="the largest max_tokens a chat request may ask")
     p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a chat request has none")
     p.add_argument("--window", type=int, default=16,
-                   help="guard the streamed reply every N pieces and release them only then (0: when finished)")
+                   help="guard the streamed reply every N pieces and release them only then (0: when finished); an "
+                   "aLoRA guard judges every N tokens in the chat slot's own context")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="on SIGINT/SIGTERM, seconds to let requests in flight finish")
