@@ -76,10 +76,11 @@ def _qv_shapes(gguf: Path, n_layer: int) -> dict[str, tuple[int, int]]:
 
 
 def build_alora_guard(base: Base, out: Path, *, seed: int = 0, lora_scale: float = 1.0,
-                      thresholds: tuple[float, ...] = (1.0, 1.0), alora: bool = True) -> Path:
-    """An aLoRA guard GGUF for base: random LoRA on every layer's attn_q and attn_v, random head (logits of a few
-    units), the aLoRA keys of docs/guard-format.md (alora=False: a plain LoRA guard, version 1). Thresholds of
-    1.0 never flag."""
+                      thresholds: tuple[float, ...] = (1.0, 1.0), alora: bool = True,
+                      shapes: dict[str, tuple[int, int]] | None = None) -> Path:
+    """An aLoRA guard GGUF for base: random LoRA on every layer's attn_q and attn_v (or on the tensors of
+    ``shapes``: name -> (input, output) width), random head (logits of a few units), the aLoRA keys of
+    docs/guard-format.md (alora=False: a plain LoRA guard, version 1). Thresholds of 1.0 never flag."""
     model = _native.Model(str(base.gguf), n_threads=1)
     try:
         ids = model.tokenize(base.invocation, add_special=False, parse_special=True)
@@ -89,7 +90,7 @@ def build_alora_guard(base: Base, out: Path, *, seed: int = 0, lora_scale: float
         model.close()
     rng = np.random.default_rng(seed)
     tensors = []
-    for tensor, (n_in, n_out) in _qv_shapes(base.gguf, n_layer).items():
+    for tensor, (n_in, n_out) in (shapes or _qv_shapes(base.gguf, n_layer)).items():
         a = rng.normal(0, 1 / np.sqrt(n_in), (RANK, n_in))
         b = rng.normal(0, lora_scale / np.sqrt(RANK), (n_out, RANK))
         tensors += [TensorSpec(tensor + ".lora_a", a, GGMLQuantizationType.F32),
@@ -118,3 +119,41 @@ def build_alora_guard(base: Base, out: Path, *, seed: int = 0, lora_scale: float
                 KeyValue("loraguard.activation", "alora", s),
                 KeyValue("loraguard.alora.invocation", base.invocation, s)]
     return write_gguf(out, kvs, tensors)
+
+
+def tiny_mamba(out: Path, stories_gguf: Path) -> tuple[Base, dict[str, tuple[int, int]]]:
+    """A random two-layer Mamba GGUF with stories260K's tokenizer: a recurrent model, whose state no guard can
+    take an invocation out of again, and the (input, output) widths of its ssm_in tensors for a guard on it."""
+    from gguf import GGUFReader
+
+    from gguf_edit import key_values
+
+    tokenizer = [kv for kv in key_values(GGUFReader(stories_gguf)) if kv.name.startswith("tokenizer.")]
+    n_vocab = len(next(kv.value for kv in tokenizer if kv.name == "tokenizer.ggml.tokens"))
+    n_embd, n_layer, d_inner, d_state, d_conv, dt_rank = 32, 2, 64, 8, 4, 4
+    rng = np.random.default_rng(0)
+
+    def f32(name: str, *shape: int, ones: bool = False) -> TensorSpec:
+        data = np.ones(shape) if ones else rng.normal(0, 0.1, shape)
+        return TensorSpec(name, data.astype(np.float32), GGMLQuantizationType.F32)
+
+    tensors = [f32("token_embd.weight", n_vocab, n_embd), f32("output_norm.weight", n_embd, ones=True)]
+    for i in range(n_layer):
+        tensors += [f32(f"blk.{i}.attn_norm.weight", n_embd, ones=True),
+                    f32(f"blk.{i}.ssm_in.weight", 2 * d_inner, n_embd),
+                    f32(f"blk.{i}.ssm_conv1d.weight", d_inner, d_conv), f32(f"blk.{i}.ssm_conv1d.bias", d_inner),
+                    f32(f"blk.{i}.ssm_x.weight", dt_rank + 2 * d_state, d_inner),
+                    f32(f"blk.{i}.ssm_dt.weight", d_inner, dt_rank), f32(f"blk.{i}.ssm_dt.bias", d_inner),
+                    f32(f"blk.{i}.ssm_a", d_inner, d_state), f32(f"blk.{i}.ssm_d", d_inner, ones=True),
+                    f32(f"blk.{i}.ssm_out.weight", n_embd, d_inner)]
+    u32, s = GGUFValueType.UINT32, GGUFValueType.STRING
+    kvs = [KeyValue("general.architecture", "mamba", s), KeyValue("general.name", "tiny-mamba", s),
+           KeyValue("mamba.context_length", 1024, u32), KeyValue("mamba.embedding_length", n_embd, u32),
+           KeyValue("mamba.block_count", n_layer, u32), KeyValue("mamba.feed_forward_length", 0, u32),
+           KeyValue("mamba.attention.head_count", 0, u32),
+           KeyValue("mamba.attention.layer_norm_rms_epsilon", 1e-5, GGUFValueType.FLOAT32),
+           KeyValue("mamba.ssm.conv_kernel", d_conv, u32), KeyValue("mamba.ssm.inner_size", d_inner, u32),
+           KeyValue("mamba.ssm.state_size", d_state, u32), KeyValue("mamba.ssm.time_step_rank", dt_rank, u32),
+           *tokenizer]
+    base = stories(write_gguf(out, kvs, tensors))
+    return base, {f"blk.{i}.ssm_in.weight": (n_embd, 2 * d_inner) for i in range(n_layer)}

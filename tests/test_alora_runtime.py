@@ -410,6 +410,23 @@ def test_no_reply_text_leaves_a_guarded_chat_unread(stories: tuple[Base, Path]) 
         assert text == "".join(pieces[:seen[-1].n_reply_tokens])
 
 
+def test_recurrent_model_cannot_be_judged_in_place(tmp_path: Path) -> None:
+    """A recurrent state cannot have a guard's invocation taken out again: guarding a chat on such a model is
+    refused with a clear error and the chat goes on unguarded as asked; standalone classify still works."""
+    stories_gguf = require_shared(STORIES / "gguf" / "stories260K-F32.gguf")
+    base, shapes = alora_guards.tiny_mamba(tmp_path / "mamba.gguf", stories_gguf)
+    with Guard(base.gguf, build_alora_guard(base, tmp_path / "guard.gguf", shapes=shapes), n_threads=1) as g:
+        assert g.is_alora and g.model.architecture == "mamba"
+        assert 0 <= g.classify("Once upon a time").scores["unsafe"] <= 1
+        messages = [("user", "Once upon a time")]
+        with pytest.raises(InvalidInputError, match=r"\(mamba\) keeps a recurrent state.*classify the text"):
+            g.chat(messages, max_tokens=4)
+        g.chat_logits(g.tokenize_chat(messages))
+        with pytest.raises(InvalidInputError, match="keeps a recurrent state"):
+            g.classify_chat()
+        assert g.chat(messages, max_tokens=4, window=None)
+
+
 def test_plain_lora_guard_keeps_todays_chat(stories: tuple[Base, Path], tmp_path: Path) -> None:
     base, _ = stories
     with Guard(base.gguf, build_alora_guard(base, tmp_path / "plain.gguf", alora=False), n_threads=1) as g:
