@@ -44,7 +44,7 @@ def _answers(port: int, path: str) -> bool:
     try:
         conn.request("GET", path)
         return conn.getresponse().status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not listening yet, or a half-started server
         return False
     finally:
         conn.close()
