@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from tokenizers import pre_tokenizers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from loraguard_convert.gguf_read import GgufFile
 from loraguard_train.inputs import logits_of, pad_id, tokenize
 
 DEFAULT_TEMPLATE_PROMPT = "user: {prompt}"
@@ -117,9 +119,27 @@ def _split_source(source: str | os.PathLike[str]) -> tuple[str, str | None]:
     return str(path), None
 
 
+# llama.cpp pre-tokenizers that transformers' GGUF tokenizer reader does not know (it then splits text with GPT-2's
+# regex whatever `tokenizer.ggml.pre` says), as the tokenizers pre-tokenizer the model's own tokenizer.json has and
+# llama.cpp follows. SmolLM splits every digit off first: without it "\n\n1." is "\n" "\n" "1" "." in torch and
+# "\n\n" "1" "." in the runtime, so a guard would train on other tokens than the runtime reads (one text in 20 of
+# the moderation data, most markdown lists in replies).
+_PRE_TOKENIZERS: dict[str, Any] = {
+    "smollm": lambda: pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    ),
+}
+
+
 def load_tokenizer(source: str | os.PathLike[str]) -> Any:
+    """The base's tokenizer, splitting text as the runtime does (llama.cpp's pre-tokenizer for a GGUF base)."""
     directory, gguf_file = _split_source(source)
-    return AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    if gguf_file is not None:
+        pre = GgufFile(Path(directory) / gguf_file).string("tokenizer.ggml.pre")
+        if pre in _PRE_TOKENIZERS:
+            tokenizer.backend_tokenizer.pre_tokenizer = _PRE_TOKENIZERS[pre]()
+    return tokenizer
 
 
 def load_backbone(source: str | os.PathLike[str], attn_implementation: str | None = None) -> PreTrainedModel:
