@@ -89,10 +89,9 @@ def _reference(real: RealGuard, texts: list[str]) -> np.ndarray:
 def _numbered_replies(n: int = 40) -> list[str]:
     """Chatbot replies with numbered lists ("...:\n\n1. ..."): whitespace before a digit, which a vocabulary that
     splits digits off before anything else (SmolLM2's) cuts otherwise than GPT-2's regex does."""
-    # split at "\n" only: str.splitlines would also cut at the U+2028 some replies hold inside their JSON strings
-    lines = require_shared(DATA / "harmbench_response_test.jsonl").read_text(encoding="utf-8").split("\n")
-    numbered = [r for r in (json.loads(line).get("response") for line in lines if line.strip())
-                if r and re.search(r"\s\d", r)]
+    with open(require_shared(DATA / "harmbench_response_test.jsonl"), encoding="utf-8") as f:
+        replies = [json.loads(line).get("response") for line in f if line.strip()]
+    numbered = [r for r in replies if r and re.search(r"\s\d", r)]
     assert len(numbered) >= n, "shared data lacks replies with numbered lists"
     return numbered[:n]
 
