@@ -767,3 +767,41 @@ def test_measured_types_roundtrip(stories_gguf: Path, stories_guard: Path, tmp_p
     assert "not a llama.cpp tensor type name" in capsys.readouterr().err
     assert main(["measured", str(guard)]) == 0
     assert "loraguard.base.measured_types" not in GgufFile(guard).reader.fields
+
+
+@needs_shared
+@needs_converters
+@pytest.mark.parametrize(("outtype", "ggml_types", "atol"), [("f16", ["F16"], 2e-2), ("bf16", ["BF16"], 1e-1)])
+def test_guard_outtype_shrinks_the_file_and_keeps_the_adapter(
+    outtype: str, ggml_types: list[str], atol: float, checkpoint: Path, tmp_path: Path
+) -> None:
+    exact, small = tmp_path / "f32.gguf", tmp_path / f"{outtype}.gguf"
+    assert main(["guard", str(checkpoint), str(exact), "--quiet"]) == 0
+    assert main(["guard", str(checkpoint), str(small), "--outtype", outtype, "--quiet"]) == 0
+
+    assert loraguard_convert.inspect_guard(exact)["lora"]["tensor_types"] == ["F32"]
+    info = loraguard_convert.inspect_guard(small)
+    assert info["lora"]["tensor_types"] == ggml_types
+    assert info["lora"]["n_tensor_pairs"] == 35
+    # The head is metadata and stays F32 whatever the tensors are.
+    np.testing.assert_array_equal(GgufFile(small).floats("loraguard.head.weight"),
+                                  GgufFile(exact).floats("loraguard.head.weight"))  # fmt: skip
+    lora_bytes = lambda path: sum(int(t.n_bytes) for t in GgufFile(path).tensors)  # noqa: E731
+    assert lora_bytes(small) * 2 == lora_bytes(exact)
+
+    tokens = [1, 403, 407, 261, 378, 266, 300]
+    base = _llama_logits(STORIES_GGUF, tokens)
+    exact_logits = _llama_logits(STORIES_GGUF, tokens, exact)
+    small_logits = _llama_logits(STORIES_GGUF, tokens, small)
+    # Rounding the adapter moves the logits far less than the adapter itself does.
+    np.testing.assert_allclose(small_logits, exact_logits, atol=atol)
+    assert np.abs(exact_logits - base).max() > 50 * atol
+
+
+def test_guard_outtype_is_checked(checkpoint_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConvertError, match="unsupported --outtype 'q4_0'"):
+        loraguard_convert.convert_guard(checkpoint_copy, tmp_path / "guard.gguf", outtype="q4_0")
+    with pytest.raises(SystemExit):
+        main(["guard", str(checkpoint_copy), str(tmp_path / "guard.gguf"), "--outtype", "q4_0"])
+    assert "invalid choice: 'q4_0'" in capsys.readouterr().err
+    assert not list(tmp_path.glob("guard.gguf*"))

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from .base import DEFAULT_OUTTYPE, OUTTYPES, convert_base
 from .errors import ConvertError
-from .guard import convert_guard
+from .guard import DEFAULT_GUARD_OUTTYPE, GUARD_OUTTYPES, convert_guard
 from .inspect import format_report, inspect_guard
 from .metadata import set_measured_types
 
@@ -39,6 +39,12 @@ def _build_parser() -> argparse.ArgumentParser:
     guard.add_argument(
         "--base", type=Path, metavar="BASE.gguf", help="base model GGUF; its fingerprint is checked or filled in"
     )
+    guard.add_argument(
+        "--outtype",
+        choices=GUARD_OUTTYPES,
+        default=DEFAULT_GUARD_OUTTYPE,
+        help=f"LoRA tensor type, default {DEFAULT_GUARD_OUTTYPE} (exact); f16 halves the file",
+    )
     guard.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     inspect = commands.add_parser("inspect", help="show what a guard GGUF contains")
@@ -60,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = convert_base(args.hf_dir, args.out, args.outtype, quiet=args.quiet)
             print(f"wrote {out}", file=sys.stderr)
         elif args.command == "guard":
-            out = convert_guard(args.ckpt_dir, args.out, args.base, quiet=args.quiet)
+            out = convert_guard(args.ckpt_dir, args.out, args.base, outtype=args.outtype, quiet=args.quiet)
             print(f"wrote {out}", file=sys.stderr)
         elif args.command == "measured":
             out = set_measured_types(args.file, args.types)

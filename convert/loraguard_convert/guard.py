@@ -26,6 +26,10 @@ from .llama_cpp_source import converter_script
 from .subproc import run_converter
 
 _LORA_SUFFIXES = (".lora_a", ".lora_b")
+# What the pinned converter writes and loraguard's runtime multiplies; F32 keeps native equal to PEFT to 1e-4,
+# F16 halves the file at ~1e-3 relative error in the adapter's delta.
+GUARD_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+DEFAULT_GUARD_OUTTYPE = "f32"
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,21 @@ class _Base:
 
 
 def convert_guard(
-    ckpt_dir: Path | str, out_path: Path | str, base_gguf: Path | str | None = None, *, quiet: bool = True
+    ckpt_dir: Path | str,
+    out_path: Path | str,
+    base_gguf: Path | str | None = None,
+    *,
+    outtype: str = DEFAULT_GUARD_OUTTYPE,
+    quiet: bool = True,
 ) -> Path:
     """Convert a checkpoint directory to a guard GGUF at OUT_PATH and return OUT_PATH.
 
     The base fingerprint comes from guard_config.json, or is computed from BASE_GGUF; when both are there
-    they must agree. Nothing is written unless the whole conversion succeeds.
+    they must agree. OUTTYPE is the LoRA tensors' type (the head stays F32). Nothing is written unless the
+    whole conversion succeeds.
     """
+    if outtype not in GUARD_OUTTYPES:
+        raise ConvertError(f"unsupported --outtype {outtype!r}: choose one of {', '.join(GUARD_OUTTYPES)}")
     out_path = check_output_path(Path(out_path))
     ckpt = load_checkpoint(ckpt_dir)
     base = _resolve_base(ckpt, Path(base_gguf) if base_gguf is not None else None, out_path)
@@ -56,7 +68,7 @@ def convert_guard(
         tempfile.TemporaryDirectory(prefix="loraguard-convert-", ignore_cleanup_errors=True) as tmp,
     ):
         bar.set_postfix_str("converting LoRA")
-        lora = GgufFile(_run_lora_converter(script, ckpt, Path(tmp)))
+        lora = GgufFile(_run_lora_converter(script, ckpt, Path(tmp), outtype))
         _check_converted(lora, ckpt, base)
         bar.update()
         bar.set_postfix_str("writing guard")
@@ -98,7 +110,7 @@ def _resolve_base(ckpt: Checkpoint, base_gguf: Path | None, out_path: Path) -> _
     return _Base(spec.architecture, spec.n_embd, spec.n_layer, fingerprint, name)
 
 
-def _run_lora_converter(script: Path, ckpt: Checkpoint, tmp: Path) -> Path:
+def _run_lora_converter(script: Path, ckpt: Checkpoint, tmp: Path, outtype: str) -> Path:
     # The converter names the model after the adapter directory, so keep the checkpoint's name.
     adapter_dir = tmp / (ckpt.directory.resolve().name or "guard")
     base_dir = tmp / "base"
@@ -117,7 +129,7 @@ def _run_lora_converter(script: Path, ckpt: Checkpoint, tmp: Path) -> Path:
     out = tmp / "lora.gguf"
     run_converter(
         script,
-        [str(adapter_dir), "--base", str(base_dir), "--outfile", str(out), "--outtype", "f32"],
+        [str(adapter_dir), "--base", str(base_dir), "--outfile", str(out), "--outtype", outtype],
         # Its log is a list of tensor names; a failure's tail still reaches the user through ConverterFailed.
         echo=False,
     )

@@ -92,7 +92,9 @@ def inspect_guard(path: Path | str) -> dict[str, Any]:
     modules: set[str] = set()
     layers: set[int] = set()
     n_pairs = 0
+    types: set[str] = set()
     for tensor in guard.tensors:
+        types.add(tensor.tensor_type.name)
         if not tensor.name.endswith(".lora_b"):
             continue
         n_pairs += 1
@@ -125,6 +127,7 @@ def inspect_guard(path: Path | str) -> dict[str, Any]:
             "target_modules": sorted(modules),
             "n_tensor_pairs": n_pairs,
             "layers": sorted(layers),
+            "tensor_types": sorted(types),
         },
         "base": {
             "architecture": required(guard.string(keys.BASE_ARCHITECTURE), keys.BASE_ARCHITECTURE),
@@ -159,7 +162,8 @@ def format_report(info: dict[str, Any]) -> str:
         f"LoRA rank:        {', '.join(str(r) for r in lora['ranks'])}",
         f"LoRA alpha:       {lora['alpha']:g}" if lora["alpha"] is not None else "LoRA alpha:       none (scale 1)",
         f"target modules:   {', '.join(lora['target_modules'])}",
-        f"LoRA tensors:     {lora['n_tensor_pairs']} pairs in {len(lora['layers'])} layers",
+        f"LoRA tensors:     {lora['n_tensor_pairs']} pairs in {len(lora['layers'])} layers, "
+        f"{', '.join(lora['tensor_types'])}",
         f"base:             {base['name']} ({base['architecture']})",
         f"base size:        n_embd {base['n_embd']}, n_layer {base['n_layer']}",
         f"base fingerprint: {base['fingerprint']}",
