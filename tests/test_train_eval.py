@@ -21,7 +21,7 @@ try:
     import torch
     from gguf import GGUFReader
 
-    from loraguard_convert import ConvertError, set_thresholds
+    from loraguard_convert import ConvertError, inspect_guard, set_thresholds
     from loraguard_train.cli import eval_main, train_main
     from loraguard_train.config import ConfigError, build_config, read_recipe
     from loraguard_train.data import (
@@ -373,9 +373,12 @@ def test_decoder_train_resume_eval(tiny_llama: Path, tmp_path: Path) -> None:
     resumed = tmp_path / "resumed"
     given = ["--base", str(tiny_llama), "--base-gguf", str(straight / "base-f32.gguf"), "--out", str(resumed)]
     _train([*given, *TINY_ARGS, "--max-steps", "7"])
-    _train([*given, *TINY_ARGS, "--max-steps", "12", "--resume"])
+    # the resumed run writes its guard's LoRA tensors as F16: the same head, half the adapter bytes
+    _train([*given, *TINY_ARGS, "--max-steps", "12", "--resume", "--guard-outtype", "f16"])
     assert not (resumed / "base-f32.gguf").exists()
     np.testing.assert_array_equal(_head(resumed), _head(straight))
+    assert inspect_guard(straight / "guard.gguf")["lora"]["tensor_types"] == ["F32"]
+    assert inspect_guard(resumed / "guard.gguf")["lora"]["tensor_types"] == ["F16"]
     assert json.loads((resumed / "train.json").read_text(encoding="utf-8"))["steps"] == 12
 
     report = _eval(
@@ -567,6 +570,8 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _one_line_error(capsys, train_main(["--config", str(recipe)]), "unknown key 'learning_rate'")
     recipe.write_text('base = "base"\nout = "out"\nepochs = "3"\n[[train]]\npath = "x.jsonl"\n', encoding="utf-8")
     _one_line_error(capsys, train_main(["--config", str(recipe)]), "epochs must be int")
+    recipe.write_text('base = "base"\nout = "out"\nguard_outtype = "q4_0"\n[[train]]\npath = "x.jsonl"\n')
+    _one_line_error(capsys, train_main(["--config", str(recipe)]), "guard_outtype must be one of f32, f16, bf16, q8_0")
     _one_line_error(capsys, train_main([*common, "--train", str(TOXICCHAT), "--resume"]), "nothing to resume")
     _one_line_error(capsys, train_main(["--train", str(TOXICCHAT)]), "need a base model")
     with pytest.raises(SystemExit) as exit_info:

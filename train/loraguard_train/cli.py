@@ -14,6 +14,7 @@ import numpy as np
 from transformers.utils import logging
 
 from loraguard_convert import ConvertError, set_thresholds
+from loraguard_convert.guard import DEFAULT_GUARD_OUTTYPE, GUARD_OUTTYPES
 from loraguard_cpp import Guard, LoraGuardError, registry
 from loraguard_train.config import (
     PACKAGE_PREFIX,
@@ -120,6 +121,7 @@ _TRAIN_OVERRIDES = (
     "dev_fraction",
     "base_gguf",
     "base_outtype",
+    "guard_outtype",
     "precision",
     "device",
     "save_steps",
@@ -166,6 +168,8 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="special-token text in the templates (e.g. <|im_start|>) becomes those tokens")
     h.add_argument("--base-gguf", help="the base GGUF the guard is for (default: converted from --base)")
     h.add_argument("--base-outtype", choices=("f32", "f16", "bf16", "q8_0"), help="type of the converted base")
+    h.add_argument("--guard-outtype", choices=GUARD_OUTTYPES,
+                   help=f"LoRA tensor type of the guard file (default {DEFAULT_GUARD_OUTTYPE}; f16 halves it)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraguard_convert.guard import DEFAULT_GUARD_OUTTYPE, GUARD_OUTTYPES
 from loraguard_cpp import LoraGuardError, registry
 from loraguard_train.data import (
     FORMATS,
@@ -108,6 +109,8 @@ class TrainConfig:
     # the base GGUF the guard runs on; default: the base itself if it is a GGUF, else a conversion of it
     base_gguf: Path | None = None
     base_outtype: str = "f16"
+    # the guard file's LoRA tensor type: f32 (native equals PEFT to 1e-4) or f16 (half the file, ~1e-3 off)
+    guard_outtype: str = DEFAULT_GUARD_OUTTYPE
     base_name: str | None = None
     pooling: str | None = None
     rank: int = DEFAULT_RANK
@@ -150,9 +153,9 @@ class TrainConfig:
 
     def resumable_view(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run that wrote the state: all but those that change how
-        the run is carried out, not what it computes."""
+        the run is carried out, not what it computes (or only how its result is written: guard_outtype)."""
         data = to_plain(self)
-        for key in ("max_steps", "save_steps", "device", "eval_batch_size", "out"):
+        for key in ("max_steps", "save_steps", "device", "eval_batch_size", "out", "guard_outtype"):
             data.pop(key)
         return data
 
@@ -331,6 +334,9 @@ def _validate(c: TrainConfig) -> None:
         )
     if c.activation == "lora" and c.invocation is not None:
         raise ConfigError("an invocation is only for activation = 'alora' (a plain LoRA applies to every token)")
+    if c.guard_outtype not in GUARD_OUTTYPES:
+        # checked now rather than when the guard is written, after the whole run
+        raise ConfigError(f"guard_outtype must be one of {', '.join(GUARD_OUTTYPES)}, got {c.guard_outtype!r}")
     if c.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
     if c.labels is not None and (not c.labels or c.labels[0] != "unsafe"):

@@ -453,7 +453,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
         base_info=base_info_from_model(model, name=base_name, fingerprint=fingerprint),
         invocation=config.invocation,
     )
-    guard = convert_guard(ckpt, config.out / GUARD_FILE, base_gguf, quiet=True)
+    guard = convert_guard(ckpt, config.out / GUARD_FILE, base_gguf, outtype=config.guard_outtype, quiet=True)
     record = {
         "config": to_plain(config),
         "base": str(Path(config.base).resolve()),
