@@ -307,9 +307,11 @@ def test_chat_reply_cut_where_the_guard_flags_it(smollm2: Server) -> None:
     """The reply is released only in windows the guard passed, and cut at the first one it flags. The expected
     cut comes from the same model and guard loaded here (greedy generation is deterministic)."""
     prompt = "What would a villain say to threaten the hero?"
+    # the threat comes late in the reply ('... but I'll make you pay'): 12 tokens were enough for an earlier guard
+    reply_tokens = 32
     with Guard(guard="smollm2", n_threads=1) as guard:
         assert not guard.classify(prompt).flagged
-        pieces = list(guard.stream([("user", prompt)], max_tokens=12))
+        pieces = list(guard.stream([("user", prompt)], max_tokens=reply_tokens))
         released, cut = "", False
         for end in range(WINDOW, len(pieces) + WINDOW, WINDOW):
             if guard.classify(prompt, "".join(pieces[:end])).flagged:
@@ -320,14 +322,14 @@ def test_chat_reply_cut_where_the_guard_flags_it(smollm2: Server) -> None:
     # new guard stops doing so.
     assert cut and released, "this prompt no longer shows a cut after released text"
 
-    completion = _chat(smollm2, prompt, stream=False)
+    completion = _chat(smollm2, prompt, stream=False, max_tokens=reply_tokens)
     choice = completion.choices[0]
     assert choice.finish_reason == "content_filter" and choice.message.content == released
     assert any(f["filtered"] for f in (choice.model_extra or {})["content_filter_results"].values())
     assert completion.moderation is not None and completion.moderation.output.results[0].flagged
     assert not completion.moderation.input.results[0].flagged
 
-    chunks = list(_chat(smollm2, prompt, stream=True))
+    chunks = list(_chat(smollm2, prompt, stream=True, max_tokens=reply_tokens))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == released
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "content_filter"
 
