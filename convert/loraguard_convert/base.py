@@ -7,8 +7,14 @@ from .errors import ConvertError
 from .llama_cpp_source import converter_script
 from .subproc import run_converter
 
+# What the pinned converters write (a base's weights, a guard's LoRA tensors) and loraguard's runtime runs.
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 DEFAULT_OUTTYPE = "f16"
+
+
+def check_outtype(outtype: str) -> None:
+    if outtype not in OUTTYPES:
+        raise ConvertError(f"unsupported --outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
 
 
 def convert_base(
@@ -17,8 +23,7 @@ def convert_base(
     """Convert HF_DIR to a GGUF at OUT_PATH; the file appears only once complete."""
     hf_dir = Path(hf_dir)
     out_path = check_output_path(Path(out_path))
-    if outtype not in OUTTYPES:
-        raise ConvertError(f"unsupported --outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    check_outtype(outtype)
     if not (hf_dir / "config.json").is_file():
         raise ConvertError(f"{hf_dir} is not a Hugging Face model directory (no config.json)")
     script = converter_script("convert_hf_to_gguf.py")

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from .base import DEFAULT_OUTTYPE, OUTTYPES, convert_base
 from .errors import ConvertError
-from .guard import DEFAULT_GUARD_OUTTYPE, GUARD_OUTTYPES, convert_guard
+from .guard import DEFAULT_GUARD_OUTTYPE, convert_guard
 from .inspect import format_report, inspect_guard
 from .metadata import set_measured_types
 
@@ -41,7 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     guard.add_argument(
         "--outtype",
-        choices=GUARD_OUTTYPES,
+        choices=OUTTYPES,
         default=DEFAULT_GUARD_OUTTYPE,
         help=f"LoRA tensor type, default {DEFAULT_GUARD_OUTTYPE} (exact); f16 halves the file",
     )

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from . import keys
 from .atomic import atomic_output, check_output_path
+from .base import check_outtype
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_CONFIG, GUARD_CONFIG, Checkpoint, load_checkpoint
 from .errors import ConvertError
 from .fingerprint import describe, fingerprint_of
@@ -26,9 +27,7 @@ from .llama_cpp_source import converter_script
 from .subproc import run_converter
 
 _LORA_SUFFIXES = (".lora_a", ".lora_b")
-# What the pinned converter writes and loraguard's runtime multiplies; F32 keeps native equal to PEFT to 1e-4,
-# F16 halves the file at ~1e-3 relative error in the adapter's delta.
-GUARD_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+# F32 keeps native equal to PEFT to 1e-4; F16 halves the file at ~1e-3 relative error in the adapter's delta.
 DEFAULT_GUARD_OUTTYPE = "f32"
 
 
@@ -55,8 +54,7 @@ def convert_guard(
     they must agree. OUTTYPE is the LoRA tensors' type (the head stays F32). Nothing is written unless the
     whole conversion succeeds.
     """
-    if outtype not in GUARD_OUTTYPES:
-        raise ConvertError(f"unsupported --outtype {outtype!r}: choose one of {', '.join(GUARD_OUTTYPES)}")
+    check_outtype(outtype)
     out_path = check_output_path(Path(out_path))
     ckpt = load_checkpoint(ckpt_dir)
     base = _resolve_base(ckpt, Path(base_gguf) if base_gguf is not None else None, out_path)

@@ -14,7 +14,8 @@ import numpy as np
 from transformers.utils import logging
 
 from loraguard_convert import ConvertError, set_thresholds
-from loraguard_convert.guard import DEFAULT_GUARD_OUTTYPE, GUARD_OUTTYPES
+from loraguard_convert.base import OUTTYPES
+from loraguard_convert.guard import DEFAULT_GUARD_OUTTYPE
 from loraguard_cpp import Guard, LoraGuardError, registry
 from loraguard_train.config import (
     PACKAGE_PREFIX,
@@ -167,8 +168,8 @@ def _train_parser() -> argparse.ArgumentParser:
     h.add_argument("--parse-special", action="store_true",
                    help="special-token text in the templates (e.g. <|im_start|>) becomes those tokens")
     h.add_argument("--base-gguf", help="the base GGUF the guard is for (default: converted from --base)")
-    h.add_argument("--base-outtype", choices=("f32", "f16", "bf16", "q8_0"), help="type of the converted base")
-    h.add_argument("--guard-outtype", choices=GUARD_OUTTYPES,
+    h.add_argument("--base-outtype", choices=OUTTYPES, help="type of the converted base")
+    h.add_argument("--guard-outtype", choices=OUTTYPES,
                    help=f"LoRA tensor type of the guard file (default {DEFAULT_GUARD_OUTTYPE}; f16 halves it)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")

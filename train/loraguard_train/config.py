@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraguard_convert.guard import DEFAULT_GUARD_OUTTYPE, GUARD_OUTTYPES
+from loraguard_convert.base import OUTTYPES
+from loraguard_convert.guard import DEFAULT_GUARD_OUTTYPE
 from loraguard_cpp import LoraGuardError, registry
 from loraguard_train.data import (
     FORMATS,
@@ -334,9 +335,9 @@ def _validate(c: TrainConfig) -> None:
         )
     if c.activation == "lora" and c.invocation is not None:
         raise ConfigError("an invocation is only for activation = 'alora' (a plain LoRA applies to every token)")
-    if c.guard_outtype not in GUARD_OUTTYPES:
+    if c.guard_outtype not in OUTTYPES:
         # checked now rather than when the guard is written, after the whole run
-        raise ConfigError(f"guard_outtype must be one of {', '.join(GUARD_OUTTYPES)}, got {c.guard_outtype!r}")
+        raise ConfigError(f"guard_outtype must be one of {', '.join(OUTTYPES)}, got {c.guard_outtype!r}")
     if c.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
     if c.labels is not None and (not c.labels or c.labels[0] != "unsafe"):
