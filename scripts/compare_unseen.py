@@ -17,16 +17,15 @@ import numpy.typing as npt
 
 from loraguard_cpp import Guard
 from loraguard_train.config import build_config, read_recipe
-from loraguard_train.data import Dataset, Record, split_dataset
+from loraguard_train.data import Dataset, Record
 from loraguard_train.metrics import average_precision
+from loraguard_train.train import labelled_splits
 
 
 def _splits(recipe: Path) -> dict[str, tuple[Dataset, Dataset]]:
-    config = build_config(read_recipe(recipe), recipe.parent)
-    return {
-        spec.path.name: split_dataset(spec.load(config.seed), config.dev_fraction, config.seed)
-        for spec in config.train
-    }
+    """Each file's (train, dev) sets, by file, exactly as loraguard-train and `loraguard-eval --recipe` read them."""
+    train_sets, dev_sets, _ = labelled_splits(build_config(read_recipe(recipe), recipe.resolve().parent))
+    return {train.name: (train, dev) for train, dev in zip(train_sets, dev_sets, strict=True)}
 
 
 def _unseen_rows(old_recipe: Path, new_recipe: Path) -> dict[str, list[Record]]:
