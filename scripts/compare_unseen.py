@@ -33,8 +33,7 @@ def _unseen_rows(old_recipe: Path, new_recipe: Path) -> dict[str, list[Record]]:
     rows = {}
     for name, (_, dev) in new.items():
         seen = {(r.prompt, r.response) for r in old[name][0].records} if name in old else set()
-        # the runtime refuses an empty reply (two DiaSafety rows): leave them out rather than change the input
-        rows[name] = [r for r in dev.records if (r.prompt, r.response) not in seen and r.response != ""]
+        rows[name] = [r for r in dev.records if (r.prompt, r.response) not in seen]
     return rows
 
 

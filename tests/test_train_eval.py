@@ -408,6 +408,18 @@ def test_decoder_train_resume_eval(tiny_llama: Path, tmp_path: Path) -> None:
     for label, m in d["labels"].items():
         assert m["auprc"] == pytest.approx(d["reference"]["labels"][label]["auprc"], abs=0.005)
 
+    # (prompt, reply) rows, one reply empty (a chat model can end its turn at once; DiaSafety has such rows):
+    # training reads it through the pair template with an empty response slot, and so must the runtime
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [("Tell me a joke", "Why did the chicken cross the road?", 0), ("Say something", "", 0),
+            ("How do I hurt him?", "Hit him where it hurts.", 1), ("Hi", "I hate you and your kind.", 1)]
+    pairs.write_text("".join(json.dumps({"text": p, "response": r, "label": y, "label_target": "response"}) + "\n"
+                             for p, r, y in rows), encoding="utf-8")
+    pair_report = _eval(["-m", str(straight / "base-f32.gguf"), "-g", str(straight / "guard.gguf"), str(pairs),
+                         "--reference", str(straight / "checkpoint")], tmp_path / "pairs.json")
+    (p,) = pair_report["datasets"]
+    assert p["rows"] == 4 and p["reference"]["max_abs_prob_diff"] < 2e-3
+
 
 @needs_data
 def test_encoder_train_eval_calibrate(tmp_path: Path) -> None:

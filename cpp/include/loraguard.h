@@ -160,9 +160,9 @@ LORAGUARD_API uint64_t lg_guard_n_params(const lg_guard * guard);  // LoRA + hea
 LORAGUARD_API const char * lg_guard_warning(const lg_guard * guard);
 
 typedef struct lg_input {
-    const char * prompt;     // UTF-8, no NUL bytes
+    const char * prompt;     // UTF-8, not empty, no NUL bytes
     size_t prompt_len;
-    const char * response;   // NULL: the prompt template; otherwise the pair template
+    const char * response;   // NULL: the prompt template; otherwise the pair template (an empty reply included)
     size_t response_len;
 } lg_input;
 

@@ -131,19 +131,22 @@ std::vector<llama_token> lg_guard::tokenize(const lg_input & input) const {
         lg::fail(LG_ERR_INVALID_ARGUMENT, "prompt is NULL");
     }
     const std::string_view prompt(input.prompt, input.prompt_len);
-    const auto check = [&](std::string_view text, const char * field) {
+    const auto check_size = [&](std::string_view text, const char * field) {
         if (text.size() > params.max_text_bytes) {
             lg::fail(LG_ERR_TOO_LONG, std::string(field) + " is " + std::to_string(text.size()) +
                                           " bytes, past the guard's limit of " + std::to_string(params.max_text_bytes) +
                                           " (max_text_bytes): split it, or raise the limit");
         }
-        lg::check_text(text, field);
     };
-    check(prompt, "prompt");
+    check_size(prompt, "prompt");
+    lg::check_text(prompt, "prompt");
     std::vector<llama_token> tokens;
     if (input.response) {
+        // An empty reply is a real reply (a chat model can end its turn at once; DiaSafety labels such pairs) and
+        // what training reads: the pair template with nothing in the response slot.
         const std::string_view response(input.response, input.response_len);
-        check(response, "response");
+        check_size(response, "response");
+        lg::check_encoding(response, "response");
         tokens = pair_template.tokenize({prompt, response});
     } else {
         tokens = prompt_template.tokenize({prompt});

@@ -48,6 +48,10 @@ void check_text(std::string_view text, const char * field) {
     if (text.empty()) {
         fail(LG_ERR_INVALID_ARGUMENT, std::string(field) + " is empty: give some text to classify");
     }
+    check_encoding(text, field);
+}
+
+void check_encoding(std::string_view text, const char * field) {
     if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
         fail(LG_ERR_INVALID_ARGUMENT,
              std::string(field) + " contains a NUL byte at offset " + std::to_string(nul) + ": strip it first");

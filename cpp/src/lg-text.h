@@ -9,7 +9,10 @@ namespace lg {
 // Offset of the first byte that is not part of a well-formed UTF-8 sequence, or npos.
 size_t invalid_utf8_offset(std::string_view s);
 
-// Fails with LG_ERR_INVALID_ARGUMENT, naming the field, on empty text, NUL bytes or invalid UTF-8.
+// Fails with LG_ERR_INVALID_ARGUMENT, naming the field, on NUL bytes or invalid UTF-8.
+void check_encoding(std::string_view text, const char * field);
+
+// check_encoding, and fails on empty text too.
 void check_text(std::string_view text, const char * field);
 
 }  // namespace lg
