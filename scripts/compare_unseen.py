@@ -18,7 +18,7 @@ import numpy.typing as npt
 from loraguard_cpp import Guard
 from loraguard_train.config import build_config, read_recipe
 from loraguard_train.data import Dataset, Record
-from loraguard_train.metrics import average_precision
+from loraguard_train.metrics import average_precision, flag_threshold
 from loraguard_train.train import labelled_splits
 
 
@@ -74,8 +74,10 @@ def main() -> None:
     caught = []
     for g in args.guards:
         s = np.concatenate([scores[g][name] for name in labels])
-        threshold = np.quantile(s[y_all == 0], 0.95)
-        caught.append(f"{100 * np.mean(s[y_all == 1] > threshold):.1f} %")
+        benign = s[y_all == 0]
+        # the operating point loraguard-eval --calibrate fpr sets: at most floor(5 % of them) benign rows flagged
+        threshold = flag_threshold(benign, int(np.floor(0.05 * len(benign))))
+        caught.append(f"{100 * np.mean(s[y_all == 1] >= threshold):.1f} %")
     n_benign, n_harmful = int((y_all == 0).sum()), int((y_all == 1).sum())
     print(f"| harmful caught at 5 % of benign flagged (`unsafe`; {n_benign} benign, {n_harmful} harmful) | | | "
           + " | ".join(caught) + " |")
