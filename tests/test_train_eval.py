@@ -417,8 +417,8 @@ def test_decoder_train_resume_eval(tiny_llama: Path, tmp_path: Path) -> None:
                              for p, r, y in rows), encoding="utf-8")
     pair_report = _eval(["-m", str(straight / "base-f32.gguf"), "-g", str(straight / "guard.gguf"), str(pairs),
                          "--reference", str(straight / "checkpoint")], tmp_path / "pairs.json")
-    (p,) = pair_report["datasets"]
-    assert p["rows"] == 4 and p["reference"]["max_abs_prob_diff"] < 2e-3
+    (pair_set,) = pair_report["datasets"]
+    assert pair_set["rows"] == 4 and pair_set["reference"]["max_abs_prob_diff"] < 2e-3
 
 
 @needs_data
