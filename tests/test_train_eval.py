@@ -381,6 +381,17 @@ def test_decoder_train_resume_eval(tiny_llama: Path, tmp_path: Path) -> None:
     assert inspect_guard(resumed / "guard.gguf")["lora"]["tensor_types"] == ["F16"]
     assert json.loads((resumed / "train.json").read_text(encoding="utf-8"))["steps"] == 12
 
+    # another training seed: the same rows and dev split, another run (init, dropout, batch order)
+    reseeded = tmp_path / "reseeded"
+    _train(["--base", str(tiny_llama), "--base-gguf", str(straight / "base-f32.gguf"), "--out", str(reseeded),
+            *TINY_ARGS, "--max-steps", "12", "--train-seed", "1"])
+    reseeded_record = json.loads((reseeded / "train.json").read_text(encoding="utf-8"))
+    assert reseeded_record["dev_rows"] == record["dev_rows"]
+    assert {n: d["unsafe"]["n_pos"] for n, d in reseeded_record["dev"].items()} == {
+        n: d["unsafe"]["n_pos"] for n, d in record["dev"].items()
+    }
+    assert not np.allclose(_head(reseeded), _head(straight))
+
     report = _eval(
         [
             "-m",

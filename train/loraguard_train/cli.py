@@ -118,6 +118,7 @@ _TRAIN_OVERRIDES = (
     "invocation",
     "max_length",
     "seed",
+    "train_seed",
     "max_steps",
     "dev_fraction",
     "base_gguf",
@@ -157,7 +158,9 @@ def _train_parser() -> argparse.ArgumentParser:
     h.add_argument("--lr-lora", type=float)
     h.add_argument("--lr-head", type=float)
     h.add_argument("--max-length", type=int, help="tokens per input; longer inputs keep their end")
-    h.add_argument("--seed", type=int)
+    h.add_argument("--seed", type=int, help="seed of the caps and dev splits, and of training unless --train-seed")
+    h.add_argument("--train-seed", type=int,
+                   help="seed of the adapter's init, dropout and batch order only (same rows, same dev split)")
     h.add_argument("--max-steps", type=int, help="stop after N optimizer steps (smoke runs)")
     h.add_argument("--save-steps", type=int, help="save the resumable state every N steps too")
     h.add_argument("--precision", choices=("auto", "fp32", "bf16"))

@@ -139,6 +139,9 @@ class TrainConfig:
     class_weights: bool = True
     max_pos_weight: float = 50.0
     seed: int = 0
+    # seed of the adapter's initialisation, dropout and batch order (default: `seed`), so a run can be repeated on
+    # the same caps and dev split to see how much a dev figure moves between runs alone
+    train_seed: int | None = None
     precision: str = "auto"
     device: str = "auto"
     eval_batch_size: int = 32
@@ -151,6 +154,11 @@ class TrainConfig:
     calibrate: bool = False
     # safe rows (unsafe = 0) are negatives of every label they do not know (data.safe_rows_negative)
     safe_rows_negative: bool = False
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of everything random in training but the data: train_seed, or else seed."""
+        return self.seed if self.train_seed is None else self.train_seed
 
     def resumable_view(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run that wrote the state: all but those that change how

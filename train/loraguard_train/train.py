@@ -273,11 +273,11 @@ class _Trainer:
 
     def run_epoch(self, stop: int, save: Callable[[], None], quiet: bool) -> float | None:
         """Train on the rest of the current epoch, or until `stop` steps are done; the epoch's mean training
-        loss, or None when it stopped mid-epoch. Batch order depends only on the seed and the epoch, so a
+        loss, or None when it stopped mid-epoch. Batch order depends only on the run seed and the epoch, so a
         resumed epoch skips exactly the batches already done."""
         config, model = self.config, self.model
         batches = length_grouped_batches(
-            self.lengths, config.batch_size, np.random.default_rng([config.seed, self.epoch])
+            self.lengths, config.batch_size, np.random.default_rng([config.run_seed, self.epoch])
         )
         running, seen = 0.0, 0
         bar = tqdm(
@@ -379,7 +379,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
     device = _device(config)
     amp = _amp_dtype(config, device)
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.run_seed)
     _log(quiet, f"loading {config.base}")
     model, tokenizer = _load_model(config, len(labels))
     model.to(device)
