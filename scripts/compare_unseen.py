@@ -4,6 +4,8 @@ A recipe's per-file `limit` is a seeded subset taken before the dev split, so ra
 the train and dev sides: the new recipe's dev split holds rows the old recipe trained on. This scores every guard
 on the NEW recipe's dev rows minus the OLD recipe's training rows (rows unseen by both), and reports the unsafe
 AUPRC per file with both classes and the share of harmful rows caught when 5 % of the benign ones are flagged.
+With --bootstrap N, each later guard's AUPRC also carries the 90 % interval of its difference to the first guard
+over N paired resamples of the file's rows: a difference whose interval spans 0 is within the dev rows' noise.
 
     .venv/bin/python scripts/compare_unseen.py recipes/minilm-permissive.toml recipes/minilm-wide.toml \
         -m minilm python/loraguard_cpp/guards/minilm.gguf runs/minilm-wide/guard.gguf
@@ -37,6 +39,23 @@ def _unseen_rows(old_recipe: Path, new_recipe: Path) -> dict[str, list[Record]]:
     return rows
 
 
+def _difference_interval(
+    y: npt.NDArray[np.float64], first: npt.NDArray[np.float32], other: npt.NDArray[np.float32], n: int
+) -> tuple[float, float]:
+    """The 5th and 95th percentiles of AUPRC(other) - AUPRC(first) over n paired resamples of the rows (each
+    resample redrawn within each class, so every one has both)."""
+    rng = np.random.default_rng(0)
+    by_class = [np.flatnonzero(y == c) for c in (0.0, 1.0)]
+    differences = []
+    for _ in range(n):
+        pick = np.concatenate([rng.choice(rows, len(rows)) for rows in by_class])
+        a, b = average_precision(y[pick], other[pick]), average_precision(y[pick], first[pick])
+        assert a is not None and b is not None
+        differences.append(a - b)
+    low, high = np.percentile(differences, [5, 95])
+    return float(low), float(high)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old_recipe", type=Path)
@@ -44,6 +63,8 @@ def main() -> None:
     parser.add_argument("guards", nargs="+", metavar="GUARD.gguf")
     parser.add_argument("-m", "--model", required=True, help="base model (name or GGUF) the guards run on")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="90 %% interval of each guard's AUPRC difference to the first over N paired resamples")
     args = parser.parse_args()
 
     rows = {name: rs for name, rs in _unseen_rows(args.old_recipe, args.new_recipe).items() if rs}
@@ -68,6 +89,12 @@ def main() -> None:
             assert ap is not None
             aps[g].append(ap)
             row.append(f"{ap:.3f}")
+            if args.bootstrap and g != args.guards[0]:
+                known = ~np.isnan(y)
+                low, high = _difference_interval(
+                    y[known], scores[args.guards[0]][name][known], scores[g][name][known], args.bootstrap
+                )
+                row[-1] += f" ({low:+.3f} to {high:+.3f})"
         print(f"| {name} | {len(y)} | {int(np.nansum(y))} | " + " | ".join(row) + " |")
     print("| mean AUPRC | | | " + " | ".join(f"{np.mean(aps[g]):.3f}" for g in args.guards) + " |")
     y_all = np.concatenate(list(labels.values()))
