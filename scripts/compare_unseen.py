@@ -83,6 +83,7 @@ def main() -> None:
     for name, y in labels.items():
         if np.nanmin(y) == np.nanmax(y):
             continue
+        known = ~np.isnan(y)
         row = []
         for g in args.guards:
             ap = average_precision(y, scores[g][name])
@@ -90,7 +91,6 @@ def main() -> None:
             aps[g].append(ap)
             row.append(f"{ap:.3f}")
             if args.bootstrap and g != args.guards[0]:
-                known = ~np.isnan(y)
                 low, high = _difference_interval(
                     y[known], scores[args.guards[0]][name][known], scores[g][name][known], args.bootstrap
                 )
