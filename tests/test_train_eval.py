@@ -11,6 +11,8 @@ import csv
 import gzip
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,19 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 @needs_data
+def test_training_imports_without_the_runtime() -> None:
+    """loraguard-train needs torch, not the native runtime: a GPU machine without llama.cpp built (or with another
+    llama-cpp-python) trains; only scoring (loraguard-eval) loads the extension."""
+    probe = (
+        "import sys\n"
+        "import loraguard_train, loraguard_train.cli, loraguard_train.evaluate, loraguard_train.train\n"
+        "print(sorted(m for m in sys.modules if m.startswith('loraguard_cpp')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['loraguard_cpp', 'loraguard_cpp.errors', 'loraguard_cpp.registry']"
+
+
 def test_every_shared_file_loads() -> None:
     files = sorted(DATA.glob("*.jsonl"))
     assert len(files) >= 15
@@ -359,7 +374,9 @@ TINY_ARGS = [
 
 
 @needs_data
-def test_decoder_train_resume_eval(tiny_llama: Path, tmp_path: Path) -> None:
+def test_decoder_train_resume_eval(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     straight = tmp_path / "straight"
     _train(["--base", str(tiny_llama), "--out", str(straight), *TINY_ARGS, "--max-steps", "12"])
     record = json.loads((straight / "train.json").read_text(encoding="utf-8"))
@@ -391,6 +408,24 @@ def test_decoder_train_resume_eval(tiny_llama: Path, tmp_path: Path) -> None:
         n: d["unsafe"]["n_pos"] for n, d in record["dev"].items()
     }
     assert not np.allclose(_head(reseeded), _head(straight))
+
+    # the guard cannot be written once training is done (no llama.cpp converter reachable, as on an offline GPU
+    # machine): the error names the saved checkpoint and how to finish, and --resume writes the guard without
+    # training again
+    offline = tmp_path / "offline"
+    offline_args = ["--base", str(tiny_llama), "--base-gguf", str(straight / "base-f32.gguf"), "--out", str(offline),
+                    *TINY_ARGS, "--max-steps", "12", "-q"]
+    monkeypatch.setenv("LORAGUARD_LLAMA_CPP_SRC", str(tmp_path / "no-llama-cpp"))
+    capsys.readouterr()
+    assert train_main(offline_args) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint is saved in {offline / 'checkpoint'}" in err and "--resume" in err, err
+    assert not (offline / "guard.gguf").exists()
+    monkeypatch.delenv("LORAGUARD_LLAMA_CPP_SRC")
+    _train([*offline_args, "--resume"])
+    assert (offline / "guard.gguf").is_file()
+    assert json.loads((offline / "train.json").read_text(encoding="utf-8"))["steps"] == 12
+    np.testing.assert_array_equal(_head(offline), _head(straight))
 
     report = _eval(
         [

@@ -16,7 +16,7 @@ from transformers.utils import logging
 from loraguard_convert import ConvertError, set_thresholds
 from loraguard_convert.base import OUTTYPES
 from loraguard_convert.guard import DEFAULT_GUARD_OUTTYPE
-from loraguard_cpp import Guard, LoraGuardError, registry
+from loraguard_cpp import LoraGuardError, registry
 from loraguard_train.config import (
     PACKAGE_PREFIX,
     ConfigError,
@@ -322,6 +322,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             reference = Reference.load(args.reference, base, args.n_ctx)
 
         evaluations: list[Evaluation] = []
+        from loraguard_cpp import Guard  # the native runtime loads only for scoring, never for training
+
         with Guard(args.model, args.guard, n_threads=args.threads, n_ctx=args.n_ctx, exact=args.exact) as guard:
             model_path, guard_path = guard.model_path, guard.guard_path
             labels, thresholds = list(guard.labels), guard.thresholds.copy()

@@ -11,13 +11,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from loraguard_cpp import Guard
 from loraguard_train.data import UNSAFE, DataError, Dataset
 from loraguard_train.inputs import logits_of, pad_id, tokenize
 from loraguard_train.metrics import (
@@ -30,6 +29,10 @@ from loraguard_train.metrics import (
 )
 from loraguard_train.model import GuardModel, load_checkpoint, load_tokenizer
 from loraguard_train.train import RUN_FILE
+
+if TYPE_CHECKING:
+    # the native runtime is needed to score, not to train: a GPU box without llama.cpp built still trains
+    from loraguard_cpp import Guard
 
 Probs = npt.NDArray[np.float64]
 

@@ -26,7 +26,7 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from loraguard_convert import base_fingerprint, convert_base, convert_guard, describe_base
+from loraguard_convert import ConvertError, base_fingerprint, convert_base, convert_guard, describe_base
 from loraguard_train.config import ConfigError, TrainConfig, to_plain
 from loraguard_train.data import DataError, Dataset, label_names, safe_rows_negative, split_dataset
 from loraguard_train.inputs import collate, length_grouped_batches, logits_of, pad_id, tokenize
@@ -453,7 +453,17 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
         base_info=base_info_from_model(model, name=base_name, fingerprint=fingerprint),
         invocation=config.invocation,
     )
-    guard = convert_guard(ckpt, config.out / GUARD_FILE, base_gguf, outtype=config.guard_outtype, quiet=True)
+    guard_path = config.out / GUARD_FILE
+    try:
+        guard = convert_guard(ckpt, guard_path, base_gguf, outtype=config.guard_outtype, quiet=True)
+    except ConvertError as e:
+        # the hours of training are in the checkpoint and the state: say so, and how to finish without retraining
+        raise ConvertError(
+            f"training finished and its checkpoint is saved in {ckpt}, but writing {guard_path} failed: {e}\n"
+            "Once that is fixed, run the same command with --resume (it re-scores the dev data and writes the guard "
+            f"without training again), or convert the checkpoint alone: loraguard-convert guard {ckpt} {guard_path} "
+            f"--base {base_gguf} --outtype {config.guard_outtype}"
+        ) from e
     record = {
         "config": to_plain(config),
         "base": str(Path(config.base).resolve()),
