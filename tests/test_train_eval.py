@@ -78,19 +78,6 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 @needs_data
-def test_training_imports_without_the_runtime() -> None:
-    """loraguard-train needs torch, not the native runtime: a GPU machine without llama.cpp built (or with another
-    llama-cpp-python) trains; only scoring (loraguard-eval) loads the extension."""
-    probe = (
-        "import sys\n"
-        "import loraguard_train, loraguard_train.cli, loraguard_train.evaluate, loraguard_train.train\n"
-        "print(sorted(m for m in sys.modules if m.startswith('loraguard_cpp')))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['loraguard_cpp', 'loraguard_cpp.errors', 'loraguard_cpp.registry']"
-
-
 def test_every_shared_file_loads() -> None:
     files = sorted(DATA.glob("*.jsonl"))
     assert len(files) >= 15
@@ -371,6 +358,19 @@ TINY_ARGS = [
     "--target",
     "prompt",
 ]
+
+
+def test_training_imports_without_the_runtime() -> None:
+    """loraguard-train needs torch, not the native runtime: a GPU machine without llama.cpp built (or with another
+    llama-cpp-python) trains; only scoring (loraguard-eval) loads the extension."""
+    probe = (
+        "import sys\n"
+        "import loraguard_train, loraguard_train.cli, loraguard_train.evaluate, loraguard_train.train\n"
+        "print(sorted(m for m in sys.modules if m.startswith('loraguard_cpp')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['loraguard_cpp', 'loraguard_cpp.errors', 'loraguard_cpp.registry']"
 
 
 @needs_data
