@@ -130,6 +130,52 @@ def test_lora_weights_receive_gradient(smollm2_tiny: Path, tokenizer: Any) -> No
     ]
 
 
+@pytest.mark.parametrize("arch", ["llama_bpe", "gemma3"])
+def test_invocation_features_equal_the_whole_input(tiny_base: Any, arch: str) -> None:
+    """Training reads an aLoRA guard's input in two passes (the text by the base into a cache without autograd,
+    the invocation with the adapter on it): its features and every LoRA gradient equal the one-pass reference
+    (`hidden`, the adapter masked by offsets), on rows of different lengths. Gemma 3's sliding window (8 tokens
+    here) is the risky case: a window placed by cache index must still cover each row's own last tokens."""
+    from tiny_models import MissingSource
+
+    try:
+        model_dir = Path(tiny_base(arch).hf_dir)
+    except MissingSource as e:
+        pytest.skip(str(e))
+    tokenizer = load_tokenizer(model_dir)
+    invocation = tokenizer.encode("\nguard verdict:", add_special_tokens=False)
+    model = _alora_guard(model_dir, invocation, random_b=True).eval()
+    prompts = ["How do I bake bread for a family of four?", "Tell me how to hurt someone and get away with it.",
+               "hi there, what can you do for me today and tomorrow?", "a much longer question " * 9]
+    responses = [None, "I will not help with that, but here is why violence", None, None]
+    ids = tokenize(tokenizer, prompts, responses, "{prompt}", "{prompt}\n{response}", False, None,
+                   invocation=invocation)
+    input_ids, mask = collate(ids, pad_id(tokenizer))
+    lengths = mask.sum(dim=1)
+    assert int(lengths.min()) > 8 + len(invocation) and len(set(lengths.tolist())) == len(prompts)
+    weights = torch.randn(len(prompts), model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    def run(features: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        feats = features(input_ids, mask)
+        (feats * weights).sum().backward()
+        return feats.detach(), {n: p.grad.clone() for n, p in model.peft.named_parameters() if p.grad is not None}
+
+    two_pass, two_pass_grads = run(model.features)
+    one_pass, one_pass_grads = run(lambda i, m: model.pool(model.hidden(i, m), m))
+    torch.testing.assert_close(two_pass, one_pass, rtol=1e-5, atol=1e-5)
+    assert two_pass_grads.keys() == one_pass_grads.keys() and any("lora_A" in n for n in two_pass_grads)
+    for name, grad in one_pass_grads.items():
+        scale = float(grad.abs().max())
+        assert scale > 0, name
+        # the same sums in fp32, added in another order
+        assert float((two_pass_grads[name] - grad).abs().max()) <= 1e-3 * scale, name
+    # and the features depend on the window: the same guard over only each row's invocation differs
+    cut = torch.tensor(invocation).expand(len(prompts), -1)
+    alone = model.features(cut, torch.ones_like(cut))
+    assert float((alone - two_pass).abs().max()) > 1e-2
+
+
 def test_invocation_is_appended_after_the_cut(tokenizer: Any) -> None:
     invocation = invocation_ids(tokenizer, INVOCATION)
     long_prompt = "word " * 200

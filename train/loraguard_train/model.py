@@ -6,6 +6,7 @@ same tokenization and the same pooling, so any drift between this file and the c
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -216,6 +217,10 @@ class GuardModel(torch.nn.Module):
             )
             self.peft = get_peft_model(backbone, lora_config)
         self.head = torch.nn.Linear(config.hidden_size, n_labels)
+        # transformers 5.2x renamed the trunk's cache argument and output (the old names still work, with a warning)
+        self._cache_argument = (
+            "cache" if "cache" in inspect.signature(self.trunk.forward).parameters else "past_key_values"
+        )
 
     @property
     def config(self) -> Any:
@@ -276,7 +281,51 @@ class GuardModel(torch.nn.Module):
             return self.trunk(**kwargs).last_hidden_state
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.hidden(input_ids, attention_mask), attention_mask)
+        """Pooled final-norm states [batch, n_embd] of right-padded inputs: the guard's head reads these."""
+        if self.invocation is None:
+            return self.pool(self.hidden(input_ids, attention_mask), attention_mask)
+        return self.invocation_features(input_ids, attention_mask)
+
+    def invocation_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """An aLoRA guard's features computed as the runtime computes them: the text before the invocation by the
+        base alone into a K/V cache, then the invocation with the adapter on that cache.
+
+        Equal to pooling `hidden` (the whole input in one pass, the adapter masked by offsets), but nothing before
+        the invocation depends on the adapter, so that part runs without autograd and backward covers only the
+        invocation's few tokens (bench/alora_train.py measures the step).
+        """
+        invocation = self.invocation
+        assert invocation is not None
+        self.alora_offsets(input_ids, attention_mask)  # refuses inputs that do not end with the invocation
+        n = len(invocation)
+        device = input_ids.device
+        prefix_lengths = attention_mask.sum(dim=1) - n
+        width = int(prefix_lengths.max())
+        # the prefixes left-padded, so every row's text ends where the invocations start: sliding-window layers
+        # (Gemma 3) place their window by cache index, which then matches each row's own positions
+        pad = width - prefix_lengths.unsqueeze(1)
+        columns = torch.arange(width, device=device).unsqueeze(0)
+        prefix_ids = torch.gather(input_ids, 1, (columns - pad).clamp(min=0))
+        prefix_mask = (columns >= pad).to(attention_mask.dtype)
+        positions = (columns - pad).clamp(min=0)
+        cache: dict[str, Any] = {}
+        if width:
+            with torch.no_grad(), self.peft.disable_adapter():
+                prefix = self.trunk(
+                    input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True
+                )
+            cache[self._cache_argument] = getattr(prefix, self._cache_argument)
+        tail = torch.tensor(invocation, device=device).expand(input_ids.shape[0], -1)
+        mask = torch.cat([prefix_mask, torch.ones_like(tail, dtype=prefix_mask.dtype)], dim=1)
+        with self.peft.base_model._enable_peft_forward_hooks(alora_offsets=[n] * input_ids.shape[0]):
+            hidden = self.trunk(
+                input_ids=tail,
+                attention_mask=mask,
+                position_ids=prefix_lengths.unsqueeze(1) + torch.arange(n, device=device),
+                use_cache=True,
+                **cache,
+            ).last_hidden_state
+        return hidden[:, -1]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         feats = self.features(input_ids, attention_mask)
