@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__},
         "recipe": str(args.recipe.relative_to(REPO) if args.recipe.is_relative_to(REPO) else args.recipe),
         "settings": {"threads": args.threads, "batches": len(batches), "batch_size": config.batch_size,
-                     "max_length": config.max_length, "rank": config.rank, "targets": config.targets,
+                     "max_length": config.max_length, "rank": config.rank,
+                     "targets": sorted(model.peft.peft_config[model.peft.active_adapter].target_modules),
                      "invocation_tokens": len(invocation), "mean_tokens_per_row": tokens / sum(map(len, batches))},
         "ways": {
             name: {"median_step_s": statistics.median(s), "total_s": sum(s),

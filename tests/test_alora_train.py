@@ -380,3 +380,29 @@ def test_native_matches_peft_on_smollm2(smollm2_alora: tuple[Path, Path, Path, P
         base_only = score_texts(model, tokenizer, prompts, responses, template_prompt=TEMPLATE_PROMPT,
                                 template_pair=TEMPLATE_PAIR, parse_special=True, max_length=n_ctx)
     assert float(np.abs(base_only - ref).max()) > 100 * diff
+
+
+def test_training_step_bench_runs(smollm2_tiny: Path, tmp_path: Path) -> None:
+    """bench/alora_train.py on a tiny recipe: both ways of the step run on real rows and the report is written
+    (no speed is asserted: CI machines are shared)."""
+    import subprocess
+    import sys
+
+    require_shared(TOXICCHAT)
+    recipe = tmp_path / "tiny-alora.toml"
+    recipe.write_text(
+        f"base = {json.dumps(str(smollm2_tiny))}\nout = \"run\"\nactivation = \"alora\"\n"
+        f"invocation = {json.dumps(INVOCATION)}\n"
+        f"template_prompt = {json.dumps(TEMPLATE_PROMPT)}\ntemplate_pair = {json.dumps(TEMPLATE_PAIR)}\n"
+        "parse_special = true\nrank = 4\nbatch_size = 4\nmax_length = 48\nlabels = [\"unsafe\"]\n\n"
+        f"[[train]]\npath = {json.dumps(str(TOXICCHAT))}\ntarget = \"prompt\"\nlimit = 40\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "bench.alora_train", "--recipe", str(recipe), "--batches", "2",
+                           "--threads", "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (report,) = out.glob("*-alora-train.json")
+    result = json.loads(report.read_text(encoding="utf-8"))
+    assert result["settings"]["batches"] == 2 and result["settings"]["invocation_tokens"] == 5
+    assert all(way["total_s"] > 0 for way in result["ways"].values()) and result["two_pass_over_one_pass"] > 0
