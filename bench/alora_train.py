@@ -44,20 +44,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from loraguard_train.config import build_config, read_recipe
     from loraguard_train.inputs import collate, length_grouped_batches, pad_id, tokenize
-    from loraguard_train.model import GuardModel, invocation_ids, load_tokenizer
-    from loraguard_train.train import labelled_splits
+    from loraguard_train.train import labelled_splits, load_model
 
     torch.set_num_threads(args.threads)
     config = build_config(read_recipe(args.recipe), args.recipe.resolve().parent)
     if config.activation != "alora":
         raise SystemExit(f"{args.recipe} is not an aLoRA recipe (activation = 'alora')")
-    assert config.invocation is not None
     train_sets, _, labels = labelled_splits(config)
-    tokenizer = load_tokenizer(config.base)
-    invocation = invocation_ids(tokenizer, config.invocation)
     torch.manual_seed(0)
-    model = GuardModel.from_pretrained(config.base, n_labels=len(labels), r=config.rank, alpha=config.alpha,
-                                       dropout=config.dropout, target_modules=config.targets, invocation=invocation)
+    model, tokenizer = load_model(config, len(labels))
+    invocation = model.invocation
+    assert invocation is not None
     with torch.no_grad():
         for name, param in model.peft.named_parameters():
             if "lora_B" in name:

@@ -346,7 +346,8 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _load_model(config: TrainConfig, n_labels: int) -> tuple[GuardModel, Any]:
+def load_model(config: TrainConfig, n_labels: int) -> tuple[GuardModel, Any]:
+    """The fresh guard a config trains (adapter, activation, invocation) on its base, and the base's tokenizer."""
     # the base's own loading errors (missing weights, unsupported GGUF architecture) are user errors here
     try:
         tokenizer = load_tokenizer(config.base)
@@ -381,7 +382,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
 
     torch.manual_seed(config.run_seed)
     _log(quiet, f"loading {config.base}")
-    model, tokenizer = _load_model(config, len(labels))
+    model, tokenizer = load_model(config, len(labels))
     model.to(device)
     pad = pad_id(tokenizer)
 
