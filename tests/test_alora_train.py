@@ -275,6 +275,7 @@ def test_train_resume_convert_inspect(smollm2_tiny: Path, tmp_path: Path, capsys
     report_path = tmp_path / "eval.json"
     assert eval_main(["-m", str(out / "base-f32.gguf"), "-g", str(out / "guard.gguf"), str(TOXICCHAT), "--limit",
                       "120", "--split", "dev", "--target", "prompt", "--reference", str(ckpt), "--n-ctx", "48",
+                      "--overflow", "keep_end",
                       "--exact", "--json-out", str(report_path), "-q"]) == 0
     (scored,) = json.loads(report_path.read_text(encoding="utf-8"))["datasets"]
     assert scored["rows"] == 24 and scored["reference"]["max_abs_prob_diff"] < 1e-4

@@ -133,15 +133,25 @@ def test_text_past_the_context(stories_gguf: Path, stories_guard: Path) -> None:
         with pytest.raises(InputTooLongError, match="tokens"):
             g.classify(long)
         assert g.classify("short text").scores  # the policy only concerns long inputs
-    with Guard(stories_gguf, stories_guard, n_threads=1, n_ctx=64) as keep_end:
+    with Guard(stories_gguf, stories_guard, n_threads=1, n_ctx=64, overflow="keep_end") as keep_end:
         # keep_end runs BOS + the last 63 tokens: texts that end alike score alike, bit for bit
         assert keep_end.tokenize(long)[-63:] == keep_end.tokenize(other_start)[-63:]
         kept = keep_end.logits([long, other_start])
         assert np.array_equal(kept[0], kept[1])
-    with Guard(stories_gguf, stories_guard, n_threads=1, n_ctx=64, overflow="windows") as windows:
-        per_window_max = windows.logits([long])
-        assert np.isfinite(per_window_max).all()
-        assert (per_window_max >= kept[:1] - 1e-3).all(), "windows take the max over windows, the last included"
+    with Guard(stories_gguf, stories_guard, n_threads=1, n_ctx=64) as default:
+        # The default reads every token: a long text's start is scored too, so text placed ahead of a long tail
+        # cannot pass unread (keep_end above cannot tell these two texts apart)
+        text = default.model.tokenize(other_start, add_special=False)  # the text's tokens, as the windows cut it
+        windows = default.sequences(other_start)
+        head = next(i for i, (x, y) in enumerate(zip(*windows[:2], strict=True)) if x != y)  # "user: {prompt}"
+        width = 64 - head
+        assert all(len(w) == 64 and w[:head] == windows[0][:head] for w in windows)
+        starts = [i * (width // 2) for i in range(len(windows) - 1)] + [len(text) - width]
+        assert [w[head:] for w in windows] == [text[s: s + width] for s in starts]
+        assert starts[-2] < starts[-1] <= starts[-2] + width, "tokens between two windows that none reads"
+        per_window_max = default.logits([long, other_start])
+        assert not np.array_equal(per_window_max[0], per_window_max[1])
+        assert (per_window_max >= kept - 1e-3).all(), "windows take the max over windows, the last included"
 
 
 # -- chat path -------------------------------------------------------------------------------------------------

@@ -117,10 +117,12 @@ LORAGUARD_API lg_status lg_quantize(const char * input_path, const char * output
 
 typedef struct lg_guard lg_guard;
 
-// What to do with an input longer than the guard context.
+// What to do with an input longer than the guard context. The default is LG_OVERFLOW_WINDOWS: every token the
+// chat model reads is read by the guard, so text cannot be smuggled past it ahead of a long benign tail.
 typedef enum lg_overflow {
-    LG_OVERFLOW_KEEP_END = 0,  // keep the leading special tokens and the last tokens (the end decides a decoder's state)
-    LG_OVERFLOW_WINDOWS = 1,   // score overlapping windows, take the max logit per label
+    LG_OVERFLOW_KEEP_END = 0,  // keep the leading special tokens and the last tokens (the end decides a decoder's
+                               // state); the start of a long input is never read: opt in only for trusted text
+    LG_OVERFLOW_WINDOWS = 1,   // score half-overlapping windows, take the max logit per label (default)
     LG_OVERFLOW_ERROR = 2,     // fail with LG_ERR_TOO_LONG
 } lg_overflow;
 

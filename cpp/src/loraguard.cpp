@@ -152,7 +152,7 @@ lg_guard_params lg_guard_default_params(void) {
     p.n_ctx = 512;
     p.n_seq_max = 32;
     p.n_threads = 0;
-    p.overflow = LG_OVERFLOW_KEEP_END;
+    p.overflow = LG_OVERFLOW_WINDOWS;
     p.isolated = false;
     p.f32_kv_cache = false;
     p.flash_attn = LG_FLASH_ATTN_AUTO;

@@ -23,7 +23,7 @@ constexpr int k_exit_error = 2;
 const char * const k_usage =
     "usage: loraguard-cli classify -m MODEL.gguf -g GUARD.gguf [--json] [--response TEXT] [options] TEXT... | -\n"
     "       loraguard-cli info -m MODEL.gguf -g GUARD.gguf [--json] [options]\n"
-    "options: -t/--threads N, --ctx N, --overflow keep_end|windows|error, --isolated; '--' ends the options\n";
+    "options: -t/--threads N, --ctx N, --overflow windows|keep_end|error (default windows), --isolated; '--' ends the options\n";
 
 struct usage_error {
     std::string what;

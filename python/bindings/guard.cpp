@@ -164,7 +164,7 @@ void register_guard(py::module_ & m) {
         .def(py::init<const Model &, const std::string &, uint32_t, uint32_t, int, int, bool, bool, int, uint32_t,
                       size_t>(),
              py::arg("model"), py::arg("path"), py::arg("n_ctx") = 512, py::arg("n_seq_max") = 32,
-             py::arg("n_threads") = 0, py::arg("overflow") = 0, py::arg("isolated") = false,
+             py::arg("n_threads") = 0, py::arg("overflow") = static_cast<int>(lg_guard_default_params().overflow), py::arg("isolated") = false,
              py::arg("f32_kv_cache") = false, py::arg("flash_attn") = -1, py::arg("n_ubatch") = 0,
              py::arg("max_text_bytes") = 0)
         .def_property_readonly("labels", &GuardPath::labels)

@@ -60,7 +60,7 @@ class GuardPath:
         n_ctx: int = 512,
         n_seq_max: int = 32,
         n_threads: int = 0,
-        overflow: int = 0,
+        overflow: int = 1,
         isolated: bool = False,
         f32_kv_cache: bool = False,
         flash_attn: int = -1,

@@ -30,8 +30,9 @@ def _guard_options(p: argparse.ArgumentParser, *, ctx_help: str = "guard context
     p.add_argument("--threads", "-t", type=int, default=None, help="threads (default: free cores)")
     p.add_argument("--gpu-layers", type=int, default=0, help="layers to offload to the GPU backend")
     p.add_argument("--ctx", type=int, default=ctx_default, help=ctx_help)
-    p.add_argument("--overflow", choices=["keep_end", "windows", "error"], default="keep_end",
-                   help="text longer than --ctx: keep its end, score windows (max per label), or fail")
+    p.add_argument("--overflow", choices=["keep_end", "windows", "error"], default="windows",
+                   help="text longer than --ctx: score half-overlapping windows, max per label (default: every "
+                   "token is read), keep only its end (the start is never read), or fail")
     p.add_argument("--isolated", action="store_true", help="score each text alone (bit-reproducible scores)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
 

@@ -128,7 +128,7 @@ class Guard:
         n_ctx: int = 512,
         n_seq_max: int = 32,
         n_ubatch: int | None = None,
-        overflow: Overflow = "keep_end",
+        overflow: Overflow = "windows",
         isolated: bool = False,
         exact: bool = False,
         chat_n_ctx: int = 2048,

@@ -282,7 +282,10 @@ def _eval_parser() -> argparse.ArgumentParser:
     )
     n = p.add_argument_group("runtime")
     n.add_argument("--threads", type=int, help="CPU threads (default: free cores)")
-    n.add_argument("--n-ctx", type=int, default=512, help="guard context; longer inputs keep their end")
+    n.add_argument("--n-ctx", type=int, default=512, help="guard context (tokens per window)")
+    n.add_argument("--overflow", choices=("windows", "keep_end"), default="windows",
+                   help="inputs longer than --n-ctx: the runtime's default, windows (max per label), or only their "
+                   "end (as training cuts them; needed by --reference, whose torch model reads one cut per row)")
     n.add_argument("--batch-size", type=int, default=64, help="texts per native call")
     n.add_argument("--exact", action="store_true", help="F32 K/V cache, no flash attention")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -318,13 +321,17 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             datasets.extend(_recipe_sets(args.recipe, args.split, args.limit))
         reference = None
         if args.reference is not None:
+            if args.overflow != "keep_end":
+                raise DataError("--reference scores each row's end in torch, as training cuts it: add --overflow "
+                                "keep_end so that the native runtime reads the same tokens")
             base = reference_base(args.reference, args.reference_base)
             reference = Reference.load(args.reference, base, args.n_ctx)
 
         evaluations: list[Evaluation] = []
         from loraguard_cpp import Guard  # the native runtime loads only for scoring, never for training
 
-        with Guard(args.model, args.guard, n_threads=args.threads, n_ctx=args.n_ctx, exact=args.exact) as guard:
+        with Guard(args.model, args.guard, n_threads=args.threads, n_ctx=args.n_ctx, overflow=args.overflow,
+                   exact=args.exact) as guard:
             model_path, guard_path = guard.model_path, guard.guard_path
             labels, thresholds = list(guard.labels), guard.thresholds.copy()
             if reference is not None and reference.guard_config["labels"] != labels:
@@ -343,6 +350,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             "labels": labels,
             "thresholds": dict(zip(labels, thresholds.tolist(), strict=True)),
             "n_ctx": args.n_ctx,
+            "overflow": args.overflow,
             "split": args.split,
             "datasets": [summarize(e, labels, thresholds) for e in evaluations],
         }
