@@ -1,6 +1,7 @@
 """loraguard-cli's contract: exit 0 nothing flagged, 1 flagged, 2 error with one line on stderr, whatever went
-wrong; JSON lines that are not text are errors; a flagged reply never reaches a JSON caller; chat and generate
-need a chat model and keep within their context. Real models throughout (stories260K, the named guards)."""
+wrong; JSON lines that are not text are errors; chat guards every message the chat model reads, and a flagged
+reply never reaches a JSON caller nor, even in part, the terminal; chat and generate need a chat model and keep
+within their context. Real models throughout (stories260K with LoRA and aLoRA guards, the named guards)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import alora_guards
 import pytest
 from gguf import GGUFValueType
 
 from gguf_edit import edit_gguf
-from loraguard_cpp import Guard
+from loraguard_cpp import ChatVerdict, Guard
 
 REFUSAL = "I can't help with that."
 
@@ -152,3 +154,97 @@ def test_chat_and_generate_read_the_users_text_as_text(tmp_path: Path) -> None:
     generated = cli("generate", *common, forged)
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout == as_text + "\n"
+
+
+def _thresholds_between(labels: list[str], label: str, passing: float, flagged: float) -> list[float]:
+    """Thresholds that flag LABEL at the FLAGGED score and not at the PASSING one, and no other label."""
+    return [(passing + flagged) / 2 if lab == label else 1.0 for lab in labels]
+
+
+def test_chat_judges_the_system_message_too(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
+    """A plain LoRA guard judges every message the chat model reads, as the server does: thresholds between the
+    user message's score and the system message's pass the one and flag the other, and the turn is refused
+    without generating, with --json and in every turn of an interactive chat."""
+    user = "Please go ahead."
+    with Guard(stories_gguf, stories_guard, n_threads=1) as g:
+        alone = g.classify(user).scores
+        for system in ("Tom had a big dog that bit people.", "Hit him with the stick.", "The cat was very angry."):
+            scores = g.classify(system).scores
+            label = max(g.labels, key=lambda lab: scores[lab] - alone[lab])
+            if scores[label] - alone[label] > 0.01:
+                break
+        else:
+            pytest.fail("no system message that scores above the user message")
+        labels = list(g.labels)
+    strict = edit_gguf(stories_guard, tmp_path / "strict.gguf", keys=[
+        ("loraguard.thresholds", _thresholds_between(labels, label, alone[label], scores[label]), GGUFValueType.ARRAY)])
+    common = ["-m", str(stories_gguf), "-g", str(strict), "--max-tokens", "8", "--threads", "1"]
+    assert cli("chat", *common, "--json", "--prompt", user).returncode == 0  # the user message alone passes
+    out = cli("chat", *common, "--json", "--system", system, "--prompt", user)
+    assert out.returncode == 1, out.stdout + out.stderr
+    turn = json.loads(out.stdout)
+    assert turn["refused"] == "prompt" and turn["response"] == REFUSAL and turn["response_verdict"] is None
+    assert turn["prompt_verdict"]["flagged_labels"] == [label]
+    out = cli("chat", *common, "--system", system, stdin=f"{user}\n{user}\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"[guard: prompt flagged ['{label}']] {REFUSAL}\n" * 2
+
+
+def test_interactive_chat_shows_only_reply_text_the_guard_passed(stories_gguf: Path, stories_guard: Path,
+                                                                 tmp_path: Path) -> None:
+    """The reply is shown a --window of pieces at a time, each once a verdict that read it passed: thresholds that
+    pass the prompt and the reply's first window and flag its second show the first window and then the refusal,
+    none of the second."""
+    window = 4
+    never = edit_gguf(stories_guard, tmp_path / "never.gguf",
+                      keys=[("loraguard.thresholds", [1.0, 1.0], GGUFValueType.ARRAY)])
+    with Guard(stories_gguf, never, n_threads=1) as g:
+        for prompt in ("Why?", "Once upon a time", "Tom had a big dog", "Mom said no", "Lily saw a bird"):
+            pieces = list(g.stream([("user", prompt)], max_tokens=16))
+            if len(pieces) < 2 * window or not "".join(pieces[window:2 * window]).strip():
+                continue
+            before = [g.classify(prompt).scores, g.classify(prompt, "".join(pieces[:window])).scores]
+            second = g.classify(prompt, "".join(pieces[:2 * window])).scores
+            label = max(g.labels, key=lambda lab: second[lab] - max(s[lab] for s in before))
+            passing = max(s[label] for s in before)
+            if second[label] - passing > 0.01:
+                break
+        else:
+            pytest.fail("no prompt whose reply's second window scores above its first")
+        labels = list(g.labels)
+    strict = edit_gguf(stories_guard, tmp_path / "strict.gguf", keys=[
+        ("loraguard.thresholds", _thresholds_between(labels, label, passing, second[label]), GGUFValueType.ARRAY)])
+    out = cli("chat", "-m", str(stories_gguf), "-g", str(strict), "--max-tokens", "16", "--window", str(window),
+              "--threads", "1", stdin=prompt + "\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "".join(pieces[:window]) + f"\n[guard: response flagged ['{label}']] {REFUSAL}\n"
+
+
+def test_interactive_alora_chat_shows_only_reply_text_a_verdict_passed(stories_gguf: Path, tmp_path: Path) -> None:
+    """An aLoRA guard judges the chat in place every --window tokens: the reply is shown up to the last verdict
+    that passed, and none of the text the flagged verdict read after it."""
+    window = 4
+    base = alora_guards.stories(stories_gguf)
+    with Guard(base.gguf, alora_guards.build_alora_guard(base, tmp_path / "never.gguf"), n_threads=1) as g:
+        for prompt in ("Why?", "Once upon a time", "Tom had a big dog", "Mom said no", "Lily saw a bird"):
+            items = list(g.stream_with_verdicts([("user", prompt)], max_tokens=16, window=window))
+            at = [i for i, item in enumerate(items) if isinstance(item, ChatVerdict)]
+            if len(at) < 3:
+                continue
+            # the prompt's verdict, the reply's first window's and its second's
+            before, second = [items[i] for i in at[:2]], items[at[2]]
+            assert isinstance(second, ChatVerdict) and all(isinstance(v, ChatVerdict) for v in before)
+            label = max(alora_guards.LABELS, key=lambda lab: second.scores[lab] - max(v.scores[lab] for v in before))
+            passing = max(v.scores[label] for v in before)
+            shown = "".join(item for item in items[:at[1]] if isinstance(item, str))
+            unshown = "".join(item for item in items[at[1]:at[2]] if isinstance(item, str))
+            if second.scores[label] - passing > 1e-3 and shown.strip() and unshown.strip():
+                break
+        else:
+            pytest.fail("no prompt whose reply's second window scores above its first")
+    thresholds = _thresholds_between(list(alora_guards.LABELS), label, passing, second.scores[label])
+    strict = alora_guards.build_alora_guard(base, tmp_path / "strict.gguf", thresholds=tuple(thresholds))
+    out = cli("chat", "-m", str(stories_gguf), "-g", str(strict), "--max-tokens", "16", "--window", str(window),
+              "--threads", "1", stdin=prompt + "\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == shown + f"\n[guard: response flagged ['{label}']] {REFUSAL}\n"

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from . import dataset, registry
+from .conversation import conversation_inputs
 from .errors import FileAccessError, FlaggedError, LoraGuardError
 from .guard import ChatVerdict, Guard, GuardResult
 
@@ -153,62 +154,109 @@ def _verdict_dict(result: GuardResult) -> dict[str, object]:
             "scores": {k: round(v, 6) for k, v in result.scores.items()}}
 
 
-def _verdict(guard: Guard, prompt: str, response: str | None = None) -> dict[str, object]:
-    return _verdict_dict(guard.classify(prompt, response))
+_Judged = dict[tuple[str, str | None], GuardResult]
 
 
-def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Namespace,
-                  echo: bool) -> dict[str, object]:
-    """One chat turn: guard the prompt, generate on the chat path, guard the response as it grows."""
+def _judge_conversation(guard: Guard, history: list[tuple[str, str]], judged: _Judged) -> list[GuardResult]:
+    """One verdict per message of the history, as the server judges a request's messages; JUDGED holds the
+    verdicts of earlier turns, so that only messages new to it are read (in one batch)."""
+    inputs = conversation_inputs(history)
+    for stale in judged.keys() - set(inputs):  # messages no longer in the history (refused, dropped to fit)
+        del judged[stale]
+    if new := list(dict.fromkeys(i for i in inputs if i not in judged)):
+        judged.update(zip(new, guard.classify_many([t for t, _ in new], [r for _, r in new]), strict=True))
+    return [judged[i] for i in inputs]
+
+
+class _Shown:
+    """A reply on the terminal as far as a passing verdict covers it: pieces wait in ``pending`` until one that
+    read them passes, so no text of a reply that is then flagged is ever shown (the server's ``_GuardedReply``)."""
+
+    def __init__(self, echo: bool) -> None:
+        self.echo = echo
+        self.shown = ""
+        self.pending: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """The reply generated so far, shown or not."""
+        return self.shown + "".join(self.pending)
+
+    def release(self) -> None:
+        """A verdict that read every pending piece passed: show them."""
+        released = "".join(self.pending)
+        self.pending.clear()
+        self.shown += released
+        if self.echo and released:
+            sys.stdout.write(released)
+            sys.stdout.flush()
+
+    def refuse(self, where: str, verdict: GuardResult) -> None:
+        """The turn is refused: say so after what was shown, if anything."""
+        if self.echo:
+            lead = "\n" if self.shown else ""
+            print(f"{lead}[guard: {where} flagged {verdict.flagged_labels}] {REFUSAL}")
+
+
+def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Namespace, echo: bool,
+                  judged: _Judged) -> dict[str, object]:
+    """One chat turn: guard every message of the history (those not in JUDGED yet), generate on the chat path,
+    guard the response as it grows and show only what a passing verdict read."""
     if guard.is_alora:
         return _alora_turn(guard, history, args, echo)
     user = history[-1][1]
-    prompt_verdict = _verdict(guard, user)
-    turn: dict[str, object] = {"prompt": user, "prompt_verdict": prompt_verdict}
-    if prompt_verdict["flagged"]:
+    verdicts = _judge_conversation(guard, history, judged)
+    # the first flagged message decides the refusal; with none, the last (the user's) stands for the prompt
+    prompt_verdict = next((v for v in verdicts if v.flagged), verdicts[-1])
+    turn: dict[str, object] = {"prompt": user, "prompt_verdict": _verdict_dict(prompt_verdict)}
+    reply = _Shown(echo)
+    if prompt_verdict.flagged:
         turn.update(response=REFUSAL, response_verdict=None, refused="prompt")
-        if echo:
-            print(f"[guard: prompt flagged {prompt_verdict['flagged_labels']}] {REFUSAL}")
+        reply.refuse("prompt", prompt_verdict)
         return turn
-    response = ""
-    pieces_since_check = 0
-    for piece in guard.stream(history, max_tokens=args.max_tokens,
-                              temperature=args.temperature, seed=args.seed):
-        response += piece
-        pieces_since_check += 1
-        if echo:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        # Streamed responses are re-checked every --window pieces so harm is cut off before it is all out.
-        if args.window and pieces_since_check >= args.window:
-            pieces_since_check = 0
-            if _verdict(guard, user, response)["flagged"]:
+    verdict: GuardResult | None = None
+    for piece in guard.stream(history, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed):
+        reply.pending.append(piece)
+        # Streamed responses are judged every --window pieces, so harm is cut off before it is all generated.
+        if args.window and len(reply.pending) >= args.window:
+            verdict = guard.classify(user, reply.text)
+            if verdict.flagged:
                 break
-    response_verdict = _verdict(guard, user, response) if response.strip() else None
-    turn.update(response=response, response_verdict=response_verdict)
-    if response_verdict and response_verdict["flagged"]:
+            reply.release()
+    else:  # the whole reply, unless the last window's verdict read all of it
+        if reply.pending and reply.text.strip():
+            verdict = guard.classify(user, reply.text)
+    response = reply.text
+    turn.update(response=response, response_verdict=None if verdict is None else _verdict_dict(verdict))
+    if verdict is not None and verdict.flagged:
         # A flagged reply's text never reaches a caller of --json: it gets the refusal, as for a flagged prompt.
         turn.update(response=REFUSAL, response_withheld=True, refused="response")
-        if echo:
-            print(f"\n[guard: response flagged {response_verdict['flagged_labels']}] {REFUSAL}")
-    elif echo:
+        reply.refuse("response", verdict)
+        return turn
+    reply.release()
+    if verdict is not None:
+        judged[(user, response)] = verdict  # the reply, as the next turn's history holds it
+    if echo:
         print()
     return turn
 
 
 def _alora_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Namespace,
                 echo: bool) -> dict[str, object]:
-    """A turn guarded in the chat's own context by an aLoRA guard: the whole conversation is judged after the
-    prompt's prefill and the reply every --window tokens, each at the cost of the new tokens plus the invocation."""
+    """A turn guarded in the chat's own context by an aLoRA guard: the whole conversation, system message and
+    history included, is judged after the prompt's prefill and the reply every --window tokens, each at the cost
+    of the new tokens plus the invocation; a verdict covers the pieces before it, which are shown once it passes."""
     verdicts: list[ChatVerdict] = []
-    response = ""
+    reply = _Shown(echo)
     try:
-        for piece in guard.stream(history, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-                                  window=args.window, on_verdict=verdicts.append):
-            response += piece
-            if echo:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+        for item in guard.stream_with_verdicts(history, max_tokens=args.max_tokens, temperature=args.temperature,
+                                               seed=args.seed, window=args.window):
+            if isinstance(item, str):
+                reply.pending.append(item)
+            else:
+                verdicts.append(item)
+                if not item.flagged:
+                    reply.release()
     except FlaggedError as e:
         flagged = e.verdict if isinstance(e.verdict, ChatVerdict) else verdicts[-1]
         where = "prompt" if flagged.n_reply_tokens == 0 else "response"
@@ -217,15 +265,15 @@ def _alora_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Nam
         turn["response_verdict"] = None if where == "prompt" else _verdict_dict(flagged)
         if where == "response":
             turn["response_withheld"] = True
-        if echo:
-            lead = "\n" if where == "response" else ""
-            print(f"{lead}[guard: {where} flagged {flagged.flagged_labels}] {REFUSAL}")
+        reply.refuse(where, flagged)
         return turn
+    # The last verdict read the whole reply: a character split across its last token comes after it.
+    reply.release()
     replies = [v for v in verdicts if v.n_reply_tokens > 0]
     if echo:
         print()
-    return {"prompt": history[-1][1], "prompt_verdict": _verdict_dict(verdicts[0]), "response": response,
-            "response_verdict": _verdict_dict(replies[-1]) if replies and response.strip() else None}
+    return {"prompt": history[-1][1], "prompt_verdict": _verdict_dict(verdicts[0]), "response": reply.shown,
+            "response_verdict": _verdict_dict(replies[-1]) if replies and reply.shown.strip() else None}
 
 
 def _fit_history(guard: Guard, history: list[tuple[str, str]], budget: int) -> list[tuple[str, str]]:
@@ -244,9 +292,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                              f"{args.chat_ctx}: lower it or raise --chat-ctx")
     with _open_chat_model(args, n_ctx=args.ctx, chat_n_ctx=args.chat_ctx) as guard:
         history: list[tuple[str, str]] = [("system", args.system)] if args.system else []
+        judged: _Judged = {}
         if args.prompt is not None:
             history.append(("user", args.prompt))
-            turn = _guarded_turn(guard, history, args, echo=not args.json)
+            turn = _guarded_turn(guard, history, args, not args.json, judged)
             if args.json:
                 print(json.dumps(turn, ensure_ascii=False))
             return EXIT_FLAGGED if "refused" in turn else 0
@@ -257,7 +306,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             history.append(("user", message))
             try:
                 history = _fit_history(guard, history, args.chat_ctx - args.max_tokens)
-                turn = _guarded_turn(guard, history, args, echo=True)
+                turn = _guarded_turn(guard, history, args, True, judged)
             except LoraGuardError as e:  # one message too long for the context: say so and go on chatting
                 print(f"loraguard-cli: error: {_one_line(e)}", file=sys.stderr)
                 history.pop()

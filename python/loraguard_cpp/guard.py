@@ -342,7 +342,12 @@ class Guard:
         """Yield generated text as it is produced (whole UTF-8 characters only): for messages, the assistant's
         reply as :meth:`chat` makes it; for a str, a trusted raw prompt as :meth:`generate` takes it. The pieces
         join to exactly what :meth:`chat` / :meth:`generate` return, stop strings included. An aLoRA guard
-        guards it as in :meth:`chat` (a flagged verdict ends the stream with :class:`FlaggedError`)."""
+        guards it as in :meth:`chat` (a flagged verdict ends the stream with :class:`FlaggedError`).
+
+        Pieces are yielded as they are generated, before the guard has read them: an aLoRA guard judges only every
+        ``window`` tokens, so up to a window of a reply it then flags has already been yielded, and a plain LoRA
+        guard reads none of it here. To show only text a passing verdict covers, release pieces up to each verdict
+        of :meth:`stream_with_verdicts` (aLoRA), or up to a passing :meth:`classify` of the reply so far."""
         items = self.stream_with_verdicts(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                           top_p=top_p, seed=seed, stop=stop, window=window, on_verdict=on_verdict)
         with contextlib.closing(items):

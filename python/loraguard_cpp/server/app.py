@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..cli import REFUSAL
+from ..conversation import conversation_inputs
 from ..errors import FlaggedError, InvalidInputError, LoraGuardError
 from ..guard import ChatVerdict, Guard, GuardResult
 from .batching import BatchDone, Batcher, QueueFullError
@@ -397,19 +398,6 @@ def _reply_summary(reply: _GuardedReply | None, finish_reason: str) -> str:
     return f" reply {_summary([verdict]) if verdict is not None else 'unchecked'} finish={finish_reason}"
 
 
-def _conversation_inputs(messages: Sequence[tuple[str, str]]) -> list[tuple[str, str | None]]:
-    """Every message the chat model reads, as the guard judges it: an assistant message (a reply the client says
-    the model gave) paired with the user message before it, any other message as a prompt. A stateless API cannot
-    trust that earlier turns of a history were guarded when they were sent, nor that they were sent at all."""
-    inputs: list[tuple[str, str | None]] = []
-    last_user: str | None = None
-    for role, content in messages:
-        inputs.append((last_user, content) if role == "assistant" and last_user is not None else (content, None))
-        if role == "user":
-            last_user = content
-    return inputs
-
-
 def _prompt_filter(turn: _Turn) -> list[dict[str, object]]:
     return [{"prompt_index": i, "content_filter_results": content_filter_results(verdict)}
             for i, verdict in enumerate(turn.prompt_verdicts)]
@@ -571,7 +559,7 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
             raise APIError(400, f"the messages take {turn.prompt_tokens} tokens; with max_tokens {turn.max_tokens} "
                            f"that exceeds the chat context of {config.chat_n_ctx} tokens: shorten the history or "
                            "max_tokens", param="messages", code="context_length_exceeded")
-        turn.prompt_verdicts = await within_deadline(server.verdicts(_conversation_inputs(turn.messages)))
+        turn.prompt_verdicts = await within_deadline(server.verdicts(conversation_inputs(turn.messages)))
         # the first flagged message decides the refusal; with none, the last (the user's) stands for the prompt
         prompt_verdict = next((v for v in turn.prompt_verdicts if v.flagged), turn.prompt_verdicts[-1])
         request.state.verdict = f"prompt {_summary(turn.prompt_verdicts)}"
