@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,14 +56,16 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(log_dir: Path, *args: str, startup_timeout: float = 300) -> Iterator[Server]:
-    """Starts the server, waits until /health says ready, and stops it with SIGTERM afterwards, requiring a clean
-    exit (the graceful shutdown path)."""
+def running_server(log_dir: Path, *args: str, startup_timeout: float = 300,
+                   env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """Starts the server (with `env` added to this process's environment), waits until /health says ready, and
+    stops it with SIGTERM afterwards, requiring a clean exit (the graceful shutdown path)."""
     port = free_port()
     # One thread per native call: the test's own client threads share the cores, and llama.cpp's worker threads
     # spin, which slows a two-thread call down many times over once a core is taken (8x measured here).
     cmd = [sys.executable, "-m", "loraguard_cpp.cli", "serve", "--port", str(port), "--threads", "1", *args]
-    with child_server(cmd, port, log_dir / f"serve-{port}.log", startup_timeout=startup_timeout) as child:
+    with child_server(cmd, port, log_dir / f"serve-{port}.log", startup_timeout=startup_timeout,
+                      env={**os.environ, **(env or {})}) as child:
         yield Server(f"http://127.0.0.1:{port}", port, child.process, child.log)
     assert child.stopped_in_time, f"server did not stop within {STOP_GRACE_S} s of SIGTERM"
     # uvicorn re-raises the signal once it has shut down, so -SIGTERM is a clean exit when the app's shutdown ran.

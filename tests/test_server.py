@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -152,6 +153,11 @@ BAD_REQUESTS = {
     "blank item": ({"input": ["ok", "  "]}, {}, 400, None, "input[1]"),
     "image part": ({"input": [{"type": "image_url", "image_url": {"url": "http://x"}}]}, {}, 400, None, "input[0]"),
     "lone surrogate": (b'{"input": "bad \\ud800 text"}', {}, 400, None, "input"),
+    "NUL": ({"input": "bad \x00 text"}, {}, 400, None, "input"),
+    "NUL in an item": ({"input": ["ok", "bad \x00"]}, {}, 400, None, "input[1]"),
+    "NUL in a text part": ({"input": [{"type": "text", "text": "bad \x00"}]}, {}, 400, None, "input[0].text"),
+    "number past the digit limit": (b'{"input": ' + b"1" * 5000 + b"}", {}, 400, None, None),
+    "nested past the recursion limit": (b'{"input": ' + b"[" * 20000 + b"}", {}, 400, None, None),
     "too many inputs": ({"input": ["x"] * 9}, {}, 400, "too_many_inputs", "input"),
     "input too long": ({"input": "x" * 2001}, {}, 400, "input_too_large", "input"),
     "body too large": ({"input": "x" * (MAX_BODY + 10)}, {}, 413, "request_too_large", None),
@@ -301,6 +307,74 @@ def test_chat_guards_every_message_of_a_supplied_history(smollm2: Server) -> Non
     filters = (completion.model_extra or {})["prompt_filter_results"]
     assert [f["prompt_index"] for f in filters] == [0, 1, 2]
     assert filters[0]["content_filter_results"]["unsafe"]["filtered"] is True
+
+
+# (a change to a valid chat request, the param its 400 names): refused before anything is generated or streamed
+BAD_CHATS: dict[str, tuple[dict[str, object], str]] = {
+    "negative seed": ({"seed": -1}, "seed"),
+    "seed past 32 bits": ({"seed": 2**40}, "seed"),
+    "empty stop string": ({"stop": [""]}, "stop"),
+    "NUL in a stop string": ({"stop": ["a\x00"]}, "stop"),
+    "lone surrogate in a stop string": ({"stop": ["\ud800"]}, "stop"),
+    "stop string not a string": ({"stop": ["a", 1]}, "stop.1"),
+    "NUL in a message": ({"messages": [{"role": "user", "content": "hi\x00there"}]}, "messages[0].content"),
+    "NUL in a text part": ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi\x00"}]}]},
+                           "messages[0].content[0].text"),
+    "temperature a boolean": ({"temperature": True}, "temperature"),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("case", list(BAD_CHATS))
+def test_bad_chat_requests(smollm2: Server, case: str, stream: bool) -> None:
+    change, param = BAD_CHATS[case]
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": BENIGN}], "max_tokens": 2, "stream": stream,
+            **change}
+    got, answer = smollm2.request("POST", "/v1/chat/completions", body)
+    assert got == 400 and isinstance(answer, dict), answer
+    assert set(answer["error"]) == {"message", "type", "param", "code"}, answer
+    assert answer["error"]["param"] == param and param in answer["error"]["message"], answer
+
+
+# OpenAI chat parameters this server does not implement: (the value meaning none of it, a value that changes the reply)
+UNSUPPORTED: dict[str, tuple[object, object]] = {
+    "tools": ([], [{"type": "function", "function": {"name": "f"}}]),
+    "tool_choice": ("none", "required"),
+    "functions": ([], [{"name": "f"}]),
+    "function_call": ("none", {"name": "f"}),
+    "logit_bias": ({}, {"1": 100}),
+    "logprobs": (False, True),
+    "top_logprobs": (0, 2),
+    "presence_penalty": (0, 0.5),
+    "frequency_penalty": (0.0, -1.0),
+    "response_format": ({"type": "text"}, {"type": "json_object"}),
+    "modalities": (["text"], ["text", "audio"]),
+    "audio": (None, {"voice": "alloy", "format": "wav"}),
+    "reasoning_effort": (None, "high"),
+    "verbosity": (None, "low"),
+    "web_search_options": (None, {}),
+}
+
+
+def test_chat_parameters_the_server_cannot_honour_are_refused(smollm2: Server) -> None:
+    """A parameter the reply would ignore is a 400 naming it, not a reply that silently differs from the one asked
+    for; sent at its neutral value (or as a field that does not change the reply) it is served, as the openai client
+    sends it."""
+    messages = [{"role": "user", "content": "Say hello."}]
+    for name, (_, value) in UNSUPPORTED.items():
+        body = {"model": "smollm2", "messages": messages, "max_tokens": 2, name: value}
+        got, answer = smollm2.request("POST", "/v1/chat/completions", body)
+        assert got == 400 and isinstance(answer, dict), (name, answer)
+        assert answer["error"]["param"] == name and answer["error"]["code"] == "unsupported_parameter", answer
+        assert name in answer["error"]["message"], answer
+    completion = _client(smollm2).chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=2, n=1, seed=2**32 - 1, stop=["\n\n"], temperature=0,
+        top_p=1, tools=[], tool_choice="none", functions=[], function_call="none", logit_bias={}, logprobs=False,
+        top_logprobs=0, presence_penalty=0, frequency_penalty=0.0, response_format={"type": "text"},
+        modalities=["text"], parallel_tool_calls=False, user="user-1", metadata={"k": "v"}, store=False,
+        service_tier="auto", prompt_cache_key="k", safety_identifier="s",
+    )  # type: ignore[call-overload]
+    assert completion.choices[0].finish_reason in ("stop", "length", "content_filter")
 
 
 def test_chat_reply_cut_where_the_guard_flags_it(smollm2: Server) -> None:
@@ -527,6 +601,56 @@ def test_chats_beyond_the_slots_and_the_chat_queue_get_429(log_dir: Path) -> Non
         assert _chat(server, "Say hello.", stream=False).choices[0].finish_reason in ("stop", "length",
                                                                                       "content_filter")
     assert e.value.code == "queue_full" and "1 chat slots + 0 waiting" in e.value.message
+
+
+def test_chats_arriving_together_cannot_slip_past_the_chat_limit(log_dir: Path) -> None:
+    """A chat takes its place among the slots and the queue as it is admitted, not once its prompt is checked: of
+    chats that arrive together, those beyond the limit get 429, and every admitted one gives its place back."""
+    n = 4
+    with running_server(log_dir, "--guard", "smollm2", "--window", "0", "--chat-slots", "1",
+                        "--max-chat-queue", "0") as server:
+        together = threading.Barrier(n)
+
+        def call(_i: int) -> str:
+            together.wait()
+            try:
+                _chat(server, "Say hello.", stream=False, max_tokens=8)
+                return "ok"
+            except openai.RateLimitError as e:
+                assert e.code == "queue_full"
+                return "429"
+
+        with ThreadPoolExecutor(n) as pool:
+            outcomes = list(pool.map(call, range(n)))
+        _wait_for_metric(server, "loraguard_chats", 0, "an admitted chat did not give its place back")
+        assert _chat(server, "Say hello.", stream=True, max_tokens=2)  # serving after the burst
+    assert "429" in outcomes and "ok" in outcomes, outcomes
+
+
+def test_an_unexpected_failure_ends_the_stream_with_an_error_event(log_dir: Path, tmp_path: Path) -> None:
+    """A failure the server has no answer for (injected into the server process at its start, as a bug would raise
+    it mid-stream) still ends the stream with an OpenAI error event and [DONE]; its details go to the log only."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "from loraguard_cpp.guard import Guard\n\n\n"
+        "def broken(*_args, **_kwargs):\n"
+        "    raise RuntimeError('injected failure 4711')\n\n\n"
+        "Guard.stream_with_verdicts = broken\n"
+    )
+    python_path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    body = {"model": "smollm2", "stream": True, "max_tokens": 8, "messages": [{"role": "user", "content": BENIGN}]}
+    with running_server(log_dir, "--guard", "smollm2", env={"PYTHONPATH": python_path}) as server:
+        status, events = server.request("POST", "/v1/chat/completions", body)
+        with pytest.raises(openai.APIError) as e:
+            list(_chat(server, BENIGN, stream=True))
+        _wait_for_metric(server, "loraguard_chats", 0, "the failed chat did not give its place back")
+        log = server.log_text()
+    assert status == 200 and isinstance(events, str), events
+    lines = [line.removeprefix("data: ") for line in events.splitlines() if line]
+    assert lines[-1] == "[DONE]", events
+    error = json.loads(lines[-2])["error"]
+    assert error["type"] == "server_error" and error["message"] and "4711" not in events, events
+    assert "4711" not in e.value.message
+    assert "injected failure 4711" in log and "Traceback" in log
 
 
 def test_chat_with_an_alora_guard_is_judged_in_the_chat_slot(log_dir: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..cli import REFUSAL
 from ..conversation import conversation_inputs
-from ..errors import FlaggedError, InvalidInputError, LoraGuardError
+from ..errors import FlaggedError, InvalidInputError
 from ..guard import ChatVerdict, Guard, GuardResult
 from .batching import BatchDone, Batcher, QueueFullError
 from .categories import content_filter_results, moderation_result, moderation_results
@@ -71,7 +71,8 @@ class _Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.queue_depth = Gauge("loraguard_queue_depth", "guard inputs waiting for a batch", registry=r)
-        self.chats = Gauge("loraguard_chats", "chat requests generating or waiting for a chat slot", registry=r)
+        self.chats = Gauge("loraguard_chats", "chat requests admitted and not done: checking, generating or waiting "
+                           "for a chat slot", registry=r)
         self.batch_size = Histogram(
             "loraguard_batch_size", "guard inputs per decode", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128)
         )
@@ -122,6 +123,7 @@ class _Turn:
     include_usage: bool
     prompt_tokens: int = 0
     prompt_verdicts: list[GuardResult] = field(default_factory=list)  # one per message, in order
+    generation: asyncio.Future[None] | None = None  # the native generation on a chat slot's thread, once started
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -146,7 +148,7 @@ class _Server:
         self._load_executor = ThreadPoolExecutor(1, thread_name_prefix="loraguard-load")
         self._chat_slots: list[_ChatSlot] = []
         self._free_slots: asyncio.Queue[_ChatSlot] = asyncio.Queue()
-        self.chat_busy = 0
+        self.chat_busy = 0  # chat requests admitted and not done (admit_chat to release_chat)
         self._loading: asyncio.Task[None] | None = None
         self.metrics.chats.set_function(lambda: self.chat_busy)
 
@@ -240,8 +242,28 @@ class _Server:
 
     # -- chat path ------------------------------------------------------------------------------------------
 
-    async def generate(self, messages: list[tuple[str, str]], params: dict[str, Any],
-                       deadline: float) -> AsyncIterator[str | ChatVerdict]:
+    def admit_chat(self) -> None:
+        """Takes a place among the chat slots and the chat queue, or answers 429: checked and taken at once (no
+        await between), so chats arriving together cannot all pass the check."""
+        config = self.config
+        if self.chat_busy >= config.chat_slots + config.max_chat_queue:
+            raise APIError(429, f"{self.chat_busy} chat requests are in progress or waiting (limit: "
+                           f"{config.chat_slots} chat slots + {config.max_chat_queue} waiting): retry later",
+                           type="rate_limit_error", code="queue_full")
+        self.chat_busy += 1
+
+    def release_chat(self, turn: _Turn) -> None:
+        """Gives an admitted chat's place back once its request is done and its generation, if any, has stopped
+        (at its next token once told to)."""
+        def done(_generation: object = None) -> None:
+            self.chat_busy -= 1
+
+        if turn.generation is None:
+            done()
+        else:
+            turn.generation.add_done_callback(done)
+
+    async def generate(self, turn: _Turn) -> AsyncIterator[str | ChatVerdict]:
         """The reply's text pieces from the chat path (message contents stay plain text: a user cannot spell turn
         markers); the native generation runs on a free chat slot's thread and stops at the next token once the
         consumer goes away or the deadline passes. The slot is held while the model generates, not while the
@@ -252,12 +274,8 @@ class _Server:
         among the pieces, each after the pieces it covers; a flagged one ends the generation."""
         self.ready_guard()
         loop = asyncio.get_running_loop()
-        self.chat_busy += 1
-        try:
-            slot = await asyncio.wait_for(self._free_slots.get(), max(0.0, deadline - time.monotonic()))
-        except BaseException:
-            self.chat_busy -= 1
-            raise
+        messages, params, deadline = turn.messages, turn.params, turn.deadline
+        slot = await asyncio.wait_for(self._free_slots.get(), max(0.0, deadline - time.monotonic()))
         self.metrics.slot_chats.labels(str(slot.index)).inc()
         self.metrics.slots_in_use.observe(len(self._chat_slots) - self._free_slots.qsize())
         start = time.perf_counter()
@@ -265,7 +283,6 @@ class _Server:
         def release(_done: object) -> None:
             self.metrics.slot_busy.labels(str(slot.index)).inc(time.perf_counter() - start)
             self._free_slots.put_nowait(slot)
-            self.chat_busy -= 1
 
         pieces: asyncio.Queue[str | ChatVerdict | BaseException | None] = asyncio.Queue()
         stop = threading.Event()
@@ -293,6 +310,7 @@ class _Server:
 
         worker = loop.run_in_executor(slot.executor, pump)
         worker.add_done_callback(release)
+        turn.generation = worker
         try:
             while (item := await asyncio.wait_for(pieces.get(), max(0.0, deadline - time.monotonic()))) is not None:
                 if isinstance(item, BaseException):
@@ -323,7 +341,7 @@ class _GuardedReply:
         pending: list[str] = []
         generated = ""
         try:
-            pieces = self._server.generate(self._turn.messages, self._turn.params, self._turn.deadline)
+            pieces = self._server.generate(self._turn)
             in_place = False
             async with contextlib.aclosing(pieces):
                 async for item in pieces:
@@ -385,6 +403,37 @@ class _GuardedReply:
 
 def _error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
+
+
+def _stream_error(e: Exception) -> APIError:
+    """The error event that ends a stream whose headers are out: an APIError as it is, a timeout as the 504 it
+    would have been, and any other failure as a 500 whose details go to the log only."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, TimeoutError):
+        return APIError(504, "the reply took longer than the request timeout (--request-timeout)",
+                        type="server_error", code="timeout")
+    log.error("the streamed reply failed", exc_info=e)
+    return APIError(500, "internal server error (the server log has the details)", type="server_error")
+
+
+class _ChatStream(StreamingResponse):
+    """A streamed chat reply that, however the response ends (sent in full, the client gone, the server stopping),
+    closes its events at once, which stops the generation at its next token, and then calls ``on_end``."""
+
+    def __init__(self, events: AsyncGenerator[str, None], on_end: Callable[[], None]) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self._events = events
+        self._on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._events.aclose()
+            finally:
+                self._on_end()
 
 
 def _summary(results: Sequence[GuardResult]) -> str:
@@ -530,9 +579,8 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
         if max_tokens > config.max_tokens:
             raise APIError(400, f"max_tokens {max_tokens} exceeds this server's limit {config.max_tokens}",
                            param="max_tokens")
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         params = {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p,
-                  "seed": body.seed, "stop": stop}
+                  "seed": body.seed, "stop": body.stop}
         include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
         return _Turn(messages, messages[-1][1], max_tokens, params, time.monotonic() + config.request_timeout_s,
                      include_usage)
@@ -548,33 +596,40 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
         body: ChatRequest = await read(request, ChatRequest)
         server.check_model(body.model)
         turn = chat_turn(body)
-        if server.chat_busy >= config.chat_slots + config.max_chat_queue:
-            raise APIError(429, f"{server.chat_busy} chat requests are in progress or waiting (limit: "
-                           f"{config.chat_slots} chat slots + {config.max_chat_queue} waiting): retry later",
-                           type="rate_limit_error", code="queue_full")
-        # Off the event loop: a long history takes a while to tokenize.
-        prompt_ids = await asyncio.get_running_loop().run_in_executor(None, guard.tokenize_chat, turn.messages)
-        turn.prompt_tokens = len(prompt_ids)
-        if turn.prompt_tokens + turn.max_tokens > config.chat_n_ctx:
-            raise APIError(400, f"the messages take {turn.prompt_tokens} tokens; with max_tokens {turn.max_tokens} "
-                           f"that exceeds the chat context of {config.chat_n_ctx} tokens: shorten the history or "
-                           "max_tokens", param="messages", code="context_length_exceeded")
-        turn.prompt_verdicts = await within_deadline(server.verdicts(conversation_inputs(turn.messages)))
-        # the first flagged message decides the refusal; with none, the last (the user's) stands for the prompt
-        prompt_verdict = next((v for v in turn.prompt_verdicts if v.flagged), turn.prompt_verdicts[-1])
-        request.state.verdict = f"prompt {_summary(turn.prompt_verdicts)}"
-        reply = None if prompt_verdict.flagged else _GuardedReply(server, turn)
-        if body.stream:
-            return StreamingResponse(sse(turn, prompt_verdict, reply, request), media_type="text/event-stream")
+        server.admit_chat()
+        held = True  # the admitted place, given back here unless a streamed response takes it over
+        try:
+            # Off the event loop: a long history takes a while to tokenize.
+            try:
+                prompt_ids = await asyncio.get_running_loop().run_in_executor(None, guard.tokenize_chat,
+                                                                              turn.messages)
+            except InvalidInputError as e:
+                raise APIError(400, f"messages: {e}", param="messages") from e
+            turn.prompt_tokens = len(prompt_ids)
+            if turn.prompt_tokens + turn.max_tokens > config.chat_n_ctx:
+                raise APIError(400, f"the messages take {turn.prompt_tokens} tokens; with max_tokens "
+                               f"{turn.max_tokens} that exceeds the chat context of {config.chat_n_ctx} tokens: "
+                               "shorten the history or max_tokens", param="messages", code="context_length_exceeded")
+            turn.prompt_verdicts = await within_deadline(server.verdicts(conversation_inputs(turn.messages)))
+            # the first flagged message decides the refusal; with none, the last (the user's) stands for the prompt
+            prompt_verdict = next((v for v in turn.prompt_verdicts if v.flagged), turn.prompt_verdicts[-1])
+            request.state.verdict = f"prompt {_summary(turn.prompt_verdicts)}"
+            reply = None if prompt_verdict.flagged else _GuardedReply(server, turn)
+            if body.stream:
+                held = False
+                return _ChatStream(sse(turn, prompt_verdict, reply, request), lambda: server.release_chat(turn))
 
-        async def complete() -> Response:
-            if reply is not None:
-                async with contextlib.aclosing(reply.chunks()) as chunks:
-                    async for _ in chunks:
-                        pass
-            return JSONResponse(completion(turn, prompt_verdict, reply, request))
+            async def complete() -> Response:
+                if reply is not None:
+                    async with contextlib.aclosing(reply.chunks()) as chunks:
+                        async for _ in chunks:
+                            pass
+                return JSONResponse(completion(turn, prompt_verdict, reply, request))
 
-        return await within_deadline(complete())
+            return await within_deadline(complete())
+        finally:
+            if held:
+                server.release_chat(turn)
 
     def choice_end(reply: _GuardedReply | None) -> tuple[str, dict[str, object]]:
         if reply is None:
@@ -604,7 +659,7 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
         }
 
     async def sse(turn: _Turn, prompt_verdict: GuardResult, reply: _GuardedReply | None,
-                  request: Request) -> AsyncIterator[str]:
+                  request: Request) -> AsyncGenerator[str, None]:
         def event(choices: list[dict[str, object]], **extra: object) -> str:
             chunk = {"id": turn.id, "object": "chat.completion.chunk", "created": turn.created,
                      "model": config.model_name, "choices": choices, **extra}
@@ -633,12 +688,9 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
             yield event(delta({}, finish_reason, filters), moderation=moderation(prompt_verdict, reply))
             if turn.include_usage:
                 yield event([], usage=usage(turn, reply))
-        except (APIError, TimeoutError, LoraGuardError) as e:
+        except Exception as e:
             # Headers are out: the error travels as an SSE event, which OpenAI's clients raise as an APIError.
-            error = e if isinstance(e, APIError) else APIError(
-                504 if isinstance(e, TimeoutError) else 500,
-                "the reply took longer than the request timeout (--request-timeout)" if isinstance(e, TimeoutError)
-                else "generation failed", type="server_error")
+            error = _stream_error(e)
             request.state.verdict += f" stream-error={error.code or error.status}"
             yield f"data: {json.dumps(error.body())}\n\n"
         yield "data: [DONE]\n\n"

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 
 class APIError(Exception):
@@ -27,7 +40,9 @@ class APIError(Exception):
 
 
 class _Request(BaseModel):
-    # OpenAI's clients send fields this server does not use (user, metadata, ...): ignored, not refused.
+    # OpenAI's clients send fields that do not change the answer (user, metadata, store, ...): ignored, not refused.
+    # Chat parameters that would change the reply, and which this server does not implement, are refused unless
+    # at their neutral value (ChatRequest).
     model_config = ConfigDict(extra="ignore")
 
 
@@ -41,25 +56,87 @@ class ChatMessage(_Request):
     content: Any = None
 
 
+# OpenAI chat parameters this server does not implement, each with the test for its neutral value (what a client
+# sends when it wants none of it); null is neutral for all of them. Any other value would change the reply.
+_NEUTRAL: dict[str, Callable[[Any], bool]] = {
+    "tools": lambda v: v == [],
+    "functions": lambda v: v == [],
+    "tool_choice": lambda v: v in ("none", "auto"),  # with no tools, "auto" calls none
+    "function_call": lambda v: v in ("none", "auto"),
+    "logit_bias": lambda v: v == {},
+    "logprobs": lambda v: v is False,
+    "top_logprobs": lambda v: v == 0,
+    "presence_penalty": lambda v: v == 0,
+    "frequency_penalty": lambda v: v == 0,
+    "response_format": lambda v: v == {"type": "text"},
+    "modalities": lambda v: v == ["text"],
+    "audio": lambda _v: False,
+    "reasoning_effort": lambda _v: False,
+    "verbosity": lambda _v: False,
+    "web_search_options": lambda _v: False,
+}
+
+
 class ChatRequest(_Request):
     model: StrictStr
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    seed: StrictInt = 0
-    stop: StrictStr | list[StrictStr] | None = None
+    temperature: StrictFloat = Field(default=0.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: StrictFloat = Field(default=0.95, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1)  # the native sampler's seed is unsigned 32-bit
+    stop: list[StrictStr] = Field(default_factory=list)
     n: StrictInt = Field(default=1, ge=1, le=1)
     stream_options: dict[str, Any] | None = None
+    tools: Any = None
+    functions: Any = None
+    tool_choice: Any = None
+    function_call: Any = None
+    logit_bias: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    response_format: Any = None
+    modalities: Any = None
+    audio: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: object) -> object:
+        """OpenAI's ``stop``: one string, an array of them, or null."""
+        return [value] if isinstance(value, str) else [] if value is None else value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stops: list[str]) -> list[str]:
+        for i, stop in enumerate(stops):
+            problem = "is empty" if not stop else _native_text_problem(stop)
+            if problem:
+                raise PydanticCustomError("value_error", "stop[{i}] {problem}", {"i": i, "problem": problem})
+        return stops
+
+    @field_validator(*_NEUTRAL)
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name
+        if value is not None and name is not None and not _NEUTRAL[name](value):
+            raise PydanticCustomError(
+                "unsupported_parameter", "this server does not support {name} (got {value}): leave it out",
+                {"name": name, "value": json.dumps(value)[:100]},
+            )
+        return value
 
 
 def parse_body(raw: bytes, model: type[_Request]) -> Any:
     """JSON bytes to a request model; malformed JSON or a wrong field is a 400 naming the field."""
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, a number past int's digit limit, deep nesting
         raise APIError(400, f"the request body is not valid JSON ({e}): send a JSON object") from e
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(data).__name__}")
@@ -68,11 +145,24 @@ def parse_body(raw: bytes, model: type[_Request]) -> Any:
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         param = ".".join(str(part) for part in first["loc"]) or None
-        raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from e
+        code = first["type"] if first["type"] == "unsupported_parameter" else None
+        raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param, code=code) from e
+
+
+def _native_text_problem(text: str) -> str | None:
+    """Why the native runtime cannot take a text, if it cannot: a NUL character, or a lone surrogate."""
+    nul = text.find("\0")
+    if nul >= 0:
+        return f"contains a NUL character (at {nul})"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"is not valid Unicode ({e.reason} at {e.start})"
+    return None
 
 
 def check_text(text: object, param: str, max_chars: int) -> str:
-    """One text the guard or the chat model will read: a non-empty str, valid Unicode, within the limit."""
+    """One text the guard or the chat model will read: a non-empty str, valid Unicode without NUL, within the limit."""
     if not isinstance(text, str):
         raise APIError(400, f"{param} must be a string, got {type(text).__name__}", param=param)
     if not text.strip():
@@ -82,10 +172,9 @@ def check_text(text: object, param: str, max_chars: int) -> str:
             400, f"{param} has {len(text)} characters, the limit is {max_chars} (--max-input-chars)", param=param,
             code="input_too_large",
         )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise APIError(400, f"{param} is not valid Unicode ({e.reason} at {e.start})", param=param) from e
+    problem = _native_text_problem(text)
+    if problem:
+        raise APIError(400, f"{param} {problem}", param=param)
     return text
 
 
