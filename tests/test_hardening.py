@@ -86,6 +86,22 @@ def test_bad_stop_strings_are_errors(stories_gguf: Path, stories_guard: Path, st
         g.generate("Once upon a time", max_tokens=4, stop=stop)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("sampling", [{"temperature": float("nan")}, {"temperature": float("inf")},
+                                      {"top_p": float("nan")}, {"temperature": 0.7, "top_p": float("-inf")}])
+def test_non_finite_sampling_parameters_are_errors(stories_gguf: Path, stories_guard: Path,
+                                                   sampling: dict[str, float]) -> None:
+    """A NaN temperature passed llama.cpp's `<= 0` greedy test and sampled from NaN probabilities."""
+    with Guard(stories_gguf, stories_guard, n_threads=1) as g:
+        with pytest.raises(InvalidInputError, match="finite"):
+            g.chat([("user", "Once upon a time")], max_tokens=4, **sampling)  # type: ignore[arg-type]
+        assert g.chat([("user", "Once upon a time")], max_tokens=4)  # the chat path goes on
+
+
+def test_no_tokens_to_decode_says_so(stories_gguf: Path, stories_guard: Path) -> None:
+    with Guard(stories_gguf, stories_guard, n_threads=1) as g, pytest.raises(InvalidInputError, match="no tokens"):
+        g.chat_logits([])
+
+
 def test_nul_bytes_on_the_chat_path_are_errors(stories_gguf: Path, stories_guard: Path) -> None:
     with Guard(stories_gguf, stories_guard, n_threads=1) as g:
         with pytest.raises(InvalidInputError, match="NUL"):

@@ -295,7 +295,7 @@ LORAGUARD_API lg_status lg_chat_generate_messages(lg_chat * chat, const lg_messa
 LORAGUARD_API void lg_chat_cancel(lg_chat * chat);
 
 // Low level: appends tokens to the chat context (clear = true starts afresh) and copies the last token's
-// n_vocab logits into logits (may be NULL).
+// n_vocab logits into logits (may be NULL). n must be at least 1.
 LORAGUARD_API lg_status lg_chat_decode(lg_chat * chat, const int32_t * tokens, size_t n, bool clear, float * logits);
 
 // Judges the chat's current context (everything decoded so far: the prompt, and during a generation the reply up

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <memory>
 
 namespace {
@@ -323,6 +324,11 @@ std::unique_lock<std::mutex> lg_chat::enter(bool allowed_in_callback, const char
 }
 
 lg_chat::generation lg_chat::generate(const std::vector<llama_token> & prompt, const lg_generate_params & p) {
+    // A NaN passes the samplers' "<= 0: greedy" and ">= 1: off" tests and would sample from NaN probabilities.
+    if (!std::isfinite(p.temperature) || !std::isfinite(p.top_p)) {
+        lg::fail(LG_ERR_INVALID_ARGUMENT, "temperature and top_p must be finite numbers, got " +
+                                              std::to_string(p.temperature) + " and " + std::to_string(p.top_p));
+    }
     std::vector<std::string> stops;
     for (size_t i = 0; i < p.n_stop; ++i) {
         if (!p.stop[i] || !p.stop[i][0]) {

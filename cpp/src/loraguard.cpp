@@ -383,6 +383,9 @@ void lg_chat_cancel(lg_chat * chat) {
 lg_status lg_chat_decode(lg_chat * chat, const int32_t * tokens, size_t n, bool clear, float * logits) {
     return lg::call([&] {
         require(chat, "chat");
+        if (n == 0) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, "no tokens to decode: pass at least one token id");
+        }
         require(tokens, "tokens");
         const auto lock = chat->enter(/*allowed_in_callback=*/false, "lg_chat_decode");
         chat->decode(tokens, n, clear);
