@@ -362,7 +362,7 @@ def test_native_matches_peft_on_smollm2(smollm2_alora: tuple[Path, Path, Path, P
     tokenizer = load_tokenizer(hf_dir)
     prompts, responses = [*PARITY_PROMPTS, "word " * 300], [*PARITY_RESPONSES, None]
     n_ctx = 128
-    with Guard(f32, guard_path, n_threads=2, n_ctx=n_ctx, exact=True) as guard:
+    with Guard(f32, guard_path, n_threads=2, n_ctx=n_ctx, overflow="keep_end", exact=True) as guard:
         for prompt, response in zip(prompts, responses, strict=True):
             (ids,) = tokenize(tokenizer, [prompt], [response], TEMPLATE_PROMPT, TEMPLATE_PAIR, True, n_ctx,
                               invocation=model.invocation or ())

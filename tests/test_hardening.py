@@ -284,7 +284,7 @@ def test_keep_end_is_one_behaviour_in_training_and_runtime(response: str | None)
 
     prompt = "Tell me about " + " ".join(f"topic {i}," for i in range(200))
     tokenizer = load_tokenizer(BASES["smollm2"].package_path())
-    with Guard(guard="smollm2", n_threads=1, n_ctx=64) as g:
+    with Guard(guard="smollm2", n_threads=1, n_ctx=64, overflow="keep_end") as g:
         runtime = g.sequences(prompt, response)
         template_prompt, template_pair = g.meta("template.prompt"), g.meta("template.pair")
         responses = None if response is None else [response]
