@@ -17,7 +17,14 @@ import pytest
 
 from loraguard_cpp import InvalidInputError
 from loraguard_cpp.batch import FLAGGED_COLUMN, GuardScorer
-from moderation_corpus import Reference, corpus_reference, moderation_corpus, score_matrix
+from moderation_corpus import (
+    HARMFUL_RESPONSE,
+    PROMPT,
+    Reference,
+    corpus_reference,
+    moderation_corpus,
+    score_matrix,
+)
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -74,6 +81,22 @@ def test_scorer_bad_batches_say_what_to_fix() -> None:
         assert scorer({"prompt": np.array(["still alive"], dtype=object)})[FLAGGED_COLUMN].shape == (1,)
 
 
+def test_scorer_reads_the_response_column_by_default_and_names_a_refused_row() -> None:
+    with GuardScorer(n_threads=1) as scorer:
+        assert not scorer.guard.classify(PROMPT).flagged and scorer.guard.classify(PROMPT, HARMFUL_RESPONSE).flagged
+        scored = scorer(pa.table({"text": [PROMPT, PROMPT], "response": [None, HARMFUL_RESPONSE]}))
+        assert scored[FLAGGED_COLUMN].to_pylist() == [False, True], "the response column is read unless named"
+        # pandas' NA and numpy's NaN are missing responses, as None is: the prompt is scored alone.
+        frame = pd.DataFrame({"text": [PROMPT] * 3, "response": pd.array([pd.NA, HARMFUL_RESPONSE, pd.NA], "string")})
+        assert scorer(frame)[FLAGGED_COLUMN].tolist() == [False, True, False]
+        batch = {"text": np.array([PROMPT], dtype=object), "response": np.array([np.float32("nan")], dtype=object)}
+        assert scorer(batch)[FLAGGED_COLUMN].tolist() == [False]
+        with pytest.raises(InvalidInputError, match=r"^row 2: prompt is empty"):
+            scorer(pa.table({"text": ["fine", "also fine", "", "fine"]}))
+        with pytest.raises(InvalidInputError, match=r"^row 1: response contains a NUL byte"):
+            scorer(pa.table({"text": ["fine", "fine"], "response": ["ok", "o\0k"]}))
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -97,6 +120,25 @@ def test_workers_score_a_jsonl_file_into_parquet(tmp_path: Path, corpus: list[di
     reference.check(table, N_ROWS)
     assert table["text"].to_pylist() == [r["text"] for r in corpus] and "source" in table.column_names
     assert sorted(os.listdir(tmp_path)) == ["corpus.jsonl", "scored.parquet"], "no parts or temporary files left"
+
+
+def test_workers_score_the_responses_and_keep_every_column_of_ragged_jsonl(tmp_path: Path) -> None:
+    # The first row lacks the response and lang keys the second has: no column is taken from the first row alone.
+    source = _write_jsonl(tmp_path / "chats.jsonl", [{"id": 0, "text": PROMPT},
+                                                      {"id": 1, "text": PROMPT, "response": HARMFUL_RESPONSE,
+                                                       "lang": "en"}])
+    out = tmp_path / "scored.parquet"
+    run = subprocess.run([*CLI, "--input", str(source), "--output", str(out)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1 and "(1 flagged)" in run.stderr, run.stderr
+    table = pq.read_table(out)
+    assert table.column_names[:4] == ["id", "text", "response", "lang"]
+    assert table[FLAGGED_COLUMN].to_pylist() == [False, True]
+    assert table["response"].to_pylist() == [None, HARMFUL_RESPONSE]
+
+    run = subprocess.run([*CLI, "--input", str(source), "--output", str(tmp_path / "x.jsonl"), "--response-column",
+                          "answer"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "no column 'answer' (--response-column" in run.stderr, run.stderr
 
 
 def _children(pid: int) -> list[int]:
@@ -155,15 +197,27 @@ def test_workers_resume_after_a_killed_worker_and_a_killed_run(tmp_path: Path, c
 
 
 def test_workers_refuse_bad_input_and_write_nothing(tmp_path: Path, corpus: list[dict[str, Any]]) -> None:
-    source = _write_jsonl(tmp_path / "corpus.jsonl", corpus[:20])
-    with open(source, "a", encoding="utf-8") as f:
-        f.write("{not json\n")
     out = tmp_path / "scored.parquet"
+    # A line that is not JSON or not UTF-8 is named before any row is scored.
+    # So is a column whose values are of two kinds, which one Parquet column cannot hold (it failed after every row
+    # was scored, at the join of the shards).
+    for bad, error in ((b"{not json\n", "not JSON"), (b'{"text": "caf\xe9"}\n', "not UTF-8"),
+                       (b'{"id": "twenty", "text": "hello"}\n', "column 'id' is string here but number on line 1")):
+        source = _write_jsonl(tmp_path / "corpus.jsonl", corpus[:20])
+        with open(source, "ab") as f:
+            f.write(bad)
+        run = subprocess.run([*CLI, "--input", str(source), "--output", str(out), "--shard-size", "8"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and f"{source}:21: {error}" in run.stderr, run.stderr
+        assert sorted(os.listdir(tmp_path)) == ["corpus.jsonl"], "nothing written"
+
+    # A row the guard refuses fails its shard, naming the row; the shards before it are committed.
+    source = _write_jsonl(tmp_path / "corpus.jsonl", [*corpus[:20], {"id": 20, "text": ""}])
     run = subprocess.run([*CLI, "--input", str(source), "--output", str(out), "--shard-size", "8"],
                          capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and f"{source}:21: not JSON" in run.stderr, run.stderr
+    assert run.returncode == 2 and "shard 2 (rows 16 onwards): row 4: prompt is empty" in run.stderr, run.stderr
     assert not out.exists()
-    # The shards before the bad line are committed; a rerun with other options must not mix with them.
+    # A rerun with other options must not mix with the committed shards.
     run = subprocess.run([*CLI, "--input", str(source), "--output", str(out), "--shard-size", "4"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "other settings (shard_size differ)" in run.stderr, run.stderr

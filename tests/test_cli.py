@@ -35,13 +35,28 @@ def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_unexpected_exception_exits_2_in_one_line(stories_gguf: Path, stories_guard: Path, tmp_path: Path) -> None:
-    """Bytes that are not UTF-8 in a --jsonl file raise UnicodeDecodeError, which no handler expects: it must
-    not become a traceback with exit code 1, which means "flagged"."""
+    """An exception no handler expects (here injected into the JSONL reader) must not become a traceback with exit
+    code 1, which means "flagged"."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import loraguard_cpp.dataset\n"
+        "def broken(path):\n"
+        "    raise RuntimeError('injected failure')\n"
+        "loraguard_cpp.dataset.jsonl_objects = broken\n", encoding="utf-8")
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"text": "hello"}\n', encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    line = one_error_line(cli("classify", "--json", "-m", str(stories_gguf), "-g", str(stories_guard),
+                              "--jsonl", str(jsonl), env=env))
+    assert line == "loraguard-cli: error: unexpected RuntimeError: injected failure"
+
+
+def test_jsonl_that_is_not_utf8_is_an_error_naming_the_line(stories_gguf: Path, stories_guard: Path,
+                                                            tmp_path: Path) -> None:
     jsonl = tmp_path / "latin1.jsonl"
-    jsonl.write_bytes('{"text": "café"}\n'.encode("latin-1"))
+    jsonl.write_bytes('{"text": "fine"}\n{"text": "café"}\n'.encode("latin-1"))
     line = one_error_line(cli("classify", "--json", "-m", str(stories_gguf), "-g", str(stories_guard),
                               "--jsonl", str(jsonl)))
-    assert "UnicodeDecodeError" in line
+    assert f"{jsonl}:2: not UTF-8" in line
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 
 from loraguard_cpp.batch import FLAGGED_COLUMN, GuardScorer
 from loraguard_cpp.integrations.spark import make_predict_fn
-from moderation_corpus import corpus_reference, moderation_corpus
+from moderation_corpus import HARMFUL_RESPONSE, PROMPT, corpus_reference, moderation_corpus
 
 N_ROWS = 2000
 
@@ -77,3 +77,11 @@ def test_local_spark_scores_2000_rows_once_in_order(spark: Any, capsys: pytest.C
     reference.check(result, N_ROWS)
     assert result["text"].tolist() == [r["text"] for r in rows]
     assert result[FLAGGED_COLUMN].dtype == bool
+
+
+def test_local_spark_reads_the_response_column_by_default(spark: Any) -> None:
+    from loraguard_cpp.integrations.spark import moderate
+
+    frame = spark.createDataFrame([(PROMPT, None), (PROMPT, HARMFUL_RESPONSE)], "text string, response string")
+    flagged = [row[FLAGGED_COLUMN] for row in moderate(frame).collect()]
+    assert flagged == [False, True], "a response column is scored unless another is named"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 SCORE_PREFIX = "score_"
 FLAGGED_COLUMN = "flagged"
+RESPONSE_COLUMN = "response"
 
 Batch = TypeVar("Batch", "dict[str, npt.NDArray[Any]]", "pd.DataFrame", "pa.Table")
 
@@ -37,7 +39,11 @@ def score_column(label: str) -> str:
 
 
 def _is_missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, a NaN (numpy's floats included) or pandas' NA: a missing value in every batch format."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return True
+    pandas = sys.modules.get("pandas")  # a pd.NA exists only where pandas is imported
+    return pandas is not None and value is pandas.NA
 
 
 class GuardScorer:
@@ -45,8 +51,9 @@ class GuardScorer:
 
     ``model``/``guard`` and ``guard_options`` are :class:`~loraguard_cpp.Guard`'s. ``n_threads`` is per scorer:
     on a node, several one-thread scorers (one per core) usually beat one scorer using every core for a small
-    model, because a batch's decode does not keep many threads busy. ``response_column``, when given, holds
-    the response to each row's prompt; a missing value (None/NaN) scores the prompt alone.
+    model, because a batch's decode does not keep many threads busy. ``response_column`` holds the response to
+    each row's prompt (default: the batch's ``"response"`` column where it has one, so that no response is left
+    unread); a missing value (None, NaN, pandas' NA) scores the prompt alone.
     """
 
     def __init__(
@@ -77,7 +84,10 @@ class GuardScorer:
         answers = self._responses(responses, len(prompts))
         if not prompts:
             return np.zeros((0, len(self.labels)), dtype=np.float32), np.zeros(0, dtype=np.bool_)
-        verdicts = self.guard.classify_many(prompts, answers)
+        try:
+            verdicts = self.guard.classify_many(prompts, answers)
+        except InvalidInputError as e:
+            raise self._refused_row(prompts, answers, e) from e
         scores = np.array([[v.scores[label] for label in self.labels] for v in verdicts], dtype=np.float32)
         return scores, np.array([v.flagged for v in verdicts], dtype=np.bool_)
 
@@ -103,15 +113,15 @@ class GuardScorer:
 
     def _score_mapping(self, batch: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
         texts = self._column(batch, self.text_column, list(batch))
-        responses = None if self.response_column is None else self._column(batch, self.response_column, list(batch))
+        response_column = self._response_column(list(batch))
+        responses = None if response_column is None else self._column(batch, response_column, list(batch))
         return {**{name: np.asarray(values) for name, values in batch.items()}, **self.columns(texts, responses)}
 
     def _score_pandas(self, frame: pd.DataFrame) -> pd.DataFrame:
         names = [str(c) for c in frame.columns]
         texts = self._column(frame, self.text_column, names).tolist()
-        responses = None
-        if self.response_column is not None:
-            responses = self._column(frame, self.response_column, names).tolist()
+        response_column = self._response_column(names)
+        responses = None if response_column is None else self._column(frame, response_column, names).tolist()
         return frame.assign(**self.columns(texts, responses))
 
     def _score_arrow(self, table: pa.Table) -> pa.Table:
@@ -119,9 +129,8 @@ class GuardScorer:
 
         names = list(table.column_names)
         texts = self._column(table, self.text_column, names).to_pylist()
-        responses = None
-        if self.response_column is not None:
-            responses = self._column(table, self.response_column, names).to_pylist()
+        response_column = self._response_column(names)
+        responses = None if response_column is None else self._column(table, response_column, names).to_pylist()
         for name, values in self.columns(texts, responses).items():
             column = pa.array(values)
             if name in names:
@@ -129,6 +138,21 @@ class GuardScorer:
             else:
                 table = table.append_column(name, column)
         return table
+
+    def _response_column(self, names: list[str]) -> str | None:
+        if self.response_column is None and RESPONSE_COLUMN in names:
+            return RESPONSE_COLUMN
+        return self.response_column
+
+    def _refused_row(self, prompts: list[str], answers: list[str | None] | None,
+                     error: InvalidInputError) -> InvalidInputError:
+        """The error of a batch the guard refused, naming its first refused row (searched for only on failure)."""
+        for i, prompt in enumerate(prompts):
+            try:
+                self.guard.tokenize(prompt, None if answers is None else answers[i])
+            except InvalidInputError as e:
+                return InvalidInputError(f"row {i}: {e}")
+        return error
 
     def _column(self, batch: Any, name: str, names: list[str]) -> Any:
         if name not in names:
@@ -158,7 +182,8 @@ class GuardScorer:
                 out.append(response)
             else:
                 raise InvalidInputError(
-                    f"row {i} of column {self.response_column!r} is {type(response).__name__}, not text or missing"
+                    f"row {i} of column {self.response_column or RESPONSE_COLUMN!r} is {type(response).__name__}, "
+                    "not text or missing"
                 )
         if len(out) != n:
             raise InvalidInputError(f"{n} texts but {len(out)} responses")

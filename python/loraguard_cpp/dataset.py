@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import registry
-from .batch import FLAGGED_COLUMN, GuardScorer
+from .batch import FLAGGED_COLUMN, RESPONSE_COLUMN, GuardScorer
 from .errors import InvalidInputError, LoraGuardError
 
 if TYPE_CHECKING:
@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="with --input: Parquet or JSONL file to write (by its suffix)")
     p.add_argument("--workers", type=int, default=1, help="with --input: worker processes, one Guard each")
     p.add_argument("--text-column", default="text", help="with --input: the column holding the text")
-    p.add_argument("--response-column", default=None, help="with --input: a column holding a response to the text")
+    p.add_argument("--response-column", default=None,
+                   help=f"with --input: the column holding a response to the text (default: {RESPONSE_COLUMN!r} "
+                   "where the input has it)")
     p.add_argument("--id-column", default=None,
                    help="with --input: write only this column beside the scores (join back on it); "
                    "default: every input column")
@@ -66,6 +68,7 @@ class Job:
     text_column: str
     response_column: str | None
     id_column: str | None
+    input_columns: list[str]
     guard_options: dict[str, Any]
 
 
@@ -107,10 +110,15 @@ def _commit(tmp: Path, final: Path) -> None:
 def jsonl_objects(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) of every non-blank line of a JSONL file; a line that is not a JSON object is an
     error naming it. The one JSONL reader of the CLI (``classify --jsonl`` and ``--input``)."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidInputError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start} of the line); fix or "
+                                        "drop the line and rerun") from e
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -134,13 +142,52 @@ def _parquet_shards(path: Path, shard_size: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches([record_batch])
 
 
-def _count_rows(path: Path, fmt: str) -> int:
+def _json_kind(value: object) -> str | None:
+    """A JSON value's kind as Parquet types it (null fits any column; integers and reals share one)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}[type(value)]
+
+
+def _scan(path: Path, fmt: str, to_parquet: bool) -> tuple[int, list[str]]:
+    """(rows, columns) of the input; a JSONL file is read through, so a bad line fails before any row is scored,
+    and its columns are every key of any row, in the order they first appear. A JSONL column whose values are of
+    two kinds cannot become one Parquet column: an error naming it, before anything is scored."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+        parquet = pq.ParquetFile(path)
+        return int(parquet.metadata.num_rows), list(parquet.schema_arrow.names)
+    n_rows = 0
+    kinds: dict[str, tuple[str | None, int]] = {}  # column -> (kind of its values so far, line of the first)
+    for line, row in jsonl_objects(path):
+        n_rows += 1
+        for name, value in row.items():
+            kind = _json_kind(value)
+            seen, first = kinds.setdefault(name, (kind, line))
+            if seen is None and kind is not None:
+                kinds[name] = (kind, line)
+            elif to_parquet and kind is not None and kind != seen:
+                raise InvalidInputError(
+                    f"{path}:{line}: column {name!r} is {kind} here but {seen} on line {first}: a Parquet column "
+                    "has one type; make the column one kind, or write JSONL (--output FILE.jsonl)"
+                )
+    return n_rows, list(kinds)
+
+
+def _checked_columns(args: argparse.Namespace, columns: list[str]) -> str | None:
+    """The response column to score, once every column named by an option is known to be in the input."""
+    for option, name in (("--text-column", args.text_column), ("--response-column", args.response_column),
+                         ("--id-column", args.id_column)):
+        if name is not None and name not in columns:
+            raise InvalidInputError(f"the input has no column {name!r} ({option}; columns: {columns})")
+    if args.response_column is None and RESPONSE_COLUMN in columns:
+        return RESPONSE_COLUMN  # as classify --jsonl: a response is never left unread
+    return args.response_column
 
 
 # -- the worker process -------------------------------------------------------------------------------------
@@ -176,17 +223,14 @@ def _score_shard(index: int, rows: Any, work: Path) -> int:
     return len(rows)
 
 
-def _keep_columns(job: Job, names: list[str]) -> None:
-    if job.id_column is not None and job.id_column not in names:
-        raise InvalidInputError(f"the input has no id column {job.id_column!r} (columns: {names})")
-
-
 def _write_parquet_part(scorer: GuardScorer, job: Job, rows: Any, tmp: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
-    _keep_columns(job, table.column_names)
+    if isinstance(rows, pa.Table):
+        table = rows
+    else:  # JSONL rows: every column of the input, null where a row lacks it
+        table = pa.Table.from_pydict({name: [record.get(name) for record in rows] for name in job.input_columns})
     scored = scorer(table)
     if job.id_column is not None:
         scored = scored.select([job.id_column, *scorer.score_columns, FLAGGED_COLUMN])
@@ -195,13 +239,12 @@ def _write_parquet_part(scorer: GuardScorer, job: Job, rows: Any, tmp: Path) -> 
 
 def _write_jsonl_part(scorer: GuardScorer, job: Job, rows: Any, tmp: Path) -> None:
     records: list[dict[str, Any]] = rows if isinstance(rows, list) else rows.to_pylist()
-    _keep_columns(job, sorted({name for record in records for name in record}))
     texts = [record.get(job.text_column) for record in records]
     responses = None if job.response_column is None else [record.get(job.response_column) for record in records]
     columns = scorer.columns(texts, responses)
     with open(tmp, "w", encoding="utf-8") as f:
         for i, record in enumerate(records):
-            out = {job.id_column: record[job.id_column]} if job.id_column is not None else dict(record)
+            out = {job.id_column: record.get(job.id_column)} if job.id_column is not None else dict(record)
             out.update({name: values[i].item() for name, values in columns.items()})
             f.write(json.dumps(out, ensure_ascii=False, default=str) + "\n")
 
@@ -299,21 +342,22 @@ def score_file(args: argparse.Namespace) -> int:
     if "parquet" in (input_format, output_format):
         _require_pyarrow()
 
+    n_rows, columns = _scan(input_path, input_format, output_format == "parquet")
+    if n_rows == 0:
+        raise InvalidInputError(f"input {input_path} has no rows")
+    response_column = _checked_columns(args, columns)
     # Resolved once here so that workers never race to prepare a named guard's base.
     model_path, guard_path = registry.resolve(args.model, args.guard)
     stat = input_path.stat()
     job = Job(
         input=str(input_path.resolve()), input_size=stat.st_size, input_mtime_ns=stat.st_mtime_ns,
         output_format=output_format, shard_size=args.shard_size, model=str(model_path), guard=str(guard_path),
-        text_column=args.text_column, response_column=args.response_column, id_column=args.id_column,
+        text_column=args.text_column, response_column=response_column, id_column=args.id_column, input_columns=columns,
         guard_options={"n_ctx": args.ctx, "overflow": args.overflow, "isolated": args.isolated,
                        "n_gpu_layers": args.gpu_layers},
     )
     work = _work_dir(output)
     done = _open_work_dir(work, job)
-    n_rows = _count_rows(input_path, input_format)
-    if n_rows == 0:
-        raise InvalidInputError(f"input {input_path} has no rows")
     if done:
         print(f"loraguard-cli: resuming {work}: {len(done)} shards already scored are skipped", file=sys.stderr)
 

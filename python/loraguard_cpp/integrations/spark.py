@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..batch import FLAGGED_COLUMN, GuardScorer, score_column
+from ..batch import FLAGGED_COLUMN, RESPONSE_COLUMN, GuardScorer, score_column
 from ..guard import Guard
 
 if TYPE_CHECKING:
@@ -76,12 +76,15 @@ def moderate(
     """The frame with ``score_<label>`` (float) and ``flagged`` (boolean) columns added.
 
     The driver loads the guard once to read its labels (the output schema); executors load it again, so every
-    node needs the files (named guards prepare their base themselves)."""
+    node needs the files (named guards prepare their base themselves). ``response_column`` defaults to the
+    frame's ``"response"`` column where it has one, as for :class:`~loraguard_cpp.batch.GuardScorer`."""
     from functools import partial
 
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
 
+    if response_column is None and RESPONSE_COLUMN in frame.columns:
+        response_column = RESPONSE_COLUMN
     with Guard(model, guard, n_threads=1, **guard_options) as loaded:
         labels = list(loaded.labels)
     udf = predict_batch_udf(
