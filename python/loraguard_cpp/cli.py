@@ -100,17 +100,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for batch in _batches(_inputs(args), _BATCH):
             texts = [t for t, _ in batch]
             responses = [r for _, r in batch]
-            probs = guard.classify_batch(texts, responses if any(r is not None for r in responses) else None)
-            for (text, _), row in zip(batch, probs, strict=True):
-                flagged_labels = [lab for lab, p, t in zip(guard.labels, row, guard.thresholds, strict=True) if p >= t]
-                any_flagged |= bool(flagged_labels)
-                scores = {lab: round(float(p), 6) for lab, p in zip(guard.labels, row, strict=True)}
+            results = guard.classify_many(texts, responses if any(r is not None for r in responses) else None)
+            for text, result in zip(texts, results, strict=True):
+                any_flagged |= result.flagged
                 if args.json:
-                    print(json.dumps({"text": text, "flagged": bool(flagged_labels), "flagged_labels": flagged_labels,
-                                      "scores": scores}, ensure_ascii=False))
+                    print(json.dumps({"text": text, **_verdict_dict(result)}, ensure_ascii=False))
                 else:
-                    verdict = "FLAGGED " + ",".join(flagged_labels) if flagged_labels else "ok"
-                    detail = " ".join(f"{lab}={p:.3f}" for lab, p in scores.items())
+                    verdict = "FLAGGED " + ",".join(result.flagged_labels) if result.flagged else "ok"
+                    detail = " ".join(f"{lab}={p:.3f}" for lab, p in result.scores.items())
                     print(f"{verdict}\t{detail}\t{text[:80]!r}")
             if progress is not None:
                 progress.update(len(batch))
