@@ -38,6 +38,14 @@ def score_column(label: str) -> str:
     return SCORE_PREFIX + label
 
 
+def response_column_of(named: str | None, columns: Sequence[str]) -> str | None:
+    """The column holding each row's response: the one named, else the ``"response"`` column where there is one,
+    so that no response in the data is left unread (GuardScorer, ``classify --input`` and Spark alike)."""
+    if named is None and RESPONSE_COLUMN in columns:
+        return RESPONSE_COLUMN
+    return named
+
+
 def _is_missing(value: object) -> bool:
     """None, a NaN (numpy's floats included) or pandas' NA: a missing value in every batch format."""
     if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
@@ -113,14 +121,14 @@ class GuardScorer:
 
     def _score_mapping(self, batch: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
         texts = self._column(batch, self.text_column, list(batch))
-        response_column = self._response_column(list(batch))
+        response_column = response_column_of(self.response_column, list(batch))
         responses = None if response_column is None else self._column(batch, response_column, list(batch))
         return {**{name: np.asarray(values) for name, values in batch.items()}, **self.columns(texts, responses)}
 
     def _score_pandas(self, frame: pd.DataFrame) -> pd.DataFrame:
         names = [str(c) for c in frame.columns]
         texts = self._column(frame, self.text_column, names).tolist()
-        response_column = self._response_column(names)
+        response_column = response_column_of(self.response_column, names)
         responses = None if response_column is None else self._column(frame, response_column, names).tolist()
         return frame.assign(**self.columns(texts, responses))
 
@@ -129,7 +137,7 @@ class GuardScorer:
 
         names = list(table.column_names)
         texts = self._column(table, self.text_column, names).to_pylist()
-        response_column = self._response_column(names)
+        response_column = response_column_of(self.response_column, names)
         responses = None if response_column is None else self._column(table, response_column, names).to_pylist()
         for name, values in self.columns(texts, responses).items():
             column = pa.array(values)
@@ -138,11 +146,6 @@ class GuardScorer:
             else:
                 table = table.append_column(name, column)
         return table
-
-    def _response_column(self, names: list[str]) -> str | None:
-        if self.response_column is None and RESPONSE_COLUMN in names:
-            return RESPONSE_COLUMN
-        return self.response_column
 
     def _refused_row(self, prompts: list[str], answers: list[str | None] | None,
                      error: InvalidInputError) -> InvalidInputError:

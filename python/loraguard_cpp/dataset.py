@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import registry
-from .batch import FLAGGED_COLUMN, RESPONSE_COLUMN, GuardScorer
+from .batch import FLAGGED_COLUMN, RESPONSE_COLUMN, GuardScorer, response_column_of
 from .errors import InvalidInputError, LoraGuardError
 
 if TYPE_CHECKING:
@@ -185,9 +185,7 @@ def _checked_columns(args: argparse.Namespace, columns: list[str]) -> str | None
                          ("--id-column", args.id_column)):
         if name is not None and name not in columns:
             raise InvalidInputError(f"the input has no column {name!r} ({option}; columns: {columns})")
-    if args.response_column is None and RESPONSE_COLUMN in columns:
-        return RESPONSE_COLUMN  # as classify --jsonl: a response is never left unread
-    return args.response_column
+    return response_column_of(args.response_column, columns)
 
 
 # -- the worker process -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..batch import FLAGGED_COLUMN, RESPONSE_COLUMN, GuardScorer, score_column
+from ..batch import FLAGGED_COLUMN, GuardScorer, response_column_of, score_column
 from ..guard import Guard
 
 if TYPE_CHECKING:
@@ -83,8 +83,7 @@ def moderate(
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
 
-    if response_column is None and RESPONSE_COLUMN in frame.columns:
-        response_column = RESPONSE_COLUMN
+    response_column = response_column_of(response_column, frame.columns)
     with Guard(model, guard, n_threads=1, **guard_options) as loaded:
         labels = list(loaded.labels)
     udf = predict_batch_udf(
