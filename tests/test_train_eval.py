@@ -504,8 +504,14 @@ def test_encoder_train_eval_calibrate(tmp_path: Path) -> None:
             "48",
             "--base-outtype",
             "f32",
+            "--buried-rows",
+            "16",
+            "--buried-max-length",
+            "96",
         ]
     )
+    # 128 rows of the file's training split plus the buried ones
+    assert json.loads((run / "train.json").read_text())["train_rows"] == 128 + 16
     guard_file, base_gguf = run / "guard.gguf", run / "base-f32.gguf"
     before = GGUFReader(guard_file)
     kv_before = {k: f.contents() for k, f in before.fields.items() if not k.startswith("GGUF.")}
@@ -551,6 +557,48 @@ def test_encoder_train_eval_calibrate(tmp_path: Path) -> None:
     rescored = _eval(dev_args, tmp_path / "rescored.json")["datasets"][0]
     assert rescored["safe_flag_rate"] == d["safe_flag_rate"] <= 0.1
     assert fpr["calibration"]["recall"]["unsafe"] == pytest.approx(rescored["unsafe_caught"])
+
+
+@needs_data
+def test_buried_rows_hide_one_prompt_among_safe_ones() -> None:
+    from transformers import AutoTokenizer
+
+    from loraguard_train.buried import CENTRE, buried_rows
+    from tiny_models import MissingSource, minilm_dir
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    except MissingSource as e:
+        pytest.skip(str(e))
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    prompts = load_dataset(OPENAI, target="prompt")
+    pairs = load_dataset(BEAVERTAILS, target="pair")
+    rows = buried_rows([prompts, pairs], 200, 160, count, seed=3)
+    assert rows.records == buried_rows([prompts, pairs], 200, 160, count, seed=3).records
+    assert rows.records != buried_rows([prompts, pairs], 200, 160, count, seed=4).records
+    safe_longest_first = sorted({r.prompt for r in prompts.records if r.labels["unsafe"] == 0}, key=len, reverse=True)
+    by_prompt = {r.prompt: r for r in prompts.records}
+    assert [r.labels["unsafe"] for r in rows.records] == [1, 0] * 100
+    for row in rows.records:
+        centre = by_prompt[row.extra[CENTRE]]  # never a BeaverTails pair: only prompt-level rows are buried
+        assert row.response is None and row.labels == centre.labels
+        assert count(row.prompt) <= 160 and count(row.prompt) > count(centre.prompt)
+        # the centre whole, somewhere, and nothing around it but safe prompts
+        start = row.prompt.index(centre.prompt)
+        around = [row.prompt[:start], row.prompt[start + len(centre.prompt) :]]
+        for piece in safe_longest_first:
+            around = [part.replace(piece, "") for part in around]
+        assert not "".join(around).strip()
+    positions = [row.prompt.index(row.extra[CENTRE]) for row in rows.records]
+    assert 0 in positions and any(p > 0 for p in positions)
+
+    with pytest.raises(DataError, match="safe and harmful prompt-level"):
+        buried_rows([pairs], 10, 160, count, seed=0)
+    with pytest.raises(DataError, match="raise buried_max_length"):
+        buried_rows([prompts], 10, 20, count, seed=0)
 
 
 @needs_data

@@ -127,6 +127,8 @@ _TRAIN_OVERRIDES = (
     "precision",
     "device",
     "save_steps",
+    "buried_rows",
+    "buried_max_length",
 )
 _PATH_OPTIONS = ("base", "out", "base_gguf")
 
@@ -158,6 +160,12 @@ def _train_parser() -> argparse.ArgumentParser:
     h.add_argument("--lr-lora", type=float)
     h.add_argument("--lr-head", type=float)
     h.add_argument("--max-length", type=int, help="tokens per input; longer inputs keep their end")
+    h.add_argument(
+        "--buried-rows",
+        type=int,
+        help="extra training rows burying a prompt in safe filler (a harmful request in a long benign text)",
+    )
+    h.add_argument("--buried-max-length", type=int, help="tokens per buried row (default 384)")
     h.add_argument("--seed", type=int, help="seed of the caps and dev splits, and of training unless --train-seed")
     h.add_argument("--train-seed", type=int,
                    help="seed of the adapter's init, dropout and batch order only (same rows, same dev split)")

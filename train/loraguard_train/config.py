@@ -135,6 +135,10 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     max_length: int = 256
+    # extra training rows that bury a prompt-level row in safe filler up to buried_max_length tokens
+    # (loraguard_train.buried), so a harmful request inside a long benign text is not averaged away
+    buried_rows: int = 0
+    buried_max_length: int = 384
     # positive-class weight n_neg / n_pos per label (capped), so rare labels are not ignored
     class_weights: bool = True
     max_pos_weight: float = 50.0
@@ -321,11 +325,14 @@ def _validate(c: TrainConfig) -> None:
         "batch_size": c.batch_size,
         "grad_accum": c.grad_accum,
         "max_length": c.max_length,
+        "buried_max_length": c.buried_max_length,
         "eval_batch_size": c.eval_batch_size,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    if c.buried_rows < 0:
+        raise ConfigError(f"buried_rows must be 0 (none) or more, got {c.buried_rows}")
     if c.max_steps is not None and c.max_steps < 1:
         raise ConfigError(f"max_steps must be at least 1, got {c.max_steps}")
     if not 0.0 <= c.dropout < 1.0:

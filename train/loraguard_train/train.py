@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from loraguard_convert import ConvertError, base_fingerprint, convert_base, convert_guard, describe_base
+from loraguard_train.buried import buried_rows
 from loraguard_train.config import ConfigError, TrainConfig, to_plain
 from loraguard_train.data import DataError, Dataset, label_names, safe_rows_negative, split_dataset
 from loraguard_train.inputs import collate, length_grouped_batches, logits_of, pad_id, tokenize
@@ -386,7 +387,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
     model.to(device)
     pad = pad_id(tokenizer)
 
-    def prepare(ds: Dataset) -> _Split:
+    def prepare(ds: Dataset, max_length: int = config.max_length) -> _Split:
         ids = tokenize(
             tokenizer,
             ds.prompts,
@@ -394,12 +395,21 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False) -> 
             config.template_prompt,
             config.template_pair,
             config.parse_special,
-            config.max_length,
+            max_length,
             invocation=model.invocation or (),
         )
         return _Split(ds, ids, ds.targets(labels))
 
     train_splits = [prepare(ds) for ds in train_sets]
+    if config.buried_rows:
+        buried = buried_rows(
+            train_sets,
+            config.buried_rows,
+            config.buried_max_length,
+            lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+            config.seed,
+        )
+        train_splits.append(prepare(buried, config.buried_max_length))
     dev_splits = [prepare(ds) for ds in dev_sets]
     trainer = _Trainer(config, model, train_splits, pad, device, amp)
     weights = [round(float(w), 2) for w in trainer.pos_weight]
