@@ -321,6 +321,18 @@ BAD_CHATS: dict[str, tuple[dict[str, object], str]] = {
     "NUL in a text part": ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi\x00"}]}]},
                            "messages[0].content[0].text"),
     "temperature a boolean": ({"temperature": True}, "temperature"),
+    "temperature a string": ({"temperature": "0.5"}, "temperature"),
+    "temperature NaN": ({"temperature": float("nan")}, "temperature"),
+    "top_p infinite": ({"top_p": float("inf")}, "top_p"),
+    "n above 1": ({"n": 2}, "n"),
+    "negative top_k": ({"top_k": -1}, "top_k"),
+    "top_k a boolean": ({"top_k": True}, "top_k"),
+    "top_k a float": ({"top_k": 2.0}, "top_k"),
+    "top_k past 31 bits": ({"top_k": 2**31}, "top_k"),  # the native sampler's top_k is a signed 32-bit int
+    # null is the default of an optional field only: a required one still has to be there
+    "model null": ({"model": None}, "model"),
+    "messages null": ({"messages": None}, "messages"),
+    "role null": ({"messages": [{"role": None, "content": BENIGN}]}, "messages.0.role"),
 }
 
 
@@ -354,6 +366,28 @@ UNSUPPORTED: dict[str, tuple[object, object]] = {
     "verbosity": (None, "low"),
     "web_search_options": (None, {}),
 }
+# llama.cpp server's own sampling parameters that the native sampler does not implement, as UNSUPPORTED
+LLAMA_CPP_UNSUPPORTED: dict[str, tuple[object, object]] = {
+    "min_p": (0, 0.05),
+    "typical_p": (1.0, 0.9),
+    "tfs_z": (1, 0.95),
+    "top_n_sigma": (-1.0, 1.5),
+    "repeat_penalty": (1.0, 1.1),
+    "mirostat": (0, 2),
+    "dynatemp_range": (0.0, 0.5),
+    "dry_multiplier": (0, 0.8),
+    "xtc_probability": (0.0, 0.5),
+    "adaptive_target": (-1.0, 0.5),
+    "min_keep": (0, 5),
+    "ignore_eos": (False, True),
+    "n_probs": (0, 3),
+    "grammar": ("", 'root ::= "yes"'),
+    "json_schema": (None, {}),
+}
+# ...and those that only tune one of those samplers: nothing while it is off (llama.cpp's defaults here)
+LLAMA_CPP_TUNING = {"repeat_last_n": 64, "penalty_last_n": 64, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
+                    "dynatemp_exponent": 1.0, "xtc_threshold": 0.1, "dry_base": 1.75, "dry_allowed_length": 2,
+                    "dry_penalty_last_n": -1, "adaptive_decay": 0.9}
 
 
 def test_chat_parameters_the_server_cannot_honour_are_refused(smollm2: Server) -> None:
@@ -361,20 +395,79 @@ def test_chat_parameters_the_server_cannot_honour_are_refused(smollm2: Server) -
     for; sent at its neutral value (or as a field that does not change the reply) it is served, as the openai client
     sends it."""
     messages = [{"role": "user", "content": "Say hello."}]
-    for name, (_, value) in UNSUPPORTED.items():
+    changes = [(name, value) for name, (_, value) in {**UNSUPPORTED, **LLAMA_CPP_UNSUPPORTED}.items()]
+    changes += [("min_p", False), ("presence_penalty", False)]  # a boolean is not the number 0
+    for name, value in changes:
         body = {"model": "smollm2", "messages": messages, "max_tokens": 2, name: value}
         got, answer = smollm2.request("POST", "/v1/chat/completions", body)
         assert got == 400 and isinstance(answer, dict), (name, answer)
         assert answer["error"]["param"] == name and answer["error"]["code"] == "unsupported_parameter", answer
         assert name in answer["error"]["message"], answer
+    # a tuning parameter does not carry its sampler past the check
+    body = {"model": "smollm2", "messages": messages, "max_tokens": 2, "mirostat": 2, "mirostat_tau": 3.0}
+    got, answer = smollm2.request("POST", "/v1/chat/completions", body)
+    assert got == 400 and isinstance(answer, dict) and answer["error"]["param"] == "mirostat", answer
     completion = _client(smollm2).chat.completions.create(
         model="smollm2", messages=messages, max_tokens=2, n=1, seed=2**32 - 1, stop=["\n\n"], temperature=0,
         top_p=1, tools=[], tool_choice="none", functions=[], function_call="none", logit_bias={}, logprobs=False,
         top_logprobs=0, presence_penalty=0, frequency_penalty=0.0, response_format={"type": "text"},
         modalities=["text"], parallel_tool_calls=False, user="user-1", metadata={"k": "v"}, store=False,
         service_tier="auto", prompt_cache_key="k", safety_identifier="s",
+        extra_body={**{name: neutral for name, (neutral, _) in LLAMA_CPP_UNSUPPORTED.items()}, **LLAMA_CPP_TUNING,
+                    "top_k": 40, "cache_prompt": True},
     )  # type: ignore[call-overload]
     assert completion.choices[0].finish_reason in ("stop", "length", "content_filter")
+
+
+def _sse_reply(raw: object) -> str:
+    """The reply text of a raw SSE chat stream."""
+    assert isinstance(raw, str) and raw.rstrip().endswith("data: [DONE]"), raw
+    events = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
+    assert not any("error" in e for e in events), events
+    return "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+
+
+@pytest.mark.parametrize("stream", [None, True])
+def test_chat_null_is_the_default(smollm2: Server, stream: bool | None) -> None:
+    """An explicit null in an optional field is the field left out, as with OpenAI (clients serialize None so):
+    served with the default, not refused; a neutral-only parameter at null counts as left out."""
+    messages = [{"role": "user", "content": "Name three colours."}]
+    plain = {"model": "smollm2", "messages": messages, "max_tokens": 8}
+    nulls = {name: None for name in ("seed", "temperature", "top_p", "top_k", "stop", "n", "stream_options",
+                                     *UNSUPPORTED, *LLAMA_CPP_UNSUPPORTED, *LLAMA_CPP_TUNING)}
+    got, expected = smollm2.request("POST", "/v1/chat/completions", plain)
+    assert got == 200 and isinstance(expected, dict), expected
+    reply = expected["choices"][0]["message"]["content"]
+    assert reply
+    # max_tokens or max_completion_tokens null: the other one counts
+    for limits in ({"max_tokens": None, "max_completion_tokens": 8}, {"max_tokens": 8, "max_completion_tokens": None}):
+        body = {**plain, **nulls, **limits, "stream": stream}
+        got, answer = smollm2.request("POST", "/v1/chat/completions", body)
+        assert got == 200, (limits, answer)
+        text = _sse_reply(answer) if stream else answer["choices"][0]["message"]["content"]  # type: ignore[index]
+        assert text == reply, limits
+
+
+def test_chat_top_k_reaches_the_sampler(smollm2: Server) -> None:
+    """llama.cpp's top_k, streamed or not: top_k 1 keeps only the likeliest token, so even at temperature 2 any
+    seed gives the greedy reply; top_k 0 is off (the whole vocabulary, a different reply)."""
+    client = _client(smollm2)
+    messages = [{"role": "user", "content": "Name three colours."}]
+
+    def reply(stream: bool, **sampling: object) -> str:
+        top_k = sampling.pop("top_k", None)
+        extra = {} if top_k is None else {"extra_body": {"top_k": top_k}}
+        answer = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=12, stream=stream,
+                                                **sampling, **extra)  # type: ignore[call-overload]
+        if stream:
+            return "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
+        return answer.choices[0].message.content or ""
+
+    greedy = reply(False, temperature=0)
+    assert greedy
+    for stream, seed in ((False, 1), (False, 2), (True, 1)):
+        assert reply(stream, temperature=2.0, top_p=1.0, seed=seed, top_k=1) == greedy, (stream, seed)
+    assert reply(False, temperature=2.0, top_p=1.0, seed=1, top_k=0) != greedy
 
 
 def test_chat_reply_cut_where_the_guard_flags_it(smollm2: Server) -> None:

@@ -579,8 +579,8 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
         if max_tokens > config.max_tokens:
             raise APIError(400, f"max_tokens {max_tokens} exceeds this server's limit {config.max_tokens}",
                            param="max_tokens")
-        params = {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p,
-                  "seed": body.seed, "stop": body.stop}
+        params = {"max_tokens": max_tokens, "temperature": body.temperature, "top_k": body.top_k,
+                  "top_p": body.top_p, "seed": body.seed, "stop": body.stop}
         include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
         return _Turn(messages, messages[-1][1], max_tokens, params, time.monotonic() + config.request_timeout_s,
                      include_usage)

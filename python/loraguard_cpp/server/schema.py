@@ -17,6 +17,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -45,6 +46,16 @@ class _Request(BaseModel):
     # at their neutral value (ChatRequest).
     model_config = ConfigDict(extra="ignore")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """An explicit null in an optional field is the field left out (its default), as OpenAI reads it: clients
+        serialize None so. A required field stays required."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items() if v is not None or (k in fields and fields[k].is_required())}
+
 
 class ModerationRequest(_Request):
     input: Any = None
@@ -56,24 +67,52 @@ class ChatMessage(_Request):
     content: Any = None
 
 
-# OpenAI chat parameters this server does not implement, each with the test for its neutral value (what a client
-# sends when it wants none of it); null is neutral for all of them. Any other value would change the reply.
+def _number(test: Callable[[float], bool]) -> Callable[[Any], bool]:
+    """A neutral-value test for a number: a JSON number (not a boolean) that passes ``test``."""
+    return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and test(v)
+
+
+def _never(_v: Any) -> bool:
+    return False
+
+
+# Chat parameters this server does not implement, each with the test for its neutral value (what a client sends
+# when it wants none of it); null (left out) is neutral for all of them. Any other value would change the reply.
 _NEUTRAL: dict[str, Callable[[Any], bool]] = {
+    # OpenAI's
     "tools": lambda v: v == [],
     "functions": lambda v: v == [],
     "tool_choice": lambda v: v in ("none", "auto"),  # with no tools, "auto" calls none
     "function_call": lambda v: v in ("none", "auto"),
     "logit_bias": lambda v: v == {},
     "logprobs": lambda v: v is False,
-    "top_logprobs": lambda v: v == 0,
-    "presence_penalty": lambda v: v == 0,
-    "frequency_penalty": lambda v: v == 0,
+    "top_logprobs": _number(lambda v: v == 0),
+    "presence_penalty": _number(lambda v: v == 0),
+    "frequency_penalty": _number(lambda v: v == 0),
     "response_format": lambda v: v == {"type": "text"},
     "modalities": lambda v: v == ["text"],
-    "audio": lambda _v: False,
-    "reasoning_effort": lambda _v: False,
-    "verbosity": lambda _v: False,
-    "web_search_options": lambda _v: False,
+    "audio": _never,
+    "reasoning_effort": _never,
+    "verbosity": _never,
+    "web_search_options": _never,
+    # llama.cpp server's samplers and output options beyond top_k, at the value that switches each off. Those that
+    # only tune one of these samplers (repeat_last_n, mirostat_tau, mirostat_eta, dry_base, xtc_threshold, ...)
+    # change nothing while it is off, and are ignored like `user`.
+    "min_p": _number(lambda v: v == 0),
+    "typical_p": _number(lambda v: v == 1),
+    "tfs_z": _number(lambda v: v == 1),
+    "top_n_sigma": _number(lambda v: v <= 0),
+    "repeat_penalty": _number(lambda v: v == 1),
+    "mirostat": _number(lambda v: v == 0),
+    "dynatemp_range": _number(lambda v: v == 0),
+    "dry_multiplier": _number(lambda v: v == 0),
+    "xtc_probability": _number(lambda v: v == 0),
+    "adaptive_target": _number(lambda v: v < 0),
+    "min_keep": _number(lambda v: v in (0, 1)),  # the native top-p keeps at least one token
+    "ignore_eos": lambda v: v is False,
+    "n_probs": _number(lambda v: v == 0),
+    "grammar": lambda v: v == "",
+    "json_schema": _never,  # {} is any JSON value to llama.cpp, not free text
 }
 
 
@@ -89,6 +128,9 @@ class ChatRequest(_Request):
     stop: list[StrictStr] = Field(default_factory=list)
     n: StrictInt = Field(default=1, ge=1, le=1)
     stream_options: dict[str, Any] | None = None
+    # llama.cpp server's, not OpenAI's: 0 is off (llama.cpp's <= 0, a negative one refused); int32 natively
+    top_k: StrictInt = Field(default=40, ge=0, le=2**31 - 1)
+    # _NEUTRAL's parameters: refused unless left out or at their neutral value (_unsupported)
     tools: Any = None
     functions: Any = None
     tool_choice: Any = None
@@ -104,12 +146,27 @@ class ChatRequest(_Request):
     reasoning_effort: Any = None
     verbosity: Any = None
     web_search_options: Any = None
+    min_p: Any = None
+    typical_p: Any = None
+    tfs_z: Any = None
+    top_n_sigma: Any = None
+    repeat_penalty: Any = None
+    mirostat: Any = None
+    dynatemp_range: Any = None
+    dry_multiplier: Any = None
+    xtc_probability: Any = None
+    adaptive_target: Any = None
+    min_keep: Any = None
+    ignore_eos: Any = None
+    n_probs: Any = None
+    grammar: Any = None
+    json_schema: Any = None
 
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_list(cls, value: object) -> object:
-        """OpenAI's ``stop``: one string, an array of them, or null."""
-        return [value] if isinstance(value, str) else [] if value is None else value
+        """OpenAI's ``stop``: one string or an array of them (null is left out: _null_is_default)."""
+        return [value] if isinstance(value, str) else value
 
     @field_validator("stop")
     @classmethod
