@@ -1,7 +1,8 @@
 """loraguard-cli's contract: exit 0 nothing flagged, 1 flagged, 2 error with one line on stderr, whatever went
 wrong; JSON lines that are not text are errors; chat guards every message the chat model reads, and a flagged
 reply never reaches a JSON caller nor, even in part, the terminal; chat and generate need a chat model and keep
-within their context. Real models throughout (stories260K with LoRA and aLoRA guards, the named guards)."""
+within their context. Real models throughout (stories260K with LoRA and aLoRA guards, the named guards), but for
+the ReplyGate that chat and the server both release a reply through, pinned here on its own."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 from gguf import GGUFValueType
 
 from gguf_edit import edit_gguf
-from loraguard_cpp import ChatVerdict, Guard
+from loraguard_cpp import ChatVerdict, Guard, GuardResult
+from loraguard_cpp.reply import ReplyGate
 
 REFUSAL = "I can't help with that."
 
@@ -263,3 +265,73 @@ def test_interactive_alora_chat_shows_only_reply_text_a_verdict_passed(stories_g
               "--threads", "1", stdin=prompt + "\n")
     assert out.returncode == 0, out.stderr
     assert out.stdout == shown + f"\n[guard: response flagged ['{label}']] {REFUSAL}\n"
+
+
+def _verdict(flagged: bool) -> GuardResult:
+    return GuardResult(flagged, {}, {}, ["unsafe"] if flagged else [])
+
+
+def _in_place(flagged: bool, n_reply_tokens: int) -> ChatVerdict:
+    """An aLoRA guard's verdict in the chat's context, after N_REPLY_TOKENS of the reply (0: the prompt's)."""
+    return ChatVerdict(flagged, {}, {}, ["unsafe"] if flagged else [], n_reply_tokens=n_reply_tokens)
+
+
+def test_reply_gate_releases_a_window_once_a_verdict_on_the_whole_reply_so_far_passes() -> None:
+    gate = ReplyGate(window=2)
+    gate.add("Once")
+    assert not gate.window_due and gate.released == ""
+    gate.add(" upon")
+    assert gate.window_due and gate.needs_verdict and gate.candidate == "Once upon"
+    assert gate.apply(_verdict(False)) == "Once upon"
+    assert gate.released == "Once upon" and not gate.pending and not gate.window_due
+    gate.add(" a")
+    gate.add(" time")
+    assert gate.window_due and gate.candidate == "Once upon a time"  # the reply so far, not the window alone
+    assert gate.apply(_verdict(False)) == " a time" and gate.released == "Once upon a time"
+
+
+def test_reply_gate_without_a_window_is_judged_only_when_generation_ends() -> None:
+    gate = ReplyGate(window=0)
+    for piece in ("Once", " upon", " a", " time"):
+        gate.add(piece)
+        assert not gate.window_due
+    assert gate.needs_verdict and gate.apply(_verdict(False)) == "Once upon a time"
+    assert not gate.needs_verdict  # that verdict read everything: nothing is left to judge
+
+
+def test_reply_gate_cut_by_a_flagged_verdict_never_releases_what_it_read_nor_what_follows() -> None:
+    gate = ReplyGate(window=1)
+    gate.add("Fine.")
+    gate.apply(_verdict(False))
+    gate.add(" Harm")
+    assert gate.apply(_verdict(True)) == "" and gate.flagged
+    gate.add(" more")
+    assert gate.release() == "" and gate.released == "Fine."
+
+
+def test_reply_gate_judges_nothing_while_the_reply_is_all_whitespace() -> None:
+    gate = ReplyGate(window=2)
+    assert not gate.needs_verdict  # nothing pending
+    gate.add(" ")
+    gate.add("\n")
+    assert gate.window_due and not gate.needs_verdict
+    assert gate.release() == " \n" and gate.verdict is None
+    gate.add("Hi")
+    gate.apply(_verdict(False))
+    gate.add(" ")
+    assert gate.needs_verdict  # whitespace after text is still a reply the guard has not read
+
+
+def test_reply_gate_in_place_verdicts_release_exactly_the_pieces_before_them() -> None:
+    for last_flagged, released_by_last, shown in ((False, " a", "Once upon a time"), (True, "", "Once upon")):
+        gate = ReplyGate(window=1)
+        assert gate.apply_in_place(_in_place(False, 0)) == ""  # the prompt's verdict, after prefill
+        gate.add("Once")
+        gate.add(" upon")
+        assert not gate.window_due  # in place, the guard's own verdicts come among the pieces
+        assert gate.apply_in_place(_in_place(False, 2)) == "Once upon"
+        gate.add(" a")
+        assert gate.apply_in_place(_in_place(last_flagged, 3)) == released_by_last
+        gate.add(" time")  # read by the last verdict, though it comes after it (a character split across tokens)
+        gate.release()  # generation ended
+        assert gate.released == shown

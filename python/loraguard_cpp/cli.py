@@ -15,6 +15,7 @@ from . import dataset, registry
 from .conversation import conversation_inputs
 from .errors import FileAccessError, FlaggedError, LoraGuardError
 from .guard import ChatVerdict, Guard, GuardResult
+from .reply import ReplyGate
 
 EXIT_FLAGGED = 1
 EXIT_ERROR = 2
@@ -165,34 +166,25 @@ def _judge_conversation(guard: Guard, history: list[tuple[str, str]], judged: _J
     return [judged[i] for i in inputs]
 
 
-class _Shown:
-    """A reply on the terminal as far as a passing verdict covers it: pieces wait in ``pending`` until one that
-    read them passes, so no text of a reply that is then flagged is ever shown (the server's ``_GuardedReply``)."""
+def _show(released: str, echo: bool) -> None:
+    """Writes reply text to the terminal as the gate releases it."""
+    if echo and released:
+        sys.stdout.write(released)
+        sys.stdout.flush()
 
-    def __init__(self, echo: bool) -> None:
-        self.echo = echo
-        self.shown = ""
-        self.pending: list[str] = []
 
-    @property
-    def text(self) -> str:
-        """The reply generated so far, shown or not."""
-        return self.shown + "".join(self.pending)
+def _refuse(where: str, verdict: GuardResult, reply: ReplyGate, echo: bool) -> None:
+    """The turn is refused: say so after what was shown, if anything."""
+    if echo:
+        lead = "\n" if reply.released else ""
+        print(f"{lead}[guard: {where} flagged {verdict.flagged_labels}] {REFUSAL}")
 
-    def release(self) -> None:
-        """A verdict that read every pending piece passed: show them."""
-        released = "".join(self.pending)
-        self.pending.clear()
-        self.shown += released
-        if self.echo and released:
-            sys.stdout.write(released)
-            sys.stdout.flush()
 
-    def refuse(self, where: str, verdict: GuardResult) -> None:
-        """The turn is refused: say so after what was shown, if anything."""
-        if self.echo:
-            lead = "\n" if self.shown else ""
-            print(f"{lead}[guard: {where} flagged {verdict.flagged_labels}] {REFUSAL}")
+def _judge_pending(guard: Guard, user: str, reply: ReplyGate) -> str:
+    """The pending pieces the gate releases once a plain guard has judged the reply so far, where it must."""
+    if not reply.needs_verdict:
+        return reply.release()
+    return reply.apply(guard.classify(user, reply.candidate))
 
 
 def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Namespace, echo: bool,
@@ -206,33 +198,28 @@ def _guarded_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.N
     # the first flagged message decides the refusal; with none, the last (the user's) stands for the prompt
     prompt_verdict = next((v for v in verdicts if v.flagged), verdicts[-1])
     turn: dict[str, object] = {"prompt": user, "prompt_verdict": _verdict_dict(prompt_verdict)}
-    reply = _Shown(echo)
+    reply = ReplyGate(args.window)
     if prompt_verdict.flagged:
         turn.update(response=REFUSAL, response_verdict=None, refused="prompt")
-        reply.refuse("prompt", prompt_verdict)
+        _refuse("prompt", prompt_verdict, reply, echo)
         return turn
-    verdict: GuardResult | None = None
     for piece in guard.stream(history, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed):
-        reply.pending.append(piece)
-        # Streamed responses are judged every --window pieces, so harm is cut off before it is all generated.
-        if args.window and len(reply.pending) >= args.window:
-            verdict = guard.classify(user, reply.text)
-            if verdict.flagged:
+        reply.add(piece)
+        if reply.window_due:
+            _show(_judge_pending(guard, user, reply), echo)
+            if reply.flagged:
                 break
-            reply.release()
     else:  # the whole reply, unless the last window's verdict read all of it
-        if reply.pending and reply.text.strip():
-            verdict = guard.classify(user, reply.text)
-    response = reply.text
-    turn.update(response=response, response_verdict=None if verdict is None else _verdict_dict(verdict))
+        _show(_judge_pending(guard, user, reply), echo)
+    verdict = reply.verdict
+    turn.update(response=reply.released, response_verdict=None if verdict is None else _verdict_dict(verdict))
     if verdict is not None and verdict.flagged:
         # A flagged reply's text never reaches a caller of --json: it gets the refusal, as for a flagged prompt.
         turn.update(response=REFUSAL, response_withheld=True, refused="response")
-        reply.refuse("response", verdict)
+        _refuse("response", verdict, reply, echo)
         return turn
-    reply.release()
     if verdict is not None:
-        judged[(user, response)] = verdict  # the reply, as the next turn's history holds it
+        judged[(user, reply.released)] = verdict  # the reply, as the next turn's history holds it
     if echo:
         print()
     return turn
@@ -244,16 +231,15 @@ def _alora_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Nam
     history included, is judged after the prompt's prefill and the reply every --window tokens, each at the cost
     of the new tokens plus the invocation; a verdict covers the pieces before it, which are shown once it passes."""
     verdicts: list[ChatVerdict] = []
-    reply = _Shown(echo)
+    reply = ReplyGate()
     try:
         for item in guard.stream_with_verdicts(history, max_tokens=args.max_tokens, temperature=args.temperature,
                                                seed=args.seed, window=args.window):
             if isinstance(item, str):
-                reply.pending.append(item)
+                reply.add(item)
             else:
                 verdicts.append(item)
-                if not item.flagged:
-                    reply.release()
+                _show(reply.apply_in_place(item), echo)
     except FlaggedError as e:
         flagged = e.verdict if isinstance(e.verdict, ChatVerdict) else verdicts[-1]
         where = "prompt" if flagged.n_reply_tokens == 0 else "response"
@@ -262,15 +248,15 @@ def _alora_turn(guard: Guard, history: list[tuple[str, str]], args: argparse.Nam
         turn["response_verdict"] = None if where == "prompt" else _verdict_dict(flagged)
         if where == "response":
             turn["response_withheld"] = True
-        reply.refuse(where, flagged)
+        _refuse(where, flagged, reply, echo)
         return turn
     # The last verdict read the whole reply: a character split across its last token comes after it.
-    reply.release()
+    _show(reply.release(), echo)
     replies = [v for v in verdicts if v.n_reply_tokens > 0]
     if echo:
         print()
-    return {"prompt": history[-1][1], "prompt_verdict": _verdict_dict(verdicts[0]), "response": reply.shown,
-            "response_verdict": _verdict_dict(replies[-1]) if replies and reply.shown.strip() else None}
+    return {"prompt": history[-1][1], "prompt_verdict": _verdict_dict(verdicts[0]), "response": reply.released,
+            "response_verdict": _verdict_dict(replies[-1]) if replies and reply.released.strip() else None}
 
 
 def _fit_history(guard: Guard, history: list[tuple[str, str]], budget: int) -> list[tuple[str, str]]:

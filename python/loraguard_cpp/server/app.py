@@ -27,6 +27,7 @@ from ..cli import REFUSAL
 from ..conversation import conversation_inputs
 from ..errors import FlaggedError, InvalidInputError
 from ..guard import ChatVerdict, Guard, GuardResult
+from ..reply import ReplyGate
 from .batching import BatchDone, Batcher, QueueFullError
 from .categories import content_filter_results, moderation_result, moderation_results
 from .schema import APIError, ChatRequest, ModerationRequest, moderation_inputs, parse_body, text_of_parts
@@ -321,53 +322,59 @@ class _Server:
 
 
 class _GuardedReply:
-    """The assistant's reply, released only in pieces the guard has passed.
+    """The assistant's reply, streamed in the pieces its :class:`ReplyGate` releases.
 
-    Every ``window`` pieces the guard reads (prompt, reply so far); the pieces are released once it passes and
-    the reply is cut there with ``finish_reason: "content_filter"`` once it does not, so no flagged text leaves
-    the server. The whole reply is guarded once more when generation ends. An aLoRA guard's verdicts come from
-    the chat slot's own context (:meth:`_Server.generate`) instead of a re-read through the batcher."""
+    Every ``window`` pieces the guard reads (prompt, reply so far) through the batcher; the reply is cut with
+    ``finish_reason: "content_filter"`` at the first verdict that flags it, so no flagged text leaves the server.
+    The whole reply is guarded once more when generation ends. An aLoRA guard's verdicts come from the chat slot's
+    own context (:meth:`_Server.generate`) instead of a re-read through the batcher."""
 
     def __init__(self, server: _Server, turn: _Turn) -> None:
         self._server = server
         self._turn = turn
-        self.text = ""
-        self.verdict: GuardResult | None = None
+        self._gate = ReplyGate(server.config.window)
         self.finish_reason = "stop"
         self.completion_tokens = 0
 
+    @property
+    def text(self) -> str:
+        """The reply as far as it was released."""
+        return self._gate.released
+
+    @property
+    def verdict(self) -> GuardResult | None:
+        return self._gate.verdict
+
     async def chunks(self) -> AsyncIterator[str]:
-        window = self._server.config.window
-        pending: list[str] = []
+        gate = self._gate
         generated = ""
         try:
             pieces = self._server.generate(self._turn)
-            in_place = False
             async with contextlib.aclosing(pieces):
                 async for item in pieces:
                     if isinstance(item, ChatVerdict):
-                        in_place = True
-                        if not self._passes_in_place(item, pending):
-                            return
-                        if pending:
-                            yield "".join(pending)
-                        pending = []
-                        continue
-                    generated += item
-                    pending.append(item)
-                    if not in_place and window and len(pending) >= window:
-                        if not await self._passes(pending):
-                            return
-                        yield "".join(pending)
-                        pending = []
+                        self._server.count_verdict(item)
+                        self._server.metrics.chat_verdicts.inc()
+                        released = gate.apply_in_place(item)
+                    else:
+                        generated += item
+                        gate.add(item)
+                        if not gate.window_due:
+                            continue
+                        released = await self._judge_pending()
+                    if gate.flagged:
+                        self.finish_reason = "content_filter"
+                        return
+                    if released:
+                        yield released
             # In place, the last verdict read the whole reply (a flagged one ended it): the native chat path hands
             # out a stop string's possible beginning, and a character split across tokens, only after it.
-            if in_place:
-                self.text += "".join(pending)
-            elif not await self._passes(pending):
+            released = gate.release() if gate.in_place else await self._judge_pending()
+            if gate.flagged:
+                self.finish_reason = "content_filter"
                 return
-            if pending:
-                yield "".join(pending)
+            if released:
+                yield released
         finally:
             # Usage counts what was generated, released or not (a tokenizer round trip: the chat path reports
             # text, not token ids).
@@ -377,25 +384,13 @@ class _GuardedReply:
             if self.finish_reason == "stop" and self.completion_tokens >= self._turn.max_tokens:
                 self.finish_reason = "length"
 
-    def _passes_in_place(self, verdict: ChatVerdict, pending: list[str]) -> bool:
-        self._server.count_verdict(verdict)
-        self._server.metrics.chat_verdicts.inc()
-        self.verdict = verdict
-        if verdict.flagged:
-            self.finish_reason = "content_filter"
-            return False
-        self.text += "".join(pending)
-        return True
-
-    async def _passes(self, pending: list[str]) -> bool:
-        candidate = self.text + "".join(pending)
-        if pending and candidate.strip():
-            (self.verdict,) = await self._server.verdicts([(self._turn.user, candidate)])
-            if self.verdict.flagged:
-                self.finish_reason = "content_filter"
-                return False
-        self.text = candidate
-        return True
+    async def _judge_pending(self) -> str:
+        """The pending pieces the gate releases once the guard has judged the reply so far, where it must."""
+        gate = self._gate
+        if not gate.needs_verdict:
+            return gate.release()
+        (verdict,) = await self._server.verdicts([(self._turn.user, gate.candidate)])
+        return gate.apply(verdict)
 
 
 # -- HTTP layer -------------------------------------------------------------------------------------------------
