@@ -129,6 +129,7 @@ _TRAIN_OVERRIDES = (
     "save_steps",
     "buried_rows",
     "buried_max_length",
+    "pooling",
 )
 _PATH_OPTIONS = ("base", "out", "base_gguf")
 
@@ -154,6 +155,11 @@ def _train_parser() -> argparse.ArgumentParser:
     h.add_argument("--activation", choices=("lora", "alora"),
                    help="alora: the adapter applies only from --invocation on (default lora: every token)")
     h.add_argument("--invocation", help="aLoRA invocation text appended to every input (special-token text parsed)")
+    h.add_argument(
+        "--pooling",
+        choices=("last", "mean", "cls"),
+        help="hidden state the head reads (default: last token for decoders, mean for encoders)",
+    )
     h.add_argument("--epochs", type=int)
     h.add_argument("--batch-size", type=int)
     h.add_argument("--grad-accum", type=int)
