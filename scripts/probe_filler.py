@@ -53,11 +53,8 @@ def dev_rows(args: argparse.Namespace) -> None:
             unsafe = np.array([r.labels["unsafe"] for r in rows.records], dtype=np.float64)
             alone = g.classify_many([r.extra[CENTRE] for r in rows.records])
             buried = g.classify_many(rows.prompts)
-            cells = []
-            for positive in (1, 0):
-                pick = unsafe == positive
-                shares = [np.mean([r.flagged for r, p in zip(res, pick, strict=True) if p]) for res in (alone, buried)]
-                cells.append(" / ".join(f"{100 * x:.1f} %" for x in shares))
+            flagged = [np.array([r.flagged for r in res]) for res in (alone, buried)]
+            cells = [" / ".join(f"{100 * f[unsafe == positive].mean():.1f} %" for f in flagged) for positive in (1, 0)]
             auprc = [average_precision(unsafe, np.array([r.scores["unsafe"] for r in res])) for res in (alone, buried)]
             cells.append(" / ".join(f"{x:.3f}" for x in auprc))
         print(f"| `{guard}` | " + " | ".join(cells) + " |")

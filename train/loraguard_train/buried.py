@@ -44,7 +44,9 @@ def buried_rows(
     harmful = [r for r in prompts if r.labels[UNSAFE] == 1]
     if not safe or not harmful:
         raise DataError("buried rows need safe and harmful prompt-level training rows (target = 'prompt')")
-    safe_tokens = np.fromiter((count_tokens(r.prompt) for r in safe), dtype=np.int64, count=len(safe))
+    safe_tokens, harmful_tokens = (
+        np.fromiter((count_tokens(r.prompt) for r in rows), dtype=np.int64, count=len(rows)) for rows in (safe, harmful)
+    )
     # filler comes in pieces short enough to leave room for a centre
     fillers = np.flatnonzero(safe_tokens <= budget // 2)
     if fillers.size == 0:
@@ -56,9 +58,9 @@ def buried_rows(
     for _ in range(100 * n):
         if len(records) == n:
             break
-        pool = harmful if len(records) % 2 == 0 else safe
-        centre = pool[int(rng.integers(len(pool)))]
-        used = count_tokens(centre.prompt)
+        pool, pool_tokens = (harmful, harmful_tokens) if len(records) % 2 == 0 else (safe, safe_tokens)
+        pick = int(rng.integers(len(pool)))
+        centre, used = pool[pick], int(pool_tokens[pick])
         if used > budget // 2:
             continue  # a centre that fills the budget alone teaches nothing about filler
         target = int(rng.integers(min(budget, 2 * used + 32), budget + 1))
