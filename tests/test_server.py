@@ -329,6 +329,14 @@ BAD_CHATS: dict[str, tuple[dict[str, object], str]] = {
     "top_k a boolean": ({"top_k": True}, "top_k"),
     "top_k a float": ({"top_k": 2.0}, "top_k"),
     "top_k past 31 bits": ({"top_k": 2**31}, "top_k"),  # the native sampler's top_k is a signed 32-bit int
+    # llama.cpp's n_predict is the token limit: 0 would generate nothing here, -1 is the default, below it nothing
+    "n_predict 0": ({"n_predict": 0}, "n_predict"),
+    "n_predict below -1": ({"n_predict": -2}, "n_predict"),
+    "n_predict a float": ({"n_predict": 2.0}, "n_predict"),
+    "n_predict past the server's limit": ({"max_tokens": None, "n_predict": 100_000}, "n_predict"),
+    # one limit under several names must agree (the body's max_tokens is 2)
+    "n_predict disagrees with max_tokens": ({"n_predict": 3}, "n_predict"),
+    "max_completion_tokens disagrees with max_tokens": ({"max_completion_tokens": 3}, "max_completion_tokens"),
     # null is the default of an optional field only: a required one still has to be there
     "model null": ({"model": None}, "model"),
     "messages null": ({"messages": None}, "messages"),
@@ -383,6 +391,7 @@ LLAMA_CPP_UNSUPPORTED: dict[str, tuple[object, object]] = {
     "n_probs": (0, 3),
     "grammar": ("", 'root ::= "yes"'),
     "json_schema": (None, {}),
+    "samplers": (None, ["top_k", "top_p", "temperature"]),  # even this server's own order: any list is refused
 }
 # ...and those that only tune one of those samplers: nothing while it is off (llama.cpp's defaults here)
 LLAMA_CPP_TUNING = {"repeat_last_n": 64, "penalty_last_n": 64, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
@@ -397,6 +406,7 @@ def test_chat_parameters_the_server_cannot_honour_are_refused(smollm2: Server) -
     messages = [{"role": "user", "content": "Say hello."}]
     changes = [(name, value) for name, (_, value) in {**UNSUPPORTED, **LLAMA_CPP_UNSUPPORTED}.items()]
     changes += [("min_p", False), ("presence_penalty", False)]  # a boolean is not the number 0
+    changes += [("samplers", "edskypmxt")]  # llama.cpp's default order, in its one-letter form
     for name, value in changes:
         body = {"model": "smollm2", "messages": messages, "max_tokens": 2, name: value}
         got, answer = smollm2.request("POST", "/v1/chat/completions", body)
@@ -446,6 +456,28 @@ def test_chat_null_is_the_default(smollm2: Server, stream: bool | None) -> None:
         assert got == 200, (limits, answer)
         text = _sse_reply(answer) if stream else answer["choices"][0]["message"]["content"]  # type: ignore[index]
         assert text == reply, limits
+
+
+def test_chat_n_predict_is_the_token_limit(log_dir: Path) -> None:
+    """llama.cpp's n_predict limits the reply as max_tokens does; sent with the same value under several names, the
+    limit is served; -1 (llama.cpp's default) is this server's default limit, as when no limit is sent."""
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": LONG_REPLY}]}
+    with running_server(log_dir, "--guard", "smollm2", "--window", str(WINDOW), "--default-max-tokens", "9") as server:
+
+        def reply(**limits: object) -> tuple[str, str, int]:
+            got, answer = server.request("POST", "/v1/chat/completions", {**body, **limits})
+            assert got == 200 and isinstance(answer, dict), (limits, answer)
+            choice = answer["choices"][0]
+            return choice["message"]["content"], choice["finish_reason"], answer["usage"]["completion_tokens"]
+
+        limited = reply(max_tokens=6)
+        assert limited[1:] == ("length", 6), limited
+        for limits in ({"n_predict": 6}, {"max_tokens": 6, "max_completion_tokens": 6, "n_predict": 6},
+                       {"max_completion_tokens": 6, "n_predict": -1}):
+            assert reply(**limits) == limited, limits
+        default = reply()
+        assert default[1:] == ("length", 9), default
+        assert reply(n_predict=-1) == default
 
 
 def test_chat_top_k_reaches_the_sampler(smollm2: Server) -> None:

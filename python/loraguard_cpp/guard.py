@@ -23,6 +23,12 @@ Overflow = Literal["keep_end", "windows", "error"]
 _OVERFLOW_CODES: dict[str, int] = {"keep_end": 0, "windows": 1, "error": 2}
 Message = tuple[str, str] | dict[str, str]
 
+# The chat path's sampling defaults (generate, chat, stream), which the server's chat endpoint shares.
+DEFAULT_TEMPERATURE = 0.0  # greedy
+DEFAULT_TOP_K = 40
+DEFAULT_TOP_P = 0.95
+DEFAULT_SEED = 0
+
 
 def _stops(stop: Sequence[str]) -> list[bytes]:
     if isinstance(stop, str):
@@ -281,10 +287,10 @@ class Guard:
         prompt: str,
         *,
         max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        seed: int = 0,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int = DEFAULT_TOP_K,
+        top_p: float = DEFAULT_TOP_P,
+        seed: int = DEFAULT_SEED,
         stop: Sequence[str] = (),
     ) -> str:
         """Generate from a trusted raw prompt on the chat path (greedy when temperature <= 0); its special-token
@@ -298,10 +304,10 @@ class Guard:
         messages: Sequence[Message],
         *,
         max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        seed: int = 0,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int = DEFAULT_TOP_K,
+        top_p: float = DEFAULT_TOP_P,
+        seed: int = DEFAULT_SEED,
         stop: Sequence[str] = (),
         window: int | None = 16,
         on_verdict: VerdictCallback | None = None,
@@ -331,10 +337,10 @@ class Guard:
         prompt: str | Sequence[Message],
         *,
         max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        seed: int = 0,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int = DEFAULT_TOP_K,
+        top_p: float = DEFAULT_TOP_P,
+        seed: int = DEFAULT_SEED,
         stop: Sequence[str] = (),
         window: int | None = 16,
         on_verdict: VerdictCallback | None = None,
@@ -360,10 +366,10 @@ class Guard:
         prompt: str | Sequence[Message],
         *,
         max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        seed: int = 0,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int = DEFAULT_TOP_K,
+        top_p: float = DEFAULT_TOP_P,
+        seed: int = DEFAULT_SEED,
         stop: Sequence[str] = (),
         window: int | None = 16,
         on_verdict: VerdictCallback | None = None,

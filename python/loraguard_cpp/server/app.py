@@ -570,10 +570,10 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
         if messages[-1][0] != "user":
             raise APIError(400, "the last message must be the user's: the reply to it is what is generated",
                            param="messages")
-        max_tokens = body.max_completion_tokens or body.max_tokens or config.default_max_tokens
+        param, max_tokens = body.token_limit() or ("max_tokens", config.default_max_tokens)
         if max_tokens > config.max_tokens:
-            raise APIError(400, f"max_tokens {max_tokens} exceeds this server's limit {config.max_tokens}",
-                           param="max_tokens")
+            raise APIError(400, f"{param} {max_tokens} exceeds this server's limit {config.max_tokens}",
+                           param=param)
         params = {"max_tokens": max_tokens, "temperature": body.temperature, "top_k": body.top_k,
                   "top_p": body.top_p, "seed": body.seed, "stop": body.stop}
         include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))

@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..guard import DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+
 
 class APIError(Exception):
     """An error answered as OpenAI's error object: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -113,23 +115,33 @@ _NEUTRAL: dict[str, Callable[[Any], bool]] = {
     "n_probs": _number(lambda v: v == 0),
     "grammar": lambda v: v == "",
     "json_schema": _never,  # {} is any JSON value to llama.cpp, not free text
+    # llama.cpp's sampler order; this server's is fixed (top_k, top_p, temperature). No list is known to mean that
+    # order: llama.cpp's default differs between its versions (its README and its code disagree) and a llama.cpp
+    # server started with --samplers has another, so even a client echoing "the default" may mean something else.
+    "samplers": _never,
 }
+
+# One token limit under three names: OpenAI's max_tokens, its successor max_completion_tokens, and llama.cpp
+# server's n_predict. A client may send several (an SDK that fills in both OpenAI names): they must agree.
+_TOKEN_LIMITS = ("max_tokens", "max_completion_tokens", "n_predict")
 
 
 class ChatRequest(_Request):
     model: StrictStr
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
+    # _TOKEN_LIMITS, in that order: _one_token_limit compares each with those validated before it
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: StrictFloat = Field(default=0.0, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: StrictFloat = Field(default=0.95, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1)  # the native sampler's seed is unsigned 32-bit
+    n_predict: StrictInt | None = None  # llama.cpp server's (_n_predict)
+    temperature: StrictFloat = Field(default=DEFAULT_TEMPERATURE, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: StrictFloat = Field(default=DEFAULT_TOP_P, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: StrictInt = Field(default=DEFAULT_SEED, ge=0, le=2**32 - 1)  # the native sampler's seed is unsigned 32-bit
     stop: list[StrictStr] = Field(default_factory=list)
     n: StrictInt = Field(default=1, ge=1, le=1)
     stream_options: dict[str, Any] | None = None
     # llama.cpp server's, not OpenAI's: 0 is off (llama.cpp's <= 0, a negative one refused); int32 natively
-    top_k: StrictInt = Field(default=40, ge=0, le=2**31 - 1)
+    top_k: StrictInt = Field(default=DEFAULT_TOP_K, ge=0, le=2**31 - 1)
     # _NEUTRAL's parameters: refused unless left out or at their neutral value (_unsupported)
     tools: Any = None
     functions: Any = None
@@ -161,6 +173,43 @@ class ChatRequest(_Request):
     n_probs: Any = None
     grammar: Any = None
     json_schema: Any = None
+    samplers: Any = None
+
+    @field_validator("n_predict")
+    @classmethod
+    def _n_predict(cls, limit: int) -> int | None:
+        """llama.cpp's -1 is its default (no limit but the context's): here, as null, this server's default limit.
+        0 (llama.cpp: read the prompt, generate nothing) would answer with no reply at all."""
+        if limit == -1:
+            return None
+        if limit < 1:
+            raise PydanticCustomError(
+                "value_error", "must be a positive token limit, or -1 for the server's default (got {limit})",
+                {"limit": limit},
+            )
+        return limit
+
+    @field_validator(*_TOKEN_LIMITS)
+    @classmethod
+    def _one_token_limit(cls, limit: int | None, info: ValidationInfo) -> int | None:
+        # Runs after _n_predict (validators of a field run in the order defined): an n_predict of -1 is None here
+        for earlier in _TOKEN_LIMITS:
+            other = info.data.get(earlier)  # info.data holds only the fields before this one
+            if limit is not None and other is not None and other != limit:
+                raise PydanticCustomError(
+                    "value_error", "{limit} disagrees with {earlier} {other}: both name the reply's token limit; "
+                    "send one of them", {"limit": limit, "earlier": earlier, "other": other},
+                )
+        return limit
+
+    def token_limit(self) -> tuple[str, int] | None:
+        """(the field it was sent in, the reply's token limit), or None where none was sent (the server's
+        default). Sent in several fields, the values agree (_one_token_limit): the first is named."""
+        for name in _TOKEN_LIMITS:
+            limit = getattr(self, name)
+            if limit is not None:
+                return name, limit
+        return None
 
     @field_validator("stop", mode="before")
     @classmethod
