@@ -74,6 +74,8 @@ def test_scorer_bad_batches_say_what_to_fix() -> None:
             scorer({"text": np.array(["hello"], dtype=object)})
         with pytest.raises(InvalidInputError, match="row 1 of column 'prompt' is NoneType"):
             scorer(pa.table({"prompt": ["hello", None]}))
+        with pytest.raises(InvalidInputError, match="row 1001 of column 'prompt' is float"):
+            scorer(pd.DataFrame({"prompt": ["hello", None]}), first_row=1000)  # pandas reads None as NaN
         with pytest.raises(InvalidInputError, match="dict of numpy arrays, a pandas DataFrame or a pyarrow Table"):
             scorer(["hello"])
         empty = scorer(pa.table({"prompt": pa.array([], pa.string())}))
@@ -95,6 +97,8 @@ def test_scorer_reads_the_response_column_by_default_and_names_a_refused_row() -
             scorer(pa.table({"text": ["fine", "also fine", "", "fine"]}))
         with pytest.raises(InvalidInputError, match=r"^row 1: response contains a NUL byte"):
             scorer(pa.table({"text": ["fine", "fine"], "response": ["ok", "o\0k"]}))
+        with pytest.raises(InvalidInputError, match=r"^row 1001: response contains a NUL byte"):
+            scorer({"text": np.array(["fine", "fine"]), "response": np.array(["ok", "o\0k"])}, first_row=1000)
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -215,7 +219,8 @@ def test_workers_refuse_bad_input_and_write_nothing(tmp_path: Path, corpus: list
     source = _write_jsonl(tmp_path / "corpus.jsonl", [*corpus[:20], {"id": 20, "text": ""}])
     run = subprocess.run([*CLI, "--input", str(source), "--output", str(out), "--shard-size", "8"],
                          capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and "shard 2 (rows 16 onwards): row 4: prompt is empty" in run.stderr, run.stderr
+    refused = f"{source.resolve()}, shard 2 (rows 16 to 20, counting from 0): row 20: prompt is empty"
+    assert run.returncode == 2 and refused in run.stderr, run.stderr
     assert not out.exists()
     # A rerun with other options must not mix with the committed shards.
     run = subprocess.run([*CLI, "--input", str(source), "--output", str(out), "--shard-size", "4"],
@@ -233,3 +238,42 @@ def test_workers_refuse_bad_input_and_write_nothing(tmp_path: Path, corpus: list
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "column 'prompt'" in run.stderr, run.stderr
     assert not other.exists()
+
+
+# (input format, a change that makes row 22 one the scorer refuses, the error naming it)
+REFUSED_ROWS = {
+    "jsonl": ({"text": 22}, "row 22 of column 'text' is int, not text"),
+    "parquet": ({"response": "o\0k"}, "row 22: response contains a NUL byte"),
+}
+
+
+@pytest.mark.parametrize("fmt", list(REFUSED_ROWS))
+def test_a_refused_row_in_a_later_shard_is_named_by_its_row_in_the_input(tmp_path: Path,
+                                                                          corpus: list[dict[str, Any]],
+                                                                          fmt: str) -> None:
+    """The error names the refused row by its index in the whole input, not in its shard, so the user need not add
+    the shard's offset; the run leaves no output and nothing half-written, only whole parts of other shards."""
+    change, error = REFUSED_ROWS[fmt]
+    rows = [dict(row) for row in corpus[:30]]
+    rows[22].update(change)
+    source = tmp_path / f"corpus.{fmt}"
+    if fmt == "jsonl":
+        _write_jsonl(source, rows)
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=10)  # shards cross row groups
+    out = tmp_path / f"scored.{fmt}"
+    run = subprocess.run([*CLI, "--input", str(source), "--output", str(out), "--shard-size", "4"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"{source.resolve()}, shard 5 (rows 20 to 23, counting from 0): {error}" in run.stderr, run.stderr
+
+    assert not out.exists()
+    parts = tmp_path / f"{out.name}.parts"
+    files = {path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*") if path.is_file()}
+    committed = {int(path.name.split("-")[1].split(".")[0]) for path in parts.glob(f"part-*.{fmt}")}
+    expected = {source.name, f"{parts.name}/manifest.json", *(f"{parts.name}/part-{i:06d}.{fmt}" for i in committed)}
+    assert files == expected, "no temporary file is left"
+    # one worker: the shards before the bad one are committed (the next may be too), the bad one is not
+    assert set(range(5)) <= committed and 5 not in committed, committed
+    for i in committed:
+        assert _read_output(parts / f"part-{i:06d}.{fmt}")["id"].to_pylist() == list(range(4 * i, 4 * i + 4))

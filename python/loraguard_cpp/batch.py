@@ -62,6 +62,9 @@ class GuardScorer:
     model, because a batch's decode does not keep many threads busy. ``response_column`` holds the response to
     each row's prompt (default: the batch's ``"response"`` column where it has one, so that no response is left
     unread); a missing value (None, NaN, pandas' NA) scores the prompt alone.
+
+    An error about one row names it by its index from 0: within the batch, or, where the caller passes
+    ``first_row`` (the index of the batch's first row in the whole data), within the whole data.
     """
 
     def __init__(
@@ -83,63 +86,64 @@ class GuardScorer:
     # -- scoring --------------------------------------------------------------------------------------------
 
     def score(
-        self, texts: Sequence[object], responses: Sequence[object] | None = None
+        self, texts: Sequence[object], responses: Sequence[object] | None = None, *, first_row: int = 0
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """(probabilities of shape (N, n_labels), flagged of shape (N,)) for N rows, in one batched decode.
 
         Flags come from :meth:`Guard.classify_many`, the rule every caller of the package shares."""
-        prompts = self._texts(texts)
-        answers = self._responses(responses, len(prompts))
+        prompts = self._texts(texts, first_row)
+        answers = self._responses(responses, len(prompts), first_row)
         if not prompts:
             return np.zeros((0, len(self.labels)), dtype=np.float32), np.zeros(0, dtype=np.bool_)
         try:
             verdicts = self.guard.classify_many(prompts, answers)
         except InvalidInputError as e:
-            raise self._refused_row(prompts, answers, e) from e
+            raise self._refused_row(prompts, answers, e, first_row) from e
         scores = np.array([[v.scores[label] for label in self.labels] for v in verdicts], dtype=np.float32)
         return scores, np.array([v.flagged for v in verdicts], dtype=np.bool_)
 
     def columns(
-        self, texts: Sequence[object], responses: Sequence[object] | None = None
+        self, texts: Sequence[object], responses: Sequence[object] | None = None, *, first_row: int = 0
     ) -> dict[str, npt.NDArray[Any]]:
         """The columns a batch gains: ``score_<label>`` (float32) for each label and ``flagged`` (bool)."""
-        scores, flagged = self.score(texts, responses)
+        scores, flagged = self.score(texts, responses, first_row=first_row)
         out: dict[str, npt.NDArray[Any]] = {name: scores[:, i] for i, name in enumerate(self.score_columns)}
         out[FLAGGED_COLUMN] = flagged
         return out
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: Batch, *, first_row: int = 0) -> Batch:
         """The batch with the score and ``flagged`` columns added (replaced, if it had them)."""
         if _is_arrow_table(batch):
-            return self._score_arrow(batch)
+            return self._score_arrow(batch, first_row)
         if _is_pandas_frame(batch):
-            return self._score_pandas(batch)
+            return self._score_pandas(batch, first_row)
         if isinstance(batch, Mapping):
-            return self._score_mapping(batch)  # type: ignore[return-value]
+            return self._score_mapping(batch, first_row)  # type: ignore[return-value]
         raise InvalidInputError(f"GuardScorer takes a dict of numpy arrays, a pandas DataFrame or a pyarrow Table, "
                                 f"not {type(batch).__name__}")
 
-    def _score_mapping(self, batch: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
+    def _score_mapping(self, batch: Mapping[str, Any], first_row: int) -> dict[str, npt.NDArray[Any]]:
         texts = self._column(batch, self.text_column, list(batch))
         response_column = response_column_of(self.response_column, list(batch))
         responses = None if response_column is None else self._column(batch, response_column, list(batch))
-        return {**{name: np.asarray(values) for name, values in batch.items()}, **self.columns(texts, responses)}
+        added = self.columns(texts, responses, first_row=first_row)
+        return {**{name: np.asarray(values) for name, values in batch.items()}, **added}
 
-    def _score_pandas(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _score_pandas(self, frame: pd.DataFrame, first_row: int) -> pd.DataFrame:
         names = [str(c) for c in frame.columns]
         texts = self._column(frame, self.text_column, names).tolist()
         response_column = response_column_of(self.response_column, names)
         responses = None if response_column is None else self._column(frame, response_column, names).tolist()
-        return frame.assign(**self.columns(texts, responses))
+        return frame.assign(**self.columns(texts, responses, first_row=first_row))
 
-    def _score_arrow(self, table: pa.Table) -> pa.Table:
+    def _score_arrow(self, table: pa.Table, first_row: int) -> pa.Table:
         import pyarrow as pa
 
         names = list(table.column_names)
         texts = self._column(table, self.text_column, names).to_pylist()
         response_column = response_column_of(self.response_column, names)
         responses = None if response_column is None else self._column(table, response_column, names).to_pylist()
-        for name, values in self.columns(texts, responses).items():
+        for name, values in self.columns(texts, responses, first_row=first_row).items():
             column = pa.array(values)
             if name in names:
                 table = table.set_column(names.index(name), name, column)
@@ -147,14 +151,14 @@ class GuardScorer:
                 table = table.append_column(name, column)
         return table
 
-    def _refused_row(self, prompts: list[str], answers: list[str | None] | None,
-                     error: InvalidInputError) -> InvalidInputError:
+    def _refused_row(self, prompts: list[str], answers: list[str | None] | None, error: InvalidInputError,
+                     first_row: int) -> InvalidInputError:
         """The error of a batch the guard refused, naming its first refused row (searched for only on failure)."""
         for i, prompt in enumerate(prompts):
             try:
                 self.guard.tokenize(prompt, None if answers is None else answers[i])
             except InvalidInputError as e:
-                return InvalidInputError(f"row {i}: {e}")
+                return InvalidInputError(f"row {first_row + i}: {e}")
         return error
 
     def _column(self, batch: Any, name: str, names: list[str]) -> Any:
@@ -163,9 +167,9 @@ class GuardScorer:
                                     "with text_column= (and the response column with response_column=)")
         return batch[name]
 
-    def _texts(self, texts: Sequence[object]) -> list[str]:
+    def _texts(self, texts: Sequence[object], first_row: int) -> list[str]:
         out = []
-        for i, text in enumerate(texts):
+        for i, text in enumerate(texts, first_row):
             if not isinstance(text, str):
                 raise InvalidInputError(
                     f"row {i} of column {self.text_column!r} is {type(text).__name__}, not text: "
@@ -174,11 +178,11 @@ class GuardScorer:
             out.append(text)
         return out
 
-    def _responses(self, responses: Sequence[object] | None, n: int) -> list[str | None] | None:
+    def _responses(self, responses: Sequence[object] | None, n: int, first_row: int) -> list[str | None] | None:
         if responses is None:
             return None
         out: list[str | None] = []
-        for i, response in enumerate(responses):
+        for i, response in enumerate(responses, first_row):
             if _is_missing(response):
                 out.append(None)
             elif isinstance(response, str):

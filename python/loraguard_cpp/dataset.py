@@ -203,25 +203,28 @@ def _start_worker(job: Job, model_path: str, guard_path: str, n_threads: int) ->
                           n_threads=n_threads, **job.guard_options)
 
 
-def _score_shard(index: int, rows: Any, work: Path) -> int:
-    """Score one shard and commit its part file; returns its row count."""
+def _score_shard(index: int, first_row: int, rows: Any, work: Path) -> int:
+    """Score one shard, whose first row is the input's row ``first_row`` (from 0), and commit its part file;
+    returns its row count."""
     assert _scorer is not None and _job is not None, "worker not started"
     final = _part_path(work, index, _job.output_format)
     tmp = _atomic_write_target(final)
     try:
         if _job.output_format == "parquet":
-            _write_parquet_part(_scorer, _job, rows, tmp)
+            _write_parquet_part(_scorer, _job, rows, first_row, tmp)
         else:
-            _write_jsonl_part(_scorer, _job, rows, tmp)
+            _write_jsonl_part(_scorer, _job, rows, first_row, tmp)
         _commit(tmp, final)
     except LoraGuardError as e:
-        raise LoraGuardError(f"shard {index} (rows {index * _job.shard_size} onwards): {e}") from e
+        # With first_row, the scorer names a bad row by its index in the whole input: say that it counts from 0
+        rows_here = f"rows {first_row} to {first_row + len(rows) - 1}, counting from 0"
+        raise LoraGuardError(f"{_job.input}, shard {index} ({rows_here}): {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
     return len(rows)
 
 
-def _write_parquet_part(scorer: GuardScorer, job: Job, rows: Any, tmp: Path) -> None:
+def _write_parquet_part(scorer: GuardScorer, job: Job, rows: Any, first_row: int, tmp: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -229,17 +232,17 @@ def _write_parquet_part(scorer: GuardScorer, job: Job, rows: Any, tmp: Path) -> 
         table = rows
     else:  # JSONL rows: every column of the input, null where a row lacks it
         table = pa.Table.from_pydict({name: [record.get(name) for record in rows] for name in job.input_columns})
-    scored = scorer(table)
+    scored = scorer(table, first_row=first_row)
     if job.id_column is not None:
         scored = scored.select([job.id_column, *scorer.score_columns, FLAGGED_COLUMN])
     pq.write_table(scored, tmp)
 
 
-def _write_jsonl_part(scorer: GuardScorer, job: Job, rows: Any, tmp: Path) -> None:
+def _write_jsonl_part(scorer: GuardScorer, job: Job, rows: Any, first_row: int, tmp: Path) -> None:
     records: list[dict[str, Any]] = rows if isinstance(rows, list) else rows.to_pylist()
     texts = [record.get(job.text_column) for record in records]
     responses = None if job.response_column is None else [record.get(job.response_column) for record in records]
-    columns = scorer.columns(texts, responses)
+    columns = scorer.columns(texts, responses, first_row=first_row)
     with open(tmp, "w", encoding="utf-8") as f:
         for i, record in enumerate(records):
             out = {job.id_column: record.get(job.id_column)} if job.id_column is not None else dict(record)
@@ -367,10 +370,11 @@ def score_file(args: argparse.Namespace) -> int:
     pool = ProcessPoolExecutor(args.workers, mp_context=context, initializer=_start_worker,
                                initargs=(job, str(model_path), str(guard_path), threads))
     pending: set[Future[int]] = set()
-    n_shards = 0
+    n_shards = n_rows_read = 0
     try:
         for index, rows in enumerate(shards):
             n_shards = index + 1
+            first_row, n_rows_read = n_rows_read, n_rows_read + len(rows)
             if index in done:
                 progress.update(len(rows))
                 continue
@@ -378,7 +382,7 @@ def score_file(args: argparse.Namespace) -> int:
             while len(pending) >= 2 * args.workers:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 progress.update(sum(f.result() for f in finished))
-            pending.add(pool.submit(_score_shard, index, rows, work))
+            pending.add(pool.submit(_score_shard, index, first_row, rows, work))
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             progress.update(sum(f.result() for f in finished))
