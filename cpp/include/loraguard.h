@@ -107,6 +107,11 @@ LORAGUARD_API bool lg_model_is_encoder(const lg_model * model);  // BERT family:
 LORAGUARD_API lg_status lg_model_tokenize(const lg_model * model, const char * text, size_t text_len, bool add_special,
                                           bool parse_special, int32_t * tokens, size_t n_max, size_t * n_tokens);
 
+// The text a guard with LG_TEXT_FOLDED reads for this text (valid UTF-8 without NUL bytes), so that training
+// and evaluation can read exactly what the runtime reads. Writes at most n_max bytes (no terminating NUL);
+// *n_bytes receives the full length (call again with a larger buffer if needed).
+LORAGUARD_API lg_status lg_fold_text(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes);
+
 // Quantize a GGUF model file (llama_model_quantize). type: "Q8_0", "Q4_K_M", "Q4_0", "F16", ...
 // The output is written to a temporary file and renamed, so a failure leaves nothing behind.
 LORAGUARD_API lg_status lg_quantize(const char * input_path, const char * output_path, const char * type,
@@ -126,6 +131,17 @@ typedef enum lg_overflow {
     LG_OVERFLOW_ERROR = 2,     // fail with LG_ERR_TOO_LONG
 } lg_overflow;
 
+// What the guard reads of a prompt or response. Folding reads text the way a person (and a capable chat model)
+// sees through it, so that lookalike spelling cannot carry a request past a guard trained on plain text:
+// compatibility forms to their NFKC form (fullwidth, mathematical bold or script, circled, super- and subscript
+// letters, ligatures), invisible default-ignorable code points (zero-width spaces and joiners, soft hyphens,
+// bidirectional controls, variation selectors, tags) removed, and in a word that also holds Latin letters,
+// Cyrillic, Greek and Armenian letters drawn like Latin ones made Latin. Plain ASCII is unchanged.
+typedef enum lg_text_form {
+    LG_TEXT_FOLDED = 0,  // default
+    LG_TEXT_EXACT = 1,   // the bytes as given (a reference that tokenizes the raw text, a guard trained on it)
+} lg_text_form;
+
 typedef struct lg_guard_params {
     uint32_t n_ctx;      // tokens per sequence window and per decode (0 = 512, capped at the model's training context)
     uint32_t n_seq_max;  // texts packed into one decode (batch classification)
@@ -139,7 +155,9 @@ typedef struct lg_guard_params {
                          // compute buffer for n_ubatch rows of LM-head output, which the guard never computes:
                          // a bigger step reserves more (GPU) memory for nothing. Encoders always use n_ctx.
     size_t max_text_bytes;  // longest prompt or response accepted, checked before tokenizing (0 = 4 MiB); longer
-                            // input fails with LG_ERR_TOO_LONG whatever the overflow policy
+                            // input fails with LG_ERR_TOO_LONG whatever the overflow policy; folded text is
+                            // held to the same limit
+    lg_text_form text_form;
 } lg_guard_params;
 
 LORAGUARD_API lg_guard_params lg_guard_default_params(void);
@@ -307,7 +325,9 @@ LORAGUARD_API lg_status lg_chat_decode(lg_chat * chat, const int32_t * tokens, s
 // logits receives n_labels floats; probs and flagged are optional. May be called from the chat's own on_token
 // callback. Fails, leaving the chat untouched, with LG_ERR_TOO_LONG when the invocation does not fit in the
 // context, LG_ERR_INVALID_ARGUMENT for a plain LoRA guard, an empty chat or a model with a recurrent or hybrid
-// memory (whose tail cannot be removed), LG_ERR_MISMATCH for a guard loaded on another lg_model.
+// memory (whose tail cannot be removed), LG_ERR_MISMATCH for a guard loaded on another lg_model. The guard reads
+// the tokens the chat read, which are not folded (lg_text_form): to judge look-alike spelling, classify the
+// messages' text with lg_guard_classify.
 LORAGUARD_API lg_status lg_chat_classify(lg_chat * chat, lg_guard * guard, float * logits, float * probs,
                                          uint8_t * flagged);
 

@@ -1,6 +1,7 @@
 #include "lg-guard.h"
 
 #include "lg-error.h"
+#include "lg-fold.h"
 #include "lg-text.h"
 #include "lg-threads.h"
 
@@ -126,31 +127,46 @@ lg_guard::~lg_guard() {
     model.release();  // after the adapter: llama.cpp's model keeps a list of its adapters
 }
 
-std::vector<llama_token> lg_guard::tokenize(const lg_input & input) const {
+lg_guard::read_text lg_guard::read(const lg_input & input) const {
     if (!input.prompt) {
         lg::fail(LG_ERR_INVALID_ARGUMENT, "prompt is NULL");
     }
-    const std::string_view prompt(input.prompt, input.prompt_len);
-    const auto check_size = [&](std::string_view text, const char * field) {
+    const auto check_size = [&](std::string_view text, const char * field, const char * what) {
         if (text.size() > params.max_text_bytes) {
-            lg::fail(LG_ERR_TOO_LONG, std::string(field) + " is " + std::to_string(text.size()) +
-                                          " bytes, past the guard's limit of " + std::to_string(params.max_text_bytes) +
+            lg::fail(LG_ERR_TOO_LONG, std::string(field) + " is " + std::to_string(text.size()) + " bytes" + what +
+                                          ", past the guard's limit of " + std::to_string(params.max_text_bytes) +
                                           " (max_text_bytes): split it, or raise the limit");
         }
     };
-    check_size(prompt, "prompt");
+    // Checked as given, then as folded: a few compatibility characters unfold into many bytes (U+FDFA into 33)
+    const auto take = [&](std::string_view text, const char * field) {
+        if (params.text_form == LG_TEXT_EXACT) {
+            return std::string(text);
+        }
+        std::string folded = lg::fold_text(text);
+        check_size(folded, field, " once folded");
+        return folded;
+    };
+    const std::string_view prompt(input.prompt, input.prompt_len);
+    check_size(prompt, "prompt", "");
     lg::check_text(prompt, "prompt");
-    std::vector<llama_token> tokens;
+    read_text text{take(prompt, "prompt"), std::nullopt};
     if (input.response) {
         // An empty reply is a real reply (a chat model can end its turn at once; DiaSafety labels such pairs) and
         // what training reads: the pair template with nothing in the response slot.
         const std::string_view response(input.response, input.response_len);
-        check_size(response, "response");
+        check_size(response, "response", "");
         lg::check_encoding(response, "response");
-        tokens = pair_template.tokenize({prompt, response});
-    } else {
-        tokens = prompt_template.tokenize({prompt});
+        text.response = take(response, "response");
     }
+    return text;
+}
+
+std::vector<llama_token> lg_guard::tokenize(const lg_input & input) const { return tokenize(read(input)); }
+
+std::vector<llama_token> lg_guard::tokenize(const read_text & text) const {
+    std::vector<llama_token> tokens =
+        text.response ? pair_template.tokenize({text.prompt, *text.response}) : prompt_template.tokenize({text.prompt});
     // Appended as ids: tokenizing the invocation together with the text could merge tokens across the seam.
     tokens.insert(tokens.end(), spec.invocation.begin(), spec.invocation.end());
     return tokens;
@@ -170,7 +186,8 @@ std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n
 
 std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size_t input_index) const {
     std::vector<std::vector<llama_token>> out;
-    std::vector<llama_token> whole = tokenize(input);
+    const read_text text = read(input);
+    std::vector<llama_token> whole = tokenize(text);
     if (whole.size() <= n_ctx) {
         out.push_back(std::move(whole));
         return out;
@@ -182,10 +199,8 @@ std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size
     }
     // Cut inside the prompt and response only: every window keeps the whole template (its framing, turn markers
     // and reply opening), which the guard was trained to read around the text.
-    const std::string_view prompt(input.prompt, input.prompt_len);
     const std::vector<lg::token_template::segment> segments =
-        input.response ? pair_template.segments({prompt, std::string_view(input.response, input.response_len)})
-                       : prompt_template.segments({prompt});
+        text.response ? pair_template.segments({text.prompt, *text.response}) : prompt_template.segments({text.prompt});
     size_t fixed = spec.invocation.size();  // the invocation is always kept whole, at the end
     size_t content = 0;
     for (const auto & seg : segments) {

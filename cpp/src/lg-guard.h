@@ -7,6 +7,7 @@
 #include "lg-template.h"
 
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,13 @@ struct lg_guard {
         std::vector<llama_token> tokens;
     };
     std::vector<job> make_jobs(const lg_input * inputs, size_t n) const;
+    // A prompt and its reply as the guard reads them: checked, then folded unless params.text_form says exact.
+    struct read_text {
+        std::string prompt;
+        std::optional<std::string> response;
+    };
+    read_text read(const lg_input & input) const;
+    std::vector<llama_token> tokenize(const read_text & text) const;
     // The sequences one input is scored as: its tokens if they fit, else cut by the overflow policy.
     std::vector<std::vector<llama_token>> fit(const lg_input & input, size_t input_index) const;
     // Runs jobs [begin, end) in one decode; appends one pooled state (n_embd floats) per job to states.

@@ -4,8 +4,10 @@
 #include "lg-chat.h"
 #include "lg-error.h"
 #include "lg-file-type.h"
+#include "lg-fold.h"
 #include "lg-guard.h"
 #include "lg-model.h"
+#include "lg-text.h"
 #include "lg-threads.h"
 #include "lg-gguf.h"
 
@@ -114,6 +116,20 @@ lg_status lg_model_tokenize(const lg_model * model, const char * text, size_t te
     });
 }
 
+lg_status lg_fold_text(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes) {
+    return lg::call([&] {
+        require(text, "text");
+        require(n_bytes, "n_bytes");
+        const std::string_view in(text, text_len);
+        lg::check_encoding(in, "text");
+        const std::string folded = lg::fold_text(in);
+        *n_bytes = folded.size();
+        if (out) {
+            std::memcpy(out, folded.data(), std::min(n_max, folded.size()));
+        }
+    });
+}
+
 lg_status lg_quantize(const char * input_path, const char * output_path, const char * type, int32_t n_threads) {
     return lg::call([&] {
         require(input_path, "input_path");
@@ -158,6 +174,7 @@ lg_guard_params lg_guard_default_params(void) {
     p.flash_attn = LG_FLASH_ATTN_AUTO;
     p.n_ubatch = 0;
     p.max_text_bytes = 0;
+    p.text_form = LG_TEXT_FOLDED;
     return p;
 }
 
@@ -170,6 +187,10 @@ lg_status lg_guard_load(lg_model * model, const char * path, const lg_guard_para
         const lg_guard_params p = params ? *params : lg_guard_default_params();
         if (p.overflow < LG_OVERFLOW_KEEP_END || p.overflow > LG_OVERFLOW_ERROR) {
             lg::fail(LG_ERR_INVALID_ARGUMENT, "unknown overflow policy " + std::to_string(p.overflow));
+        }
+        if (p.text_form != LG_TEXT_FOLDED && p.text_form != LG_TEXT_EXACT) {
+            lg::fail(LG_ERR_INVALID_ARGUMENT, "unknown text form " + std::to_string(p.text_form) +
+                                                  ": LG_TEXT_FOLDED (0) or LG_TEXT_EXACT (1)");
         }
         *out = new lg_guard(*model, path, p);
     });

@@ -13,9 +13,10 @@ using guard_handle = handle<lg_guard, lg_guard_free>;
 class GuardPath {
   public:
     GuardPath(const Model & model, const std::string & path, uint32_t n_ctx, uint32_t n_seq_max, int n_threads,
-              int overflow, bool isolated, bool f32_kv_cache, int flash_attn, uint32_t n_ubatch, size_t max_text_bytes)
+              int overflow, bool isolated, bool f32_kv_cache, int flash_attn, uint32_t n_ubatch, size_t max_text_bytes,
+              int text_form)
         : handle_(load(model, path, n_ctx, n_seq_max, n_threads, overflow, isolated, f32_kv_cache, flash_attn, n_ubatch,
-                       max_text_bytes)) {}
+                       max_text_bytes, text_form)) {}
 
     std::vector<std::string> labels() const {
         auto g = handle_.get("guard");
@@ -128,12 +129,15 @@ class GuardPath {
   private:
     static lg_guard * load(const Model & model, const std::string & path, uint32_t n_ctx, uint32_t n_seq_max,
                            int n_threads, int overflow, bool isolated, bool f32_kv_cache, int flash_attn,
-                           uint32_t n_ubatch, size_t max_text_bytes) {
+                           uint32_t n_ubatch, size_t max_text_bytes, int text_form) {
         if (overflow < LG_OVERFLOW_KEEP_END || overflow > LG_OVERFLOW_ERROR) {
             throw native_error(LG_ERR_INVALID_ARGUMENT, "overflow must be 0 (keep_end), 1 (windows) or 2 (error)");
         }
         if (flash_attn < LG_FLASH_ATTN_AUTO || flash_attn > LG_FLASH_ATTN_ON) {
             throw native_error(LG_ERR_INVALID_ARGUMENT, "flash_attn must be -1 (auto), 0 (off) or 1 (on)");
+        }
+        if (text_form != LG_TEXT_FOLDED && text_form != LG_TEXT_EXACT) {
+            throw native_error(LG_ERR_INVALID_ARGUMENT, "text_form must be 0 (folded) or 1 (exact)");
         }
         lg_guard_params p = lg_guard_default_params();
         p.n_ctx = n_ctx;
@@ -145,6 +149,7 @@ class GuardPath {
         p.flash_attn = static_cast<lg_flash_attn>(flash_attn);
         p.n_ubatch = n_ubatch;
         p.max_text_bytes = max_text_bytes;
+        p.text_form = static_cast<lg_text_form>(text_form);
         auto m = model.get();
         lg_guard * out = nullptr;
         py::gil_scoped_release release;
@@ -162,11 +167,11 @@ std::shared_ptr<lg_guard> guard_of(const py::object & guard_path) { return guard
 void register_guard(py::module_ & m) {
     py::class_<GuardPath>(m, "GuardPath")
         .def(py::init<const Model &, const std::string &, uint32_t, uint32_t, int, int, bool, bool, int, uint32_t,
-                      size_t>(),
+                      size_t, int>(),
              py::arg("model"), py::arg("path"), py::arg("n_ctx") = 512, py::arg("n_seq_max") = 32,
              py::arg("n_threads") = 0, py::arg("overflow") = static_cast<int>(lg_guard_default_params().overflow), py::arg("isolated") = false,
              py::arg("f32_kv_cache") = false, py::arg("flash_attn") = -1, py::arg("n_ubatch") = 0,
-             py::arg("max_text_bytes") = 0)
+             py::arg("max_text_bytes") = 0, py::arg("text_form") = static_cast<int>(lg_guard_default_params().text_form))
         .def_property_readonly("labels", &GuardPath::labels)
         .def_property_readonly("thresholds", &GuardPath::thresholds)
         .def_property_readonly("lora_rank", &GuardPath::lora_rank)

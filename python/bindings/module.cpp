@@ -17,6 +17,16 @@ PYBIND11_MODULE(_native, m) {
     });
 
     m.attr("FORMAT_VERSION") = LORAGUARD_FORMAT_VERSION;
+    m.def(
+        "fold_text",
+        [](const std::string & text) {
+            size_t n = 0;
+            lgpy::check(lg_fold_text(text.data(), text.size(), nullptr, 0, &n));
+            std::string out(n, '\0');
+            lgpy::check(lg_fold_text(text.data(), text.size(), out.data(), out.size(), &n));
+            return out;
+        },
+        py::arg("text"), "The text a guard reads for this text (its default text form, LG_TEXT_FOLDED).");
     lgpy::register_model(m);
     lgpy::register_guard(m);
     lgpy::register_chat(m);

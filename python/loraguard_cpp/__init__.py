@@ -26,7 +26,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .guard import ChatVerdict, Guard, GuardResult
+    from .guard import ChatVerdict, Guard, GuardResult, fold_text
 
 __all__ = [
     "BackendError",
@@ -40,6 +40,7 @@ __all__ = [
     "InvalidInputError",
     "LoraGuardError",
     "ModelMismatchError",
+    "fold_text",
 ]
 
 
@@ -49,6 +50,6 @@ def __getattr__(name: str) -> Any:
 
         preload()
         return importlib.import_module("._native", __name__)
-    if name in ("ChatVerdict", "Guard", "GuardResult"):
+    if name in ("ChatVerdict", "Guard", "GuardResult", "fold_text"):
         return getattr(importlib.import_module(".guard", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,8 @@ import numpy.typing as npt
 
 FORMAT_VERSION: int
 
+def fold_text(text: bytes | str) -> str: ...
+
 # on_token(token_id, piece_bytes, logits_or_None) -> keep going (None counts as True)
 TokenCallback = Callable[[int, bytes, npt.NDArray[np.float32] | None], bool | None]
 Messages = Sequence[tuple[str | bytes, str | bytes]]
@@ -66,6 +68,7 @@ class GuardPath:
         flash_attn: int = -1,
         n_ubatch: int = 0,
         max_text_bytes: int = 0,
+        text_form: int = 0,
     ) -> None: ...
     @property
     def labels(self) -> list[str]: ...

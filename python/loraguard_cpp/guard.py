@@ -21,6 +21,8 @@ from .errors import FlaggedError, InvalidInputError
 
 Overflow = Literal["keep_end", "windows", "error"]
 _OVERFLOW_CODES: dict[str, int] = {"keep_end": 0, "windows": 1, "error": 2}
+TextForm = Literal["folded", "exact"]
+_TEXT_FORM_CODES: dict[str, int] = {"folded": 0, "exact": 1}
 Message = tuple[str, str] | dict[str, str]
 
 # The chat path's sampling defaults (generate, chat, stream), which the server's chat endpoint shares.
@@ -96,6 +98,14 @@ def _messages(messages: Sequence[Message]) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
+def fold_text(text: str) -> str:
+    """The text a guard reads for ``text`` (its default ``text_form="folded"``): compatibility forms such as
+    fullwidth or mathematical letters as plain ones, invisible characters (zero-width, soft hyphens, bidi
+    controls) removed, look-alike Cyrillic, Greek and Armenian letters in a Latin word made Latin. Training and
+    evaluation read rows through this so that a guard learns on what the runtime reads."""
+    return _native.fold_text(_utf8(text, "text"))
+
+
 class Guard:
     """A base model (GGUF) with a guard (GGUF made by ``loraguard-convert guard``), loaded once.
 
@@ -120,7 +130,9 @@ class Guard:
 
     Batch classification packs texts into one llama.cpp decode; its scores may differ from one-at-a-time
     scores by up to ~0.01 in probability (kernels depend on the batch shape). ``isolated=True`` scores every
-    text alone, bit-reproducibly. ``exact=True`` runs the guard with an F32 K/V cache and no flash attention,
+    text alone, bit-reproducibly. The guard reads each prompt and reply as :func:`fold_text` gives it, so that
+    look-alike spelling does not carry a request past it; ``text_form="exact"`` reads the text as given.
+    ``exact=True`` runs the guard with an F32 K/V cache and no flash attention,
     matching an fp32 PyTorch reference to ~1e-5 (the defaults, as in llama.cpp, add ~1e-3 relative error).
     """
 
@@ -140,10 +152,13 @@ class Guard:
         chat_n_ctx: int = 2048,
         chat_flash_attn: bool | None = None,
         max_text_bytes: int = 0,
+        text_form: TextForm = "folded",
         verbose: bool = False,
     ) -> None:
         if overflow not in _OVERFLOW_CODES:
             raise InvalidInputError(f"overflow must be one of {sorted(_OVERFLOW_CODES)}, got {overflow!r}")
+        if text_form not in _TEXT_FORM_CODES:
+            raise InvalidInputError(f"text_form must be one of {sorted(_TEXT_FORM_CODES)}, got {text_form!r}")
         self._chat_n_ctx = chat_n_ctx
         self._exact = exact
         self._chat_flash_attn = -1 if chat_flash_attn is None else int(chat_flash_attn)
@@ -164,6 +179,7 @@ class Guard:
             "flash_attn": 0 if exact else -1,
             "n_ubatch": n_ubatch or 0,
             "max_text_bytes": max_text_bytes,
+            "text_form": _TEXT_FORM_CODES[text_form],
         }
         try:
             self._guard = _native.GuardPath(self.model, os.fspath(self.guard_path), **self._guard_options)

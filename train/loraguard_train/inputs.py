@@ -2,7 +2,8 @@
 
 Long inputs keep the whole template (framing, turn markers, the reply's opening) and the *last* tokens of the
 prompt and response, as the runtime's default `keep_end` overflow policy does: the end decides a decoder's last
-hidden state, and training on the same view the runtime scores keeps the two consistent.
+hidden state, and training on the same view the runtime scores keeps the two consistent. Texts are read as the
+runtime reads them by default: folded (`loraguard_cpp.fold_text`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from loraguard_train.template import keep_end, segments, token_ids
 
 if TYPE_CHECKING:
     from loraguard_train.model import GuardModel
+
+
+def read_text(text: str) -> str:
+    """A prompt or response as the runtime's guard reads it (text_form "folded"). Folding leaves ASCII as it is,
+    so ASCII text skips the native runtime (training loads it only for rows that need it)."""
+    if text.isascii():
+        return text
+    from loraguard_cpp import fold_text
+
+    return fold_text(text)
 
 IntArray = npt.NDArray[np.int64]
 
@@ -39,6 +50,9 @@ def tokenize(
     An aLoRA guard's `invocation` ids are appended to every input after the cut (which leaves room for them), as
     ids: never tokenized together with the text before them.
     """
+    prompts = [read_text(p) for p in prompts]
+    if responses is not None:
+        responses = [None if r is None else read_text(r) for r in responses]
     ids = token_ids(tokenizer, prompts, responses, template_prompt, template_pair, parse_special)
     if any(not row for row in ids):
         raise ValueError("a text tokenized to zero tokens; the guard has nothing to pool")

@@ -1,0 +1,16 @@
+// The text a guard reads: its input folded the way a reader sees through it.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace lg {
+
+// Folds valid UTF-8 text (checked before) so that characters a reader sees as plain letters reach the guard as
+// those letters: compatibility forms to their NFKC form (fullwidth, mathematical, circled, super- and subscript
+// letters, ligatures; lg-fold-table.inc), invisible default-ignorable code points removed (zero-width spaces and
+// joiners, soft hyphens, bidirectional controls, variation selectors, tags), and in a word that holds Latin
+// letters, Cyrillic, Greek and Armenian letters drawn like Latin ones replaced by them. ASCII text is unchanged.
+std::string fold_text(std::string_view text);
+
+}  // namespace lg

@@ -1,0 +1,68 @@
+"""How look-alike spelling moves a guard's verdict: the recipe's dev prompts, each spelled another way, scored at
+the guard's own thresholds (harmful caught / safe flagged). Prints the table of docs/guard-cards.md ("Every
+guard: look-alike spelling"); --text-form exact shows what the guard read before folding.
+
+    .venv/bin/python scripts/probe_spelling.py --guard minilm --rows 300 --text-form exact
+    .venv/bin/python scripts/probe_spelling.py --guard smollm2 --rows 150
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from loraguard_cpp import Guard
+
+CYRILLIC = str.maketrans({"a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "x": "х", "y": "у", "i": "і"})  # noqa: RUF001
+
+
+def fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else "\u3000" if c == " " else c for c in text)
+
+
+def math_bold(text: str) -> str:
+    return "".join(chr(0x1D41A + ord(c) - 97) if "a" <= c <= "z" else
+                   chr(0x1D400 + ord(c) - 65) if "A" <= c <= "Z" else c for c in text)
+
+
+SPELLINGS: dict[str, Callable[[str], str]] = {
+    "plain": lambda t: t,
+    "zero-width space between every character": lambda t: "\u200b".join(t),
+    "fullwidth": fullwidth,
+    "mathematical bold": math_bold,
+    "Cyrillic look-alikes for a, c, e, i, o, p, x, y": lambda t: t.translate(CYRILLIC),
+    "letters spaced out": lambda t: " ".join(t),
+}
+
+
+def main() -> None:
+    from loraguard_train.config import build_config, read_recipe
+    from loraguard_train.train import labelled_splits
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--guard", "-g", default="minilm")
+    p.add_argument("--model", "-m", default=None, help="base model (default: the named guard's)")
+    p.add_argument("--recipe", default="recipes/minilm-permissive.toml")
+    p.add_argument("--rows", type=int, default=300, help="harmful and as many safe dev prompts")
+    p.add_argument("--text-form", choices=["folded", "exact"], default="folded")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    recipe = Path(args.recipe)
+    _, dev_sets, _ = labelled_splits(build_config(read_recipe(recipe), recipe.parent))
+    prompts = [r for ds in dev_sets for r in ds.records if r.response is None and r.labels.get("unsafe") is not None]
+    rng = np.random.default_rng(0)
+    groups = [[prompts[i].prompt for i in rng.permutation(len(prompts)) if prompts[i].labels["unsafe"] == positive]
+              [: args.rows] for positive in (1, 0)]
+    print(f"| spelling | `{args.guard}` {args.text_form}: harmful caught / safe flagged |")
+    print("| --- | --- |")
+    with Guard(args.model, args.guard, n_threads=args.threads, text_form=args.text_form) as guard:
+        for name, spell in SPELLINGS.items():
+            shares = [np.mean([r.flagged for r in guard.classify_many([spell(t) for t in texts])]) for texts in groups]
+            print(f"| {name} | " + " / ".join(f"{100 * s:.1f} %" for s in shares) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
