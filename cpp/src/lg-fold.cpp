@@ -70,8 +70,8 @@ bool is_ignorable(uint32_t cp) {
 }
 
 bool is_latin_letter(uint32_t cp) {
-    return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || (cp >= 0xC0 && cp <= 0x24F && cp != 0xD7 && cp != 0xF7) ||
-           (cp >= 0x1E00 && cp <= 0x1EFF);
+    return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') ||
+           (cp >= 0xC0 && cp <= 0x24F && cp != 0xD7 && cp != 0xF7) || (cp >= 0x1E00 && cp <= 0x1EFF);
 }
 
 // Words end at ASCII that is not a letter or digit, and at the Unicode spaces folding leaves.
@@ -128,8 +128,7 @@ word_letters count_letters(std::string_view word) {
 // Appends a word, its look-alike letters made Latin where it is spelling a Latin word: it holds a Latin letter
 // too, or it is made of look-alikes only in a text that is mostly Latin ("а ріре" in an English sentence).
 // A word of Greek, Cyrillic or Armenian text keeps its letters.
-void append_word(std::string & out, std::string_view word, bool latin_text) {
-    const word_letters n = count_letters(word);
+void append_word(std::string & out, std::string_view word, const word_letters & n, bool latin_text) {
     const bool spelled_latin = n.alike > 0 && (n.latin > 0 || (latin_text && n.own_script == 0 && n.other == 0));
     if (!spelled_latin) {
         out.append(word);
@@ -165,31 +164,36 @@ std::string fold_text(std::string_view text) {
     if (std::all_of(folded.begin(), folded.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
         return folded;
     }
-    // words of the folded text, split where ends_word says
-    std::vector<std::string_view> words;
-    std::vector<std::string_view> breaks;  // the code point after each word ("" after the last)
+    struct word {
+        std::string_view text;
+        std::string_view after;  // the code point that ends it ("" for the last)
+        word_letters letters;
+    };
+    std::vector<word> words;
+    const std::string_view all(folded);
     size_t word_start = 0;
-    for (size_t i = 0; i < folded.size(); i += len) {
-        if (ends_word(decode(folded, i, len))) {
-            words.push_back(std::string_view(folded).substr(word_start, i - word_start));
-            breaks.push_back(std::string_view(folded).substr(i, len));
+    const auto add_word = [&](size_t end, std::string_view after) {
+        const std::string_view text = all.substr(word_start, end - word_start);
+        words.push_back({text, after, count_letters(text)});
+    };
+    for (size_t i = 0; i < all.size(); i += len) {
+        if (ends_word(decode(all, i, len))) {
+            add_word(i, all.substr(i, len));
             word_start = i + len;
         }
     }
-    words.push_back(std::string_view(folded).substr(word_start));
-    breaks.emplace_back();
+    add_word(all.size(), std::string_view());
     size_t latin = 0;
     size_t own_script = 0;
-    for (std::string_view word : words) {
-        const word_letters n = count_letters(word);
-        latin += n.latin;
-        own_script += n.own_script;
+    for (const word & w : words) {
+        latin += w.letters.latin;
+        own_script += w.letters.own_script;
     }
     std::string out;
     out.reserve(folded.size());
-    for (size_t w = 0; w < words.size(); ++w) {
-        append_word(out, words[w], latin > own_script);
-        out.append(breaks[w]);
+    for (const word & w : words) {
+        append_word(out, w.text, w.letters, latin > own_script);
+        out.append(w.after);
     }
     return out;
 }

@@ -21,6 +21,8 @@ from loraguard_train.template import keep_end, segments, token_ids
 if TYPE_CHECKING:
     from loraguard_train.model import GuardModel
 
+IntArray = npt.NDArray[np.int64]
+
 
 def read_text(text: str) -> str:
     """A prompt or response as the runtime's guard reads it (text_form "folded"). Folding leaves ASCII as it is,
@@ -30,8 +32,6 @@ def read_text(text: str) -> str:
     from loraguard_cpp import fold_text
 
     return fold_text(text)
-
-IntArray = npt.NDArray[np.int64]
 
 
 def tokenize(
