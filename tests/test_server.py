@@ -653,6 +653,23 @@ def test_chat_slots_generate_at_once_and_each_gets_its_own_reply(log_dir: Path) 
     assert e.value.code == "context_length_exceeded"
 
 
+@pytest.mark.parametrize(("limits", "named"), [
+    ({"n_predict": 1000}, "with n_predict 1000 "),
+    ({"max_completion_tokens": 1000}, "with max_completion_tokens 1000 "),
+    ({"max_tokens": 1000}, "with max_tokens 1000 "),
+    ({}, "with the server's default max_tokens 256 "),
+])
+def test_context_length_exceeded_names_the_limit_the_client_sent(smollm2: Server, limits: dict[str, object],
+                                                                   named: str) -> None:
+    """The error names the field the client can lower, or says that the server's default took the room."""
+    # ~1910 tokens with the template: over the 2048-token chat context with the default 256, under it alone.
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "hello " * 1900}], **limits}
+    got, answer = smollm2.request("POST", "/v1/chat/completions", body)
+    assert got == 400 and isinstance(answer, dict), answer
+    error = answer["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages", error
+    assert named in error["message"], error
+
 
 def test_guard_twin_shares_the_weights() -> None:
     """The pool's building block: a twin scores as the loaded guard does, adds a context and not the weights, and

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import dataset, registry
 from .conversation import conversation_inputs
 from .errors import FileAccessError, FlaggedError, LoraGuardError
-from .guard import ChatVerdict, Guard, GuardResult
+from .guard import DEFAULT_MAX_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE, ChatVerdict, Guard, GuardResult
 from .reply import ReplyGate
 
 EXIT_FLAGGED = 1
@@ -40,9 +40,9 @@ def _guard_options(p: argparse.ArgumentParser, *, ctx_help: str = "guard context
 
 
 def _sampling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="default: %(default)s")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="default: %(default)s")
 
 
 def _open_guard(args: argparse.Namespace, **options: int) -> Guard:

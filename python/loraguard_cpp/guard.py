@@ -30,6 +30,7 @@ DEFAULT_TEMPERATURE = 0.0  # greedy
 DEFAULT_TOP_K = 40
 DEFAULT_TOP_P = 0.95
 DEFAULT_SEED = 0
+DEFAULT_MAX_TOKENS = 256  # the reply's token limit where the caller sets none
 
 
 def _stops(stop: Sequence[str]) -> list[bytes]:
@@ -302,7 +303,7 @@ class Guard:
         self,
         prompt: str,
         *,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = DEFAULT_TEMPERATURE,
         top_k: int = DEFAULT_TOP_K,
         top_p: float = DEFAULT_TOP_P,
@@ -319,7 +320,7 @@ class Guard:
         self,
         messages: Sequence[Message],
         *,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = DEFAULT_TEMPERATURE,
         top_k: int = DEFAULT_TOP_K,
         top_p: float = DEFAULT_TOP_P,
@@ -352,7 +353,7 @@ class Guard:
         self,
         prompt: str | Sequence[Message],
         *,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = DEFAULT_TEMPERATURE,
         top_k: int = DEFAULT_TOP_K,
         top_p: float = DEFAULT_TOP_P,
@@ -381,7 +382,7 @@ class Guard:
         self,
         prompt: str | Sequence[Message],
         *,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = DEFAULT_TEMPERATURE,
         top_k: int = DEFAULT_TOP_K,
         top_p: float = DEFAULT_TOP_P,

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..cli import REFUSAL
 from ..conversation import conversation_inputs
 from ..errors import FlaggedError, InvalidInputError
-from ..guard import ChatVerdict, Guard, GuardResult
+from ..guard import DEFAULT_MAX_TOKENS, ChatVerdict, Guard, GuardResult
 from ..reply import ReplyGate
 from .batching import BatchDone, Batcher, QueueFullError
 from .categories import content_filter_results, moderation_result, moderation_results
@@ -53,7 +53,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     max_input_chars: int = 32_000
     max_inputs: int = 64
-    default_max_tokens: int = 256
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
     max_tokens: int = 1024
     window: int = 16
     chat_n_ctx: int = 2048
@@ -119,6 +119,7 @@ class _Turn:
     messages: list[tuple[str, str]]
     user: str
     max_tokens: int
+    max_tokens_param: str | None  # the field the limit was sent in, None for the server's default: errors name it
     params: dict[str, Any]
     deadline: float
     include_usage: bool
@@ -570,15 +571,16 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
         if messages[-1][0] != "user":
             raise APIError(400, "the last message must be the user's: the reply to it is what is generated",
                            param="messages")
-        param, max_tokens = body.token_limit() or ("max_tokens", config.default_max_tokens)
+        sent = body.token_limit()
+        param, max_tokens = sent or ("max_tokens", config.default_max_tokens)
         if max_tokens > config.max_tokens:
             raise APIError(400, f"{param} {max_tokens} exceeds this server's limit {config.max_tokens}",
                            param=param)
         params = {"max_tokens": max_tokens, "temperature": body.temperature, "top_k": body.top_k,
                   "top_p": body.top_p, "seed": body.seed, "stop": body.stop}
         include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
-        return _Turn(messages, messages[-1][1], max_tokens, params, time.monotonic() + config.request_timeout_s,
-                     include_usage)
+        return _Turn(messages, messages[-1][1], max_tokens, param if sent else None, params,
+                     time.monotonic() + config.request_timeout_s, include_usage)
 
     def usage(turn: _Turn, reply: _GuardedReply | None) -> dict[str, int]:
         prompt_tokens = turn.prompt_tokens
@@ -602,9 +604,14 @@ def create_app(config: ServerConfig, open_guard: Callable[[], Guard],
                 raise APIError(400, f"messages: {e}", param="messages") from e
             turn.prompt_tokens = len(prompt_ids)
             if turn.prompt_tokens + turn.max_tokens > config.chat_n_ctx:
-                raise APIError(400, f"the messages take {turn.prompt_tokens} tokens; with max_tokens "
-                               f"{turn.max_tokens} that exceeds the chat context of {config.chat_n_ctx} tokens: "
-                               "shorten the history or max_tokens", param="messages", code="context_length_exceeded")
+                # Named as the client sent it (n_predict, max_completion_tokens), so that it knows what to lower;
+                # with none sent, it learns that the server's default took the room.
+                param = turn.max_tokens_param
+                limit = f"{param} {turn.max_tokens}" if param else f"the server's default max_tokens {turn.max_tokens}"
+                remedy = param or "send a smaller max_tokens"
+                raise APIError(400, f"the messages take {turn.prompt_tokens} tokens; with {limit} that exceeds the "
+                               f"chat context of {config.chat_n_ctx} tokens: shorten the history or {remedy}",
+                               param="messages", code="context_length_exceeded")
             turn.prompt_verdicts = await within_deadline(server.verdicts(conversation_inputs(turn.messages)))
             # the first flagged message decides the refusal; with none, the last (the user's) stands for the prompt
             prompt_verdict = next((v for v in turn.prompt_verdicts if v.flagged), turn.prompt_verdicts[-1])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import registry
 from ..errors import LoraGuardError
+from ..guard import DEFAULT_MAX_TOKENS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-input-chars", type=int, default=32_000, help="characters per input or message")
     p.add_argument("--max-inputs", type=int, default=64, help="inputs per moderation request")
     p.add_argument("--max-tokens", type=int, default=1024, help="the largest max_tokens a chat request may ask")
-    p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a chat request has none")
+    p.add_argument("--default-max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help="max_tokens when a chat request has none (default: %(default)s)")
     p.add_argument("--window", type=int, default=16,
                    help="guard the streamed reply every N pieces and release them only then (0: when finished); an "
                    "aLoRA guard judges every N tokens in the chat slot's own context")
