@@ -325,9 +325,11 @@ LORAGUARD_API lg_status lg_chat_decode(lg_chat * chat, const int32_t * tokens, s
 // logits receives n_labels floats; probs and flagged are optional. May be called from the chat's own on_token
 // callback. Fails, leaving the chat untouched, with LG_ERR_TOO_LONG when the invocation does not fit in the
 // context, LG_ERR_INVALID_ARGUMENT for a plain LoRA guard, an empty chat or a model with a recurrent or hybrid
-// memory (whose tail cannot be removed), LG_ERR_MISMATCH for a guard loaded on another lg_model. The guard reads
-// the tokens the chat read, which are not folded (lg_text_form): to judge look-alike spelling, classify the
-// messages' text with lg_guard_classify.
+// memory (whose tail cannot be removed), LG_ERR_MISMATCH for a guard loaded on another lg_model. The chat's cache
+// holds the text as the chat model read it; where folding (lg_text_form, the guard's text_form) changes that
+// text, for example look-alike spelling or fullwidth punctuation, the guard reads the folded conversation in
+// its own context instead (the cost of a standalone classify; special tokens kept, text between them folded),
+// under its n_ctx and overflow policy.
 LORAGUARD_API lg_status lg_chat_classify(lg_chat * chat, lg_guard * guard, float * logits, float * probs,
                                          uint8_t * flagged);
 

@@ -1,14 +1,75 @@
 // Judging a chat's context in place with an activated LoRA guard: the chat's cells hold the base model's K/V of
 // the conversation, which is exactly what an aLoRA guard reads before its invocation, so a verdict costs the
-// invocation's tokens instead of a second read of the whole conversation.
+// invocation's tokens instead of a second read of the whole conversation. Where the conversation holds text that
+// the guard reads folded (lg_text_form), the cache holds what the chat model read instead, and the guard reads the
+// folded conversation in its own context.
 #include "lg-chat.h"
 
 #include "lg-error.h"
+#include "lg-fold.h"
 #include "lg-guard.h"
+#include "lg-text.h"
 #include "lg-threads.h"
 
 #include <algorithm>
 #include <exception>
+
+namespace {
+
+// Folds the well-formed UTF-8 stretches of text and keeps any other byte: a reply can end inside a character, and
+// a model can sample bytes that form none.
+std::string fold_valid(std::string_view text) {
+    std::string out;
+    while (!text.empty()) {
+        const size_t good = std::min(lg::invalid_utf8_offset(text), text.size());
+        out += lg::fold_text(text.substr(0, good));
+        if (good == text.size()) {
+            break;
+        }
+        out += text[good];
+        text.remove_prefix(good + 1);
+    }
+    return out;
+}
+
+// The chat's tokens as the guard reads text: each run of plain tokens between special ones folded and tokenized
+// again as one piece, as the chat's template tokenizes the text between its markers, and the special tokens kept
+// (whole in every window, should the folded conversation need windows). Empty when folding changes nothing: then
+// the chat's own cache holds exactly what the guard reads.
+std::vector<lg::token_template::segment> folded_reading(const llama_vocab * vocab,
+                                                        const std::vector<llama_token> & tokens) {
+    const auto is_special = [&](llama_token t) {
+        return (llama_vocab_get_attr(vocab, t) &
+                (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN)) != 0;
+    };
+    std::vector<lg::token_template::segment> out;
+    bool changed = false;
+    for (size_t begin = 0, end = 0; begin < tokens.size(); begin = end) {
+        const bool special = is_special(tokens[begin]);
+        while (end < tokens.size() && is_special(tokens[end]) == special) {
+            ++end;
+        }
+        std::vector<llama_token> run(tokens.begin() + static_cast<long>(begin), tokens.begin() + static_cast<long>(end));
+        if (!special) {
+            std::string text;
+            for (const llama_token t : run) {
+                text += lg::token_text(vocab, t);
+            }
+            std::string folded = fold_valid(text);
+            if (folded != text) {
+                changed = true;
+                run = lg::tokenize(vocab, folded, /*add_special=*/false, /*parse_special=*/false);
+            }
+        }
+        out.push_back({std::move(run), special ? -1 : 0});
+    }
+    if (!changed) {
+        out.clear();
+    }
+    return out;
+}
+
+}  // namespace
 
 void lg_chat::check_guard(const lg_guard & guard) const {
     if (&guard.model != &model) {
@@ -38,6 +99,13 @@ void lg_chat::classify(lg_guard & guard, float * logits) {
                                       " tokens) does not fit after the chat's " + std::to_string(n_past) +
                                       " tokens in n_ctx " + std::to_string(n_ctx) +
                                       ": raise the chat's n_ctx (the chat is unchanged)");
+    }
+    if (guard.params.text_form == LG_TEXT_FOLDED) {
+        const std::vector<lg::token_template::segment> folded = folded_reading(model.vocab, history);
+        if (!folded.empty()) {
+            guard.classify_segments(folded, "the chat's context, folded,", logits);
+            return;
+        }
     }
     // The logits the chat samples its next token from: the invocation's decode overwrites llama.cpp's output buffer.
     const float * current = last_logits();
@@ -73,6 +141,7 @@ void lg_chat::classify(lg_guard & guard, float * logits) {
     if (!row || llama_memory_seq_pos_max(memory, 0) != end - 1) {
         llama_memory_clear(memory, true);
         n_past = 0;
+        history.clear();
         lg::fail(LG_ERR_BACKEND, "the chat context could not be restored after the guard's invocation and was "
                                  "cleared: start the conversation again");
     }

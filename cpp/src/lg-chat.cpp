@@ -64,17 +64,6 @@ size_t stop_prefix_at_end(const std::string & text, const std::vector<std::strin
     return longest;
 }
 
-std::string token_piece(const llama_vocab * vocab, llama_token token) {
-    std::string piece(64, '\0');
-    int32_t n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
-    if (n < 0) {
-        piece.resize(static_cast<size_t>(-n));
-        n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
-    }
-    piece.resize(static_cast<size_t>(std::max(n, 0)));
-    return piece;
-}
-
 }  // namespace
 
 lg_chat::lg_chat(lg_model & model_, const lg_chat_params & params_) : model(model_), params(params_) {
@@ -271,6 +260,7 @@ void lg_chat::decode(const llama_token * tokens, size_t n, bool clear) {
     if (clear) {
         llama_memory_clear(llama_get_memory(ctx), true);
         n_past = 0;
+        history.clear();
     }
     if (n == 0) {
         lg::fail(LG_ERR_INVALID_ARGUMENT, "no tokens to decode");
@@ -305,6 +295,7 @@ void lg_chat::decode(const llama_token * tokens, size_t n, bool clear) {
             lg::fail(LG_ERR_BACKEND, "llama.cpp chat decode failed (" + std::to_string(rc) + ")");
         }
         n_past += count;
+        history.insert(history.end(), tokens + start, tokens + start + count);
     }
     llama_batch_free(batch);
 }
@@ -416,7 +407,7 @@ lg_chat::generation lg_chat::generate(const std::vector<llama_token> & prompt, c
             break;
         }
         const size_t before = out.size();
-        out += token_piece(model.vocab, last);
+        out += lg::token_text(model.vocab, last);
         // A stop string can only begin in text not yet released: released text never ended in a stop's prefix.
         size_t stop_at = std::string::npos;
         for (const std::string & stop : stops) {

@@ -60,6 +60,7 @@ struct lg_chat {
     std::string render(const lg_message * messages, const std::vector<std::string> & values) const;
 
     size_t n_past = 0;
+    std::vector<llama_token> history;  // the n_past tokens decoded, for reading them folded (lg-chat-guard.cpp)
     lg::hidden_capture capture;  // active only while a guard reads the invocation's state
     std::atomic<std::thread::id> generating_thread{};
 };

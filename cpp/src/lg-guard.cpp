@@ -185,22 +185,26 @@ std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n
 }
 
 std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size_t input_index) const {
-    std::vector<std::vector<llama_token>> out;
     const read_text text = read(input);
     std::vector<llama_token> whole = tokenize(text);
     if (whole.size() <= n_ctx) {
-        out.push_back(std::move(whole));
-        return out;
-    }
-    if (params.overflow == LG_OVERFLOW_ERROR) {
-        lg::fail(LG_ERR_TOO_LONG, "input " + std::to_string(input_index) + " is " + std::to_string(whole.size()) +
-                                      " tokens, the guard context holds " + std::to_string(n_ctx) +
-                                      ": raise n_ctx or choose the keep-end or windows overflow policy");
+        return {std::move(whole)};
     }
     // Cut inside the prompt and response only: every window keeps the whole template (its framing, turn markers
     // and reply opening), which the guard was trained to read around the text.
-    const std::vector<lg::token_template::segment> segments =
-        text.response ? pair_template.segments({text.prompt, *text.response}) : prompt_template.segments({text.prompt});
+    return cut(text.response ? pair_template.segments({text.prompt, *text.response})
+                             : prompt_template.segments({text.prompt}),
+               whole.size(), "input " + std::to_string(input_index));
+}
+
+std::vector<std::vector<llama_token>> lg_guard::cut(const std::vector<lg::token_template::segment> & segments,
+                                                    size_t n_whole, const std::string & what) const {
+    if (params.overflow == LG_OVERFLOW_ERROR) {
+        lg::fail(LG_ERR_TOO_LONG, what + " is " + std::to_string(n_whole) + " tokens, the guard context holds " +
+                                      std::to_string(n_ctx) +
+                                      ": raise n_ctx or choose the keep-end or windows overflow policy");
+    }
+    std::vector<std::vector<llama_token>> out;
     size_t fixed = spec.invocation.size();  // the invocation is always kept whole, at the end
     size_t content = 0;
     for (const auto & seg : segments) {
@@ -293,9 +297,27 @@ void lg_guard::run_decode(const std::vector<job> & jobs, size_t begin, size_t en
     }
 }
 
-void lg_guard::classify(const lg_input * inputs, size_t n, float * logits) {
-    const std::vector<job> jobs = make_jobs(inputs, n);
+void lg_guard::classify(const lg_input * inputs, size_t n, float * logits) { score(make_jobs(inputs, n), n, logits); }
 
+void lg_guard::classify_segments(const std::vector<lg::token_template::segment> & segments, const std::string & what,
+                                 float * logits) {
+    std::vector<llama_token> whole;
+    for (const auto & seg : segments) {
+        whole.insert(whole.end(), seg.tokens.begin(), seg.tokens.end());
+    }
+    whole.insert(whole.end(), spec.invocation.begin(), spec.invocation.end());
+    std::vector<job> jobs;
+    if (whole.size() <= n_ctx) {
+        jobs.push_back({0, std::move(whole)});
+    } else {
+        for (std::vector<llama_token> & tokens : cut(segments, whole.size(), what)) {
+            jobs.push_back({0, std::move(tokens)});
+        }
+    }
+    score(jobs, 1, logits);
+}
+
+void lg_guard::score(const std::vector<job> & jobs, size_t n, float * logits) {
     std::lock_guard<std::mutex> lock(mutex);
     if (!ctx) {
         make_context();

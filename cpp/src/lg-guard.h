@@ -22,6 +22,10 @@ struct lg_guard {
     // The sequences one input is scored as, its overflow policy applied.
     std::vector<std::vector<llama_token>> sequences(const lg_input & input) const;
     void classify(const lg_input * inputs, size_t n, float * logits);
+    // Scores one token sequence given as segments (slot < 0: kept whole in every window, the rest cut by the
+    // overflow policy), the invocation appended: n_labels logits. what names it in a too-long error.
+    void classify_segments(const std::vector<lg::token_template::segment> & segments, const std::string & what,
+                           float * logits);
     // Sigmoid of the logits and the guard's thresholds: the one place the verdict rule lives.
     void verdicts(const float * logits, size_t n, float * probs, uint8_t * flagged) const;
     // The head on one pooled state (n_embd floats): n_labels logits.
@@ -63,6 +67,12 @@ struct lg_guard {
     std::vector<llama_token> tokenize(const read_text & text) const;
     // The sequences one input is scored as: its tokens if they fit, else cut by the overflow policy.
     std::vector<std::vector<llama_token>> fit(const lg_input & input, size_t input_index) const;
+    // Segments of n_whole tokens (invocation included) that do not fit, cut by the overflow policy: the
+    // invocation and segments with slot < 0 whole in every sequence, the rest windowed or kept at its end.
+    std::vector<std::vector<llama_token>> cut(const std::vector<lg::token_template::segment> & segments,
+                                              size_t n_whole, const std::string & what) const;
+    // Scores jobs for n inputs: n * n_labels logits, the max over an input's windows.
+    void score(const std::vector<job> & jobs, size_t n, float * logits);
     // Runs jobs [begin, end) in one decode; appends one pooled state (n_embd floats) per job to states.
     void run_decode(const std::vector<job> & jobs, size_t begin, size_t end, std::vector<float> & states);
 

@@ -208,4 +208,15 @@ std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string &
     return tokens;
 }
 
+std::string token_text(const llama_vocab * vocab, llama_token token) {
+    std::string piece(64, '\0');
+    int32_t n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
+    if (n < 0) {
+        piece.resize(static_cast<size_t>(-n));
+        n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
+    }
+    piece.resize(static_cast<size_t>(std::max(n, 0)));
+    return piece;
+}
+
 }  // namespace lg

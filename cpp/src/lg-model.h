@@ -78,4 +78,7 @@ std::filesystem::path temp_path_beside(const std::filesystem::path & target);
 std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool add_special,
                                   bool parse_special);
 
+// The text a token stands for as generated text shows it: special tokens (control) give "".
+std::string token_text(const llama_vocab * vocab, llama_token token);
+
 }  // namespace lg

@@ -285,7 +285,8 @@ class Guard:
 
     def classify_chat(self) -> ChatVerdict:
         """Judge the chat path's context as it stands (after :meth:`chat_logits`) with an aLoRA guard, in place: the
-        invocation is read after the chat's tokens and removed again, and the chat continues bit-identically."""
+        invocation is read after the chat's tokens and removed again, and the chat continues bit-identically. Where
+        folding (``text_form``) changes the chat's text, the guard reads the folded chat in its own context instead."""
         logits, probs, flags = self._chat_path().classify(self._guard)
         n_tokens = self._chat_path().memory()[0]
         return _result(self.labels, logits, probs, flags, ChatVerdict, n_tokens=n_tokens, n_reply_tokens=0)
