@@ -1,6 +1,7 @@
 #include "lg-fold.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <iterator>
 #include <vector>
@@ -145,9 +146,123 @@ void append_word(std::string & out, std::string_view word, const word_letters & 
     }
 }
 
-}  // namespace
+// A letter standing alone: an ASCII letter with no letter, digit, apostrophe or non-ASCII character beside it.
+bool lone_letter(std::string_view text, size_t i) {
+    const auto word_char = [&](size_t k) {
+        const auto c = static_cast<unsigned char>(text[k]);
+        return std::isalnum(c) || c == '\'' || c >= 0x80;
+    };
+    return i < text.size() && std::isalpha(static_cast<unsigned char>(text[i])) && (i == 0 || !word_char(i - 1)) &&
+           (i + 1 == text.size() || !word_char(i + 1));
+}
 
-std::string fold_text(std::string_view text) {
+bool letter_separator(char c) { return c == ' ' || c == '.' || c == '-' || c == '_' || c == '*'; }
+bool sentence_mark(char c) { return c == '.' || c == ',' || c == '!' || c == '?' || c == ';' || c == ':'; }
+
+// Lone letters joined by one separator, repeated: "b o m b", "F-R-A-U-D", "w.o.r.d"; a lone letter alone too.
+struct spaced_run {
+    size_t begin, end;  // text[begin, end)
+    size_t letters;
+    char separator;  // '\0' for a lone letter alone
+};
+
+// The gap between two runs of one spaced-out sentence: spaces, or a sentence mark then spaces (", " in "b o m b ,
+// n o w") between runs spaced by spaces, where a gap of spaces alone takes two (one is a run's own separator).
+// Returns false for any other gap; mark receives the sentence mark ('\0' for none).
+bool sentence_gap(std::string_view gap, const spaced_run & a, const spaced_run & b, char & mark) {
+    const size_t at = gap.find_first_not_of(' ');
+    mark = '\0';
+    const bool by_spaces = (a.separator == ' ' || a.separator == '\0') && (b.separator == ' ' || b.separator == '\0');
+    if (at != std::string_view::npos) {
+        // Only between runs spaced by spaces: "e.g. U.S." are initials, each ended by its own mark.
+        if (!by_spaces || !sentence_mark(gap[at]) || gap.find_first_not_of(' ', at + 1) != std::string_view::npos ||
+            at + 1 == gap.size()) {
+            return false;
+        }
+        mark = gap[at];
+        return true;
+    }
+    return !gap.empty() && (gap.size() >= 2 || !by_spaces);
+}
+
+// Letters spaced out ("h o w   t o   m a k e   a   b o m b", "F-R-A-U-D") joined into the words a reader reads:
+// a subword tokenizer reads one letter a token, which no guard was trained on. A group of runs joined by
+// sentence gaps is joined when one run holds at least 4 letters or two hold at least 2, so that chat shorthand
+// ("r u a", "i m a") and initials ("U.S.A.", "e.g.") stay as written.
+std::string join_spaced_letters(std::string_view text) {
+    std::vector<spaced_run> runs;
+    for (size_t i = 0; i < text.size();) {
+        if (!lone_letter(text, i)) {
+            ++i;
+            continue;
+        }
+        spaced_run run{i, i + 1, 1, '\0'};
+        // A space binds less than the other separators: a second letter that starts a run spaced by one of them
+        // belongs to that run ("a b-o-m-b").
+        const size_t second = i + 2;
+        const bool starts_other = second + 2 < text.size() && text[i + 1] == ' ' && text[second + 1] != ' ' &&
+                                  letter_separator(text[second + 1]) && lone_letter(text, second + 2);
+        if (second < text.size() && letter_separator(text[i + 1]) && lone_letter(text, second) && !starts_other) {
+            run.separator = text[i + 1];
+            while (run.end + 1 < text.size() && text[run.end] == run.separator && lone_letter(text, run.end + 1)) {
+                run.end += 2;
+                ++run.letters;
+            }
+        }
+        runs.push_back(run);
+        i = run.end;
+    }
+    std::string out;
+    size_t copied = 0;  // text[0, copied) is in out
+    for (size_t first = 0; first < runs.size();) {
+        size_t last = first;
+        char mark = '\0';
+        while (last + 1 < runs.size() &&
+               sentence_gap(text.substr(runs[last].end, runs[last + 1].begin - runs[last].end), runs[last],
+                            runs[last + 1], mark)) {
+            ++last;
+        }
+        size_t longest = 0;
+        size_t words = 0;
+        for (size_t r = first; r <= last; ++r) {
+            longest = std::max(longest, runs[r].letters);
+            words += runs[r].letters >= 2;
+        }
+        if (longest < 4 && words < 2) {
+            first = last + 1;
+            continue;
+        }
+        out.append(text.substr(copied, runs[first].begin - copied));
+        for (size_t r = first; r <= last; ++r) {
+            for (size_t k = runs[r].begin; k < runs[r].end; k += runs[r].separator ? 2 : 1) {
+                out.push_back(text[k]);
+            }
+            if (r < last) {
+                sentence_gap(text.substr(runs[r].end, runs[r + 1].begin - runs[r].end), runs[r], runs[r + 1], mark);
+                if (mark) {
+                    out.push_back(mark);
+                }
+                out.push_back(' ');
+            }
+        }
+        copied = runs[last].end;
+        // "b o m b ." and "b-o-m-b-." end as "bomb."
+        const std::string_view rest = text.substr(copied);
+        if (rest.size() >= 2 && (rest[0] == ' ' || rest[0] == runs[last].separator) && sentence_mark(rest[1]) &&
+            (rest.size() == 2 || std::isspace(static_cast<unsigned char>(rest[2])))) {
+            ++copied;
+        }
+        first = last + 1;
+    }
+    if (copied == 0) {
+        return std::string(text);
+    }
+    out.append(text.substr(copied));
+    return out;
+}
+
+// Compatibility forms, invisible code points and look-alike letters.
+std::string fold_characters(std::string_view text) {
     std::string folded;
     folded.reserve(text.size());
     size_t len = 0;
@@ -197,5 +312,9 @@ std::string fold_text(std::string_view text) {
     }
     return out;
 }
+
+}  // namespace
+
+std::string fold_text(std::string_view text) { return join_spaced_letters(fold_characters(text)); }
 
 }  // namespace lg

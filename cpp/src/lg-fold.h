@@ -10,7 +10,9 @@ namespace lg {
 // those letters: compatibility forms to their NFKC form (fullwidth, mathematical, circled, super- and subscript
 // letters, ligatures; lg-fold-table.inc), invisible default-ignorable code points removed (zero-width spaces and
 // joiners, soft hyphens, bidirectional controls, variation selectors, tags), and in a word that holds Latin
-// letters, Cyrillic, Greek and Armenian letters drawn like Latin ones replaced by them. ASCII text is unchanged.
+// letters, Cyrillic, Greek and Armenian letters drawn like Latin ones replaced by them, and letters spaced out
+// joined into the words they spell ("b o m b", "F-R-A-U-D"; not initials or chat shorthand: "U.S.A.", "r u a").
+// ASCII text changes only where letters are spaced out.
 std::string fold_text(std::string_view text);
 
 }  // namespace lg

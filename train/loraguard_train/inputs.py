@@ -25,10 +25,7 @@ IntArray = npt.NDArray[np.int64]
 
 
 def read_text(text: str) -> str:
-    """A prompt or response as the runtime's guard reads it (text_form "folded"). Folding leaves ASCII as it is,
-    so ASCII text skips the native runtime (training loads it only for rows that need it)."""
-    if text.isascii():
-        return text
+    """A prompt or response as the runtime's guard reads it (text_form "folded")."""
     from loraguard_cpp import fold_text
 
     return fold_text(text)
