@@ -28,6 +28,8 @@ def math_bold(text: str) -> str:
                    chr(0x1D400 + ord(c) - 65) if "A" <= c <= "Z" else c for c in text)
 
 
+LEET = str.maketrans("aeiostAEIOST", "431057431057")
+
 SPELLINGS: dict[str, Callable[[str], str]] = {
     "plain": lambda t: t,
     "zero-width space between every character": lambda t: "\u200b".join(t),
@@ -35,6 +37,7 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "mathematical bold": math_bold,
     "Cyrillic look-alikes for a, c, e, i, o, p, x, y": lambda t: t.translate(CYRILLIC),
     "letters spaced out": lambda t: " ".join(t),
+    "leetspeak (a 4, e 3, i 1, o 0, s 5, t 7)": lambda t: t.translate(LEET),
 }
 
 
