@@ -254,3 +254,15 @@ def test_folding_is_stable_on_random_text() -> None:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 16)))
         folded = fold_text(text)
         assert fold_text(folded) == folded, (text, folded)
+
+
+def test_any_chat_tokens_are_judged_without_failing(smollm2_alora: Guard) -> None:
+    """Whatever the chat holds (byte tokens that form no character, special tokens mid-text, any id), reading it
+    folded gives a verdict: a model can sample any of these."""
+    rng = random.Random(0)
+    base = smollm2_alora.tokenize_chat([{"role": "user", "content": "hi"}])
+    n_vocab = smollm2_alora.model.n_vocab
+    for _ in range(100):
+        ids = [rng.randrange(300) if rng.random() < 0.5 else rng.randrange(n_vocab) for _ in range(rng.randint(1, 40))]
+        smollm2_alora.chat_logits(base + ids)
+        assert set(smollm2_alora.classify_chat().scores) == set(smollm2_alora.labels)
