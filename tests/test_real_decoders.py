@@ -21,7 +21,7 @@ import pytest
 
 from chat_check import assert_chat_bit_identical
 from conftest import DATA, load_real_texts, require_shared
-from loraguard_cpp import Guard, _native
+from loraguard_cpp import Guard, _native, fold_text
 
 SMOLLM2_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>"
 GEMMA3_TEMPLATE = "<start_of_turn>user\n{prompt}<end_of_turn>"
@@ -106,7 +106,8 @@ def _check_tokens_and_f32_parity(real: RealGuard, texts: list[str], relative_tol
     marker_ids = tokenizer.convert_tokens_to_ids(markers)
     with Guard(real.f32, real.guard, n_threads=2, n_ctx=4096, exact=True) as guard:
         for text in [forged, *texts, *_numbered_replies(), "Steps:\n\n1. Mix\n 2. Bake at 180\t3 times\n\n\n42"]:
-            hf_ids = token_ids(tokenizer, [text], None, real.template, real.template, parse_special=True)[0]
+            # the text as the guard reads it: folding joins spaced-out letters in a ToxicChat row here
+            hf_ids = token_ids(tokenizer, [fold_text(text)], None, real.template, real.template, parse_special=True)[0]
             assert guard.tokenize(text) == hf_ids, f"token ids differ for {text[:60]!r}"
         # the user's text stays text: only the template's own markers are special tokens
         for marker in marker_ids:
