@@ -8,6 +8,7 @@
 #include "lg-error.h"
 #include "lg-fold.h"
 #include "lg-guard.h"
+#include "lg-special.h"
 #include "lg-text.h"
 #include "lg-threads.h"
 
@@ -38,15 +39,11 @@ std::string fold_valid(std::string_view text) {
 // the chat's own cache holds exactly what the guard reads.
 std::vector<lg::token_template::segment> folded_reading(const llama_vocab * vocab,
                                                         const std::vector<llama_token> & tokens) {
-    const auto is_special = [&](llama_token t) {
-        return (llama_vocab_get_attr(vocab, t) &
-                (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN)) != 0;
-    };
     std::vector<lg::token_template::segment> out;
     bool changed = false;
     for (size_t begin = 0, end = 0; begin < tokens.size(); begin = end) {
-        const bool special = is_special(tokens[begin]);
-        while (end < tokens.size() && is_special(tokens[end]) == special) {
+        const bool special = lg::is_special(vocab, tokens[begin]);
+        while (end < tokens.size() && lg::is_special(vocab, tokens[end]) == special) {
             ++end;
         }
         std::vector<llama_token> run(tokens.begin() + static_cast<long>(begin), tokens.begin() + static_cast<long>(end));

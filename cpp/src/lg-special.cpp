@@ -4,17 +4,21 @@
 
 namespace lg {
 
+bool is_special(const llama_vocab * vocab, llama_token id) {
+    return (llama_vocab_get_attr(vocab, id) &
+            (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN)) != 0;
+}
+
 std::vector<special_token> special_tokens_of(const llama_vocab * vocab) {
     std::vector<special_token> found;
     const int32_t n_vocab = llama_vocab_n_tokens(vocab);
     for (llama_token id = 0; id < n_vocab; ++id) {
-        const llama_token_attr attr = llama_vocab_get_attr(vocab, id);
-        if (!(attr & (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN))) {
+        if (!is_special(vocab, id)) {
             continue;
         }
         const char * text = llama_vocab_get_text(vocab, id);
         if (text && *text) {
-            found.push_back({id, text, attr});
+            found.push_back({id, text, llama_vocab_get_attr(vocab, id)});
         }
     }
     std::stable_sort(found.begin(), found.end(),

@@ -14,6 +14,10 @@ struct special_token {
     llama_token_attr attr;
 };
 
+// Control, user-defined and unknown tokens: those llama.cpp's tokenizer matches as text when parse_special is on,
+// and that split text into pieces tokenized apart.
+bool is_special(const llama_vocab * vocab, llama_token id);
+
 // Control, user-defined and unknown tokens that have a text, longest first (the order llama.cpp matches them in).
 std::vector<special_token> special_tokens_of(const llama_vocab * vocab);
 
