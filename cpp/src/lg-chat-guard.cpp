@@ -2,17 +2,20 @@
 // the conversation, which is exactly what an aLoRA guard reads before its invocation, so a verdict costs the
 // invocation's tokens instead of a second read of the whole conversation. Where the conversation holds text that
 // the guard reads folded (lg_text_form), the cache holds what the chat model read instead, and the guard reads the
-// folded conversation in its own context.
+// folded conversation in its own context; where it holds leetspeak, the guard also reads it as letters there.
 #include "lg-chat.h"
 
 #include "lg-error.h"
 #include "lg-fold.h"
 #include "lg-guard.h"
+#include "lg-leet.h"
 #include "lg-special.h"
 #include "lg-text.h"
 #include "lg-threads.h"
 
 #include <algorithm>
+#include <functional>
+#include <optional>
 #include <exception>
 
 namespace {
@@ -33,12 +36,13 @@ std::string fold_valid(std::string_view text) {
     return out;
 }
 
-// The chat's tokens as the guard reads text: each run of plain tokens between special ones folded and tokenized
-// again as one piece, as the chat's template tokenizes the text between its markers, and the special tokens kept
-// (whole in every window, should the folded conversation need windows). Empty when folding changes nothing: then
-// the chat's own cache holds exactly what the guard reads.
-std::vector<lg::token_template::segment> folded_reading(const llama_vocab * vocab,
-                                                        const std::vector<llama_token> & tokens) {
+// The chat's tokens as the guard reads text: each run of plain tokens between special ones read by reading and
+// tokenized again as one piece, as the chat's template tokenizes the text between its markers, and the special
+// tokens kept (whole in every window, should the conversation need windows). reading gives nothing for a run it
+// leaves as it is; the result is empty when it leaves every run so.
+std::vector<lg::token_template::segment> reread(
+    const llama_vocab * vocab, const std::vector<llama_token> & tokens,
+    const std::function<std::optional<std::string>(const std::string &)> & reading) {
     std::vector<lg::token_template::segment> out;
     bool changed = false;
     for (size_t begin = 0, end = 0; begin < tokens.size(); begin = end) {
@@ -52,10 +56,9 @@ std::vector<lg::token_template::segment> folded_reading(const llama_vocab * voca
             for (const llama_token t : run) {
                 text += lg::token_text(vocab, t);
             }
-            std::string folded = fold_valid(text);
-            if (folded != text) {
+            if (const std::optional<std::string> read = reading(text)) {
                 changed = true;
-                run = lg::tokenize(vocab, folded, /*add_special=*/false, /*parse_special=*/false);
+                run = lg::tokenize(vocab, *read, /*add_special=*/false, /*parse_special=*/false);
             }
         }
         out.push_back({std::move(run), special ? -1 : 0});
@@ -65,6 +68,15 @@ std::vector<lg::token_template::segment> folded_reading(const llama_vocab * voca
     }
     return out;
 }
+
+// Folded where folding changes the text: then the chat's own cache no longer holds what the guard reads.
+std::optional<std::string> folded(const std::string & text) {
+    std::string out = fold_valid(text);
+    return out == text ? std::nullopt : std::optional<std::string>(std::move(out));
+}
+
+// Folded, then leetspeak read as letters: the conversation's second reading, where it has one.
+std::optional<std::string> folded_leet(const std::string & text) { return lg::leet_reading(fold_valid(text)); }
 
 }  // namespace
 
@@ -97,13 +109,29 @@ void lg_chat::classify(lg_guard & guard, float * logits) {
                                       " tokens in n_ctx " + std::to_string(n_ctx) +
                                       ": raise the chat's n_ctx (the chat is unchanged)");
     }
-    if (guard.params.text_form == LG_TEXT_FOLDED) {
-        const std::vector<lg::token_template::segment> folded = folded_reading(model.vocab, history);
-        if (!folded.empty()) {
-            guard.classify_segments(folded, "the chat's context, folded,", logits);
-            return;
+    if (guard.params.text_form == LG_TEXT_EXACT) {
+        classify_in_place(guard, logits);
+        return;
+    }
+    const std::vector<lg::token_template::segment> first = reread(model.vocab, history, folded);
+    if (first.empty()) {
+        classify_in_place(guard, logits);
+    } else {
+        guard.classify_segments(first, "the chat's context, folded,", logits);
+    }
+    // Scored beside the first reading and the max kept, as lg_guard_classify does with a text
+    const std::vector<lg::token_template::segment> second = reread(model.vocab, history, folded_leet);
+    if (!second.empty()) {
+        std::vector<float> leet(guard.spec.labels.size());
+        guard.classify_segments(second, "the chat's context, read as leetspeak,", leet.data());
+        for (size_t l = 0; l < leet.size(); ++l) {
+            logits[l] = std::max(logits[l], leet[l]);
         }
     }
+}
+
+void lg_chat::classify_in_place(lg_guard & guard, float * logits) {
+    const std::vector<llama_token> & invocation = guard.spec.invocation;
     // The logits the chat samples its next token from: the invocation's decode overwrites llama.cpp's output buffer.
     const float * current = last_logits();
     if (!current) {

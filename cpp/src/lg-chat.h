@@ -58,6 +58,8 @@ struct lg_chat {
     // The text the template makes of messages whose contents are values[i] (the model's template, or the
     // contents joined by newlines for a model without one).
     std::string render(const lg_message * messages, const std::vector<std::string> & values) const;
+    // The guard's invocation decoded after the chat's cells and removed again: the verdict on what the chat read.
+    void classify_in_place(lg_guard & guard, float * logits);
 
     size_t n_past = 0;
     std::vector<llama_token> history;  // the n_past tokens decoded, for reading them folded (lg-chat-guard.cpp)

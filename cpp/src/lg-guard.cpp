@@ -2,6 +2,7 @@
 
 #include "lg-error.h"
 #include "lg-fold.h"
+#include "lg-leet.h"
 #include "lg-text.h"
 #include "lg-threads.h"
 
@@ -184,8 +185,33 @@ std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n
     return jobs;
 }
 
+std::optional<lg_guard::read_text> lg_guard::leet_reading(const read_text & text) const {
+    if (params.text_form != LG_TEXT_FOLDED) {
+        return std::nullopt;
+    }
+    std::optional<std::string> prompt = lg::leet_reading(text.prompt);
+    std::optional<std::string> response = text.response ? lg::leet_reading(*text.response) : std::nullopt;
+    if (!prompt && !response) {
+        return std::nullopt;
+    }
+    return read_text{prompt ? std::move(*prompt) : text.prompt, response ? std::move(response) : text.response};
+}
+
 std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size_t input_index) const {
     const read_text text = read(input);
+    const std::string what = "input " + std::to_string(input_index);
+    std::vector<std::vector<llama_token>> out = fit(text, what);
+    // Scored beside the text as written, the max kept as for windows: a request spelled in leetspeak is read
+    // as the words it spells, and a text whose digits are digits keeps the score it has as written.
+    if (const std::optional<read_text> leet = leet_reading(text)) {
+        for (std::vector<llama_token> & tokens : fit(*leet, what + " read as leetspeak")) {
+            out.push_back(std::move(tokens));
+        }
+    }
+    return out;
+}
+
+std::vector<std::vector<llama_token>> lg_guard::fit(const read_text & text, const std::string & what) const {
     std::vector<llama_token> whole = tokenize(text);
     if (whole.size() <= n_ctx) {
         return {std::move(whole)};
@@ -194,7 +220,7 @@ std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size
     // and reply opening), which the guard was trained to read around the text.
     return cut(text.response ? pair_template.segments({text.prompt, *text.response})
                              : prompt_template.segments({text.prompt}),
-               whole.size(), "input " + std::to_string(input_index));
+               whole.size(), what);
 }
 
 std::vector<std::vector<llama_token>> lg_guard::cut(const std::vector<lg::token_template::segment> & segments,

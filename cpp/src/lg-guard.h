@@ -17,9 +17,10 @@ struct lg_guard {
     lg_guard(const lg_guard &) = delete;
     lg_guard & operator=(const lg_guard &) = delete;
 
-    // The token ids one input runs as (template applied, an aLoRA guard's invocation after it; no overflow handling).
+    // The token ids one input runs as, read as written (template applied, an aLoRA guard's invocation after it;
+    // no overflow handling and no second reading).
     std::vector<llama_token> tokenize(const lg_input & input) const;
-    // The sequences one input is scored as, its overflow policy applied.
+    // The sequences one input is scored as, its overflow policy applied: its leetspeak reading's after its own.
     std::vector<std::vector<llama_token>> sequences(const lg_input & input) const;
     void classify(const lg_input * inputs, size_t n, float * logits);
     // Scores one token sequence given as segments (slot < 0: kept whole in every window, the rest cut by the
@@ -64,9 +65,12 @@ struct lg_guard {
         std::optional<std::string> response;
     };
     read_text read(const lg_input & input) const;
+    // The same text with leetspeak read as letters (lg::leet_reading), if folding is on and that changes it.
+    std::optional<read_text> leet_reading(const read_text & text) const;
     std::vector<llama_token> tokenize(const read_text & text) const;
-    // The sequences one input is scored as: its tokens if they fit, else cut by the overflow policy.
+    // The sequences one input is scored as: each reading's tokens if they fit, else cut by the overflow policy.
     std::vector<std::vector<llama_token>> fit(const lg_input & input, size_t input_index) const;
+    std::vector<std::vector<llama_token>> fit(const read_text & text, const std::string & what) const;
     // Segments of n_whole tokens (invocation included) that do not fit, cut by the overflow policy: the
     // invocation and segments with slot < 0 whole in every sequence, the rest windowed or kept at its end.
     std::vector<std::vector<llama_token>> cut(const std::vector<lg::token_template::segment> & segments,

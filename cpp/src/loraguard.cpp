@@ -5,6 +5,7 @@
 #include "lg-error.h"
 #include "lg-file-type.h"
 #include "lg-fold.h"
+#include "lg-leet.h"
 #include "lg-guard.h"
 #include "lg-model.h"
 #include "lg-text.h"
@@ -126,6 +127,23 @@ lg_status lg_fold_text(const char * text, size_t text_len, char * out, size_t n_
         *n_bytes = folded.size();
         if (out) {
             std::memcpy(out, folded.data(), std::min(n_max, folded.size()));
+        }
+    });
+}
+
+lg_status lg_leet_reading(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
+                          bool * found) {
+    return lg::call([&] {
+        require(text, "text");
+        require(n_bytes, "n_bytes");
+        require(found, "found");
+        const std::string_view in(text, text_len);
+        lg::check_encoding(in, "text");
+        const std::optional<std::string> read = lg::leet_reading(lg::fold_text(in));
+        *found = read.has_value();
+        *n_bytes = read ? read->size() : 0;
+        if (read && out) {
+            std::memcpy(out, read->data(), std::min(n_max, read->size()));
         }
     });
 }

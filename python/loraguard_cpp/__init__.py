@@ -26,7 +26,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .guard import ChatVerdict, Guard, GuardResult, fold_text
+    from .guard import ChatVerdict, Guard, GuardResult, fold_text, leet_reading
 
 __all__ = [
     "BackendError",
@@ -41,6 +41,7 @@ __all__ = [
     "LoraGuardError",
     "ModelMismatchError",
     "fold_text",
+    "leet_reading",
 ]
 
 
@@ -50,6 +51,6 @@ def __getattr__(name: str) -> Any:
 
         preload()
         return importlib.import_module("._native", __name__)
-    if name in ("ChatVerdict", "Guard", "GuardResult", "fold_text"):
+    if name in ("ChatVerdict", "Guard", "GuardResult", "fold_text", "leet_reading"):
         return getattr(importlib.import_module(".guard", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

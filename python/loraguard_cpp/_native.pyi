@@ -6,6 +6,7 @@ import numpy.typing as npt
 FORMAT_VERSION: int
 
 def fold_text(text: bytes | str) -> str: ...
+def leet_reading(text: bytes | str) -> str | None: ...
 
 # on_token(token_id, piece_bytes, logits_or_None) -> keep going (None counts as True)
 TokenCallback = Callable[[int, bytes, npt.NDArray[np.float32] | None], bool | None]

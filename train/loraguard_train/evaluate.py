@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from loraguard_train.data import UNSAFE, DataError, Dataset
-from loraguard_train.inputs import logits_of, pad_id, tokenize
+from loraguard_train.inputs import logits_of, pad_id, read_text, second_readings, tokenize
 from loraguard_train.metrics import (
     MIN_CALIBRATION_POSITIVES,
     best_f1_threshold,
@@ -84,21 +84,32 @@ class Reference:
         return cls(model, load_tokenizer(base), guard_config, max_tokens)
 
     def score(self, dataset: Dataset, batch_size: int, quiet: bool = False) -> Scored:
-        template = self.guard_config["template"]
         started = time.perf_counter()
+        desc = None if quiet else f"torch {dataset.name}"
+        logits = self._logits(dataset.prompts, dataset.responses, batch_size, desc)
+        # The runtime's second reading of rows holding leetspeak, the max kept as there
+        rows, prompts, responses = second_readings(dataset.prompts, dataset.responses)
+        if rows:
+            second = self._logits(prompts, responses, batch_size, None if quiet else f"torch {dataset.name} (leet)",
+                                  read=None)
+            logits[rows] = np.maximum(logits[rows], second)
+        return Scored(dataset, sigmoid(logits), time.perf_counter() - started)
+
+    def _logits(self, prompts: Sequence[str], responses: Sequence[str | None] | None, batch_size: int,
+                desc: str | None, read: Callable[[str], str] | None = read_text) -> npt.NDArray[np.float32]:
+        template = self.guard_config["template"]
         ids = tokenize(
             self.tokenizer,
-            dataset.prompts,
-            dataset.responses,
+            prompts,
+            responses,
             template["prompt"],
             template["pair"],
             template["parse_special"],
             self.max_tokens,
             invocation=self.model.invocation or (),
+            read=read,
         )
-        desc = None if quiet else f"torch {dataset.name}"
-        logits = logits_of(self.model, ids, pad_id(self.tokenizer), batch_size, desc=desc)
-        return Scored(dataset, sigmoid(logits), time.perf_counter() - started)
+        return logits_of(self.model, ids, pad_id(self.tokenizer), batch_size, desc=desc)
 
 
 def reference_base(ckpt: Path, given: Path | None) -> Path:

@@ -3,12 +3,14 @@
 Long inputs keep the whole template (framing, turn markers, the reply's opening) and the *last* tokens of the
 prompt and response, as the runtime's default `keep_end` overflow policy does: the end decides a decoder's last
 hidden state, and training on the same view the runtime scores keeps the two consistent. Texts are read as the
-runtime reads them by default: folded (`loraguard_cpp.fold_text`).
+runtime reads them by default: folded (`loraguard_cpp.fold_text`). Training reads that one reading; the runtime
+also scores a text holding leetspeak as `loraguard_cpp.leet_reading` gives it and keeps the higher score, and
+evaluation's torch reference does the same (`second_readings`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +33,26 @@ def read_text(text: str) -> str:
     return fold_text(text)
 
 
+def second_readings(
+    prompts: Sequence[str], responses: Sequence[str | None] | None
+) -> tuple[list[int], list[str], list[str | None] | None]:
+    """The rows the runtime reads a second time (leetspeak read as letters): their indices, and their prompts and
+    responses as that reading gives them, already read (tokenize them with `read=None`)."""
+    from loraguard_cpp import leet_reading
+
+    rows, second_prompts, second_responses = [], [], []
+    for i, prompt in enumerate(prompts):
+        response = None if responses is None else responses[i]
+        leet_prompt = leet_reading(prompt)
+        leet_response = None if response is None else leet_reading(response)
+        if leet_prompt is None and leet_response is None:
+            continue
+        rows.append(i)
+        second_prompts.append(leet_prompt if leet_prompt is not None else read_text(prompt))
+        second_responses.append(None if response is None else leet_response or read_text(response))
+    return rows, second_prompts, None if responses is None else second_responses
+
+
 def tokenize(
     tokenizer: Any,
     prompts: Sequence[str],
@@ -40,16 +62,19 @@ def tokenize(
     parse_special: bool,
     max_tokens: int | None,
     invocation: Sequence[int] = (),
+    read: Callable[[str], str] | None = read_text,
 ) -> list[list[int]]:
     """Guard inputs as the runtime tokenizes them (loraguard_train.template); an input longer than max_tokens is
     cut like the runtime's keep_end: the template whole, the last tokens of the prompt and response.
 
     An aLoRA guard's `invocation` ids are appended to every input after the cut (which leaves room for them), as
-    ids: never tokenized together with the text before them.
+    ids: never tokenized together with the text before them. `read` is how each text is read (None: the texts
+    are read already, as `second_readings` gives them).
     """
-    prompts = [read_text(p) for p in prompts]
-    if responses is not None:
-        responses = [None if r is None else read_text(r) for r in responses]
+    if read is not None:
+        prompts = [read(p) for p in prompts]
+        if responses is not None:
+            responses = [None if r is None else read(r) for r in responses]
     ids = token_ids(tokenizer, prompts, responses, template_prompt, template_pair, parse_special)
     if any(not row for row in ids):
         raise ValueError("a text tokenized to zero tokens; the guard has nothing to pool")
