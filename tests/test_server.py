@@ -182,10 +182,14 @@ def test_bad_moderation_requests(minilm: Server, case: str) -> None:
 
 
 def test_one_log_line_per_request_without_the_text(minilm: Server) -> None:
+    def request_lines() -> list[str]:
+        return [x for x in minilm.log_text().splitlines() if "POST /v1/moderations 200" in x]
+
     secret = "My neighbour Alice Zebrowski-4711 will get stabbed tonight."
+    earlier = len(request_lines())  # earlier tests' requests: their lines are not this one's
     _client(minilm).moderations.create(input=[secret, BENIGN])
     deadline = time.monotonic() + 10
-    while not (lines := [x for x in minilm.log_text().splitlines() if "POST /v1/moderations 200" in x]):
+    while len(lines := request_lines()) <= earlier:  # the line may be written after the response is sent
         assert time.monotonic() < deadline, "no log line for the request"
         time.sleep(0.1)
     assert "ms flagged=" in lines[-1] and "/2" in lines[-1], lines[-1]  # latency and verdict counts
