@@ -9,6 +9,7 @@ guard: look-alike spelling"); --text-form exact shows what the guard read before
 from __future__ import annotations
 
 import argparse
+import base64
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,7 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "Cyrillic look-alikes for a, c, e, i, o, p, x, y": lambda t: t.translate(CYRILLIC),
     "letters spaced out": lambda t: " ".join(t),
     "leetspeak (a 4, e 3, i 1, o 0, s 5, t 7)": lambda t: t.translate(LEET),
+    "base64": lambda t: base64.b64encode(t.encode()).decode(),
 }
 
 
@@ -52,6 +54,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=300, help="harmful and as many safe dev prompts")
     p.add_argument("--text-form", choices=["folded", "exact"], default="folded")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--spelling", nargs="+", choices=list(SPELLINGS), default=list(SPELLINGS), metavar="SPELLING",
+                   help="only these rows of the table (default: all)")
     args = p.parse_args()
     recipe = Path(args.recipe)
     _, dev_sets, _ = labelled_splits(build_config(read_recipe(recipe), recipe.parent))
@@ -62,7 +66,8 @@ def main() -> None:
     print(f"| spelling | `{args.guard}` {args.text_form}: harmful caught / safe flagged |")
     print("| --- | --- |")
     with Guard(args.model, args.guard, n_threads=args.threads, text_form=args.text_form) as guard:
-        for name, spell in SPELLINGS.items():
+        for name in args.spelling:
+            spell = SPELLINGS[name]
             shares = [np.mean([r.flagged for r in guard.classify_many([spell(t) for t in texts])]) for texts in groups]
             print(f"| {name} | " + " / ".join(f"{100 * s:.1f} %" for s in shares) + " |", flush=True)
 

@@ -113,12 +113,14 @@ LORAGUARD_API lg_status lg_model_tokenize(const lg_model * model, const char * t
 LORAGUARD_API lg_status lg_fold_text(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes);
 
 // The second text a guard with LG_TEXT_FOLDED reads for this text, scored beside lg_fold_text's and the higher
-// score kept: the folded text with digits and @ $ inside words read as the letters they stand for ("h0w t0 m4k3
-// 4 b0mb" -> "how to make a bomb"), for a text that holds a leetspeak word (one of 0 1 3 4 5 7 between two
-// letters of a word; handles, URLs, e-mail addresses and mixed-case codes do not count). *found is false, and
-// nothing is written, when the guard reads the text once. Otherwise as lg_fold_text.
-LORAGUARD_API lg_status lg_leet_reading(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
-                                        bool * found);
+// score kept: the folded text with what a capable chat model decodes in it decoded. Runs of base64 that decode to
+// text (at least 16 characters; keys and hashes decode to bytes and stay) are replaced by that text, then, in a
+// text holding a leetspeak word (one of 0 1 3 4 5 7 between two letters of a word; handles, URLs, e-mail
+// addresses and mixed-case codes do not count), digits and @ $ inside words are read as the letters they stand
+// for ("h0w t0 m4k3 4 b0mb" -> "how to make a bomb"). *found is false, and nothing is written, when the guard
+// reads the text once. Otherwise as lg_fold_text.
+LORAGUARD_API lg_status lg_decoded_reading(const char * text, size_t text_len, char * out, size_t n_max,
+                                           size_t * n_bytes, bool * found);
 
 // Quantize a GGUF model file (llama_model_quantize). type: "Q8_0", "Q4_K_M", "Q4_0", "F16", ...
 // The output is written to a temporary file and renamed, so a failure leaves nothing behind.
@@ -145,8 +147,8 @@ typedef enum lg_overflow {
 // letters, ligatures), invisible default-ignorable code points (zero-width spaces and joiners, soft hyphens,
 // bidirectional controls, variation selectors, tags) removed, and in a word that also holds Latin letters,
 // Cyrillic, Greek and Armenian letters drawn like Latin ones made Latin, letters spaced out joined into their
-// words. A text holding leetspeak ("b0mb", "k1ll") is read a second time with its digits as letters
-// (lg_leet_reading) and the higher score kept, as for windows.
+// words. A text holding base64 or leetspeak ("b0mb", "k1ll") is read a second time decoded (lg_decoded_reading)
+// and the higher score kept, as for windows.
 typedef enum lg_text_form {
     LG_TEXT_FOLDED = 0,  // default
     LG_TEXT_EXACT = 1,   // the bytes as given (a reference that tokenizes the raw text, a guard trained on it)

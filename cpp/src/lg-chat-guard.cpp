@@ -2,13 +2,13 @@
 // the conversation, which is exactly what an aLoRA guard reads before its invocation, so a verdict costs the
 // invocation's tokens instead of a second read of the whole conversation. Where the conversation holds text that
 // the guard reads folded (lg_text_form), the cache holds what the chat model read instead, and the guard reads the
-// folded conversation in its own context; where it holds leetspeak, the guard also reads it as letters there.
+// folded conversation in its own context; where it holds leetspeak or base64, the guard also reads it decoded there.
 #include "lg-chat.h"
 
 #include "lg-error.h"
 #include "lg-fold.h"
 #include "lg-guard.h"
-#include "lg-leet.h"
+#include "lg-decode.h"
 #include "lg-special.h"
 #include "lg-text.h"
 #include "lg-threads.h"
@@ -75,8 +75,8 @@ std::optional<std::string> folded(const std::string & text) {
     return out == text ? std::nullopt : std::optional<std::string>(std::move(out));
 }
 
-// Folded, then leetspeak read as letters: the conversation's second reading, where it has one.
-std::optional<std::string> folded_leet(const std::string & text) { return lg::leet_reading(fold_valid(text)); }
+// Folded, then decoded (base64, leetspeak): the conversation's second reading, where it has one.
+std::optional<std::string> folded_decoded(const std::string & text) { return lg::decoded_reading(fold_valid(text)); }
 
 }  // namespace
 
@@ -120,12 +120,12 @@ void lg_chat::classify(lg_guard & guard, float * logits) {
         guard.classify_segments(first, "the chat's context, folded,", logits);
     }
     // Scored beside the first reading and the max kept, as lg_guard_classify does with a text
-    const std::vector<lg::token_template::segment> second = reread(model.vocab, history, folded_leet);
+    const std::vector<lg::token_template::segment> second = reread(model.vocab, history, folded_decoded);
     if (!second.empty()) {
-        std::vector<float> leet(guard.spec.labels.size());
-        guard.classify_segments(second, "the chat's context, read as leetspeak,", leet.data());
-        for (size_t l = 0; l < leet.size(); ++l) {
-            logits[l] = std::max(logits[l], leet[l]);
+        std::vector<float> decoded(guard.spec.labels.size());
+        guard.classify_segments(second, "the chat's context, decoded,", decoded.data());
+        for (size_t l = 0; l < decoded.size(); ++l) {
+            logits[l] = std::max(logits[l], decoded[l]);
         }
     }
 }

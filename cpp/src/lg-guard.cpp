@@ -2,7 +2,7 @@
 
 #include "lg-error.h"
 #include "lg-fold.h"
-#include "lg-leet.h"
+#include "lg-decode.h"
 #include "lg-text.h"
 #include "lg-threads.h"
 
@@ -128,17 +128,18 @@ lg_guard::~lg_guard() {
     model.release();  // after the adapter: llama.cpp's model keeps a list of its adapters
 }
 
+void lg_guard::check_size(std::string_view text, const char * field, const char * what) const {
+    if (text.size() > params.max_text_bytes) {
+        lg::fail(LG_ERR_TOO_LONG, std::string(field) + " is " + std::to_string(text.size()) + " bytes" + what +
+                                      ", past the guard's limit of " + std::to_string(params.max_text_bytes) +
+                                      " (max_text_bytes): split it, or raise the limit");
+    }
+}
+
 lg_guard::read_text lg_guard::read(const lg_input & input) const {
     if (!input.prompt) {
         lg::fail(LG_ERR_INVALID_ARGUMENT, "prompt is NULL");
     }
-    const auto check_size = [&](std::string_view text, const char * field, const char * what) {
-        if (text.size() > params.max_text_bytes) {
-            lg::fail(LG_ERR_TOO_LONG, std::string(field) + " is " + std::to_string(text.size()) + " bytes" + what +
-                                          ", past the guard's limit of " + std::to_string(params.max_text_bytes) +
-                                          " (max_text_bytes): split it, or raise the limit");
-        }
-    };
     // Checked as given, then as folded: a few compatibility characters unfold into many bytes (U+FDFA into 33)
     const auto take = [&](std::string_view text, const char * field) {
         if (params.text_form == LG_TEXT_EXACT) {
@@ -185,14 +186,21 @@ std::vector<lg_guard::job> lg_guard::make_jobs(const lg_input * inputs, size_t n
     return jobs;
 }
 
-std::optional<lg_guard::read_text> lg_guard::leet_reading(const read_text & text) const {
+std::optional<lg_guard::read_text> lg_guard::decoded_reading(const read_text & text) const {
     if (params.text_form != LG_TEXT_FOLDED) {
         return std::nullopt;
     }
-    std::optional<std::string> prompt = lg::leet_reading(text.prompt);
-    std::optional<std::string> response = text.response ? lg::leet_reading(*text.response) : std::nullopt;
+    std::optional<std::string> prompt = lg::decoded_reading(text.prompt);
+    std::optional<std::string> response = text.response ? lg::decoded_reading(*text.response) : std::nullopt;
     if (!prompt && !response) {
         return std::nullopt;
+    }
+    // Folding the decoded text can lengthen it (U+FDFA folds into 33 bytes): held to the limit as folded text is
+    if (prompt) {
+        check_size(*prompt, "prompt", " once decoded");
+    }
+    if (response) {
+        check_size(*response, "response", " once decoded");
     }
     return read_text{prompt ? std::move(*prompt) : text.prompt, response ? std::move(response) : text.response};
 }
@@ -201,10 +209,10 @@ std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size
     const read_text text = read(input);
     const std::string what = "input " + std::to_string(input_index);
     std::vector<std::vector<llama_token>> out = fit(text, what);
-    // Scored beside the text as written, the max kept as for windows: a request spelled in leetspeak is read
+    // Scored beside the text as written, the max kept as for windows: a request in leetspeak or base64 is read
     // as the words it spells, and a text whose digits are digits keeps the score it has as written.
-    if (const std::optional<read_text> leet = leet_reading(text)) {
-        for (std::vector<llama_token> & tokens : fit(*leet, what + " read as leetspeak")) {
+    if (const std::optional<read_text> decoded = decoded_reading(text)) {
+        for (std::vector<llama_token> & tokens : fit(*decoded, what + " decoded")) {
             out.push_back(std::move(tokens));
         }
     }

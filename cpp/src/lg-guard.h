@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 struct lg_guard {
@@ -20,7 +21,7 @@ struct lg_guard {
     // The token ids one input runs as, read as written (template applied, an aLoRA guard's invocation after it;
     // no overflow handling and no second reading).
     std::vector<llama_token> tokenize(const lg_input & input) const;
-    // The sequences one input is scored as, its overflow policy applied: its leetspeak reading's after its own.
+    // The sequences one input is scored as, its overflow policy applied: its decoded reading's after its own.
     std::vector<std::vector<llama_token>> sequences(const lg_input & input) const;
     void classify(const lg_input * inputs, size_t n, float * logits);
     // Scores one token sequence given as segments (slot < 0: kept whole in every window, the rest cut by the
@@ -65,8 +66,11 @@ struct lg_guard {
         std::optional<std::string> response;
     };
     read_text read(const lg_input & input) const;
-    // The same text with leetspeak read as letters (lg::leet_reading), if folding is on and that changes it.
-    std::optional<read_text> leet_reading(const read_text & text) const;
+    // Fails with LG_ERR_TOO_LONG, naming field, where text is past params.max_text_bytes.
+    void check_size(std::string_view text, const char * field, const char * what) const;
+    // The same text read the second time (lg::decoded_reading: base64 decoded, leetspeak as letters), if folding
+    // is on and that changes it.
+    std::optional<read_text> decoded_reading(const read_text & text) const;
     std::vector<llama_token> tokenize(const read_text & text) const;
     // The sequences one input is scored as: each reading's tokens if they fit, else cut by the overflow policy.
     std::vector<std::vector<llama_token>> fit(const lg_input & input, size_t input_index) const;

@@ -1,4 +1,4 @@
-#include "lg-leet.h"
+#include "lg-decode.h"
 
 #include <vector>
 
@@ -48,6 +48,19 @@ bool word_case(std::string_view w, bool & upper) {
     return n_upper == 0 || upper || (first_upper && n_upper == 1);
 }
 
+// A hexadecimal number (a hash, an id, a colour): "8e067e4c" is a code, not leetspeak for "8eoteac"
+bool is_hex_code(std::string_view w) {
+    if (w.size() < 8) {
+        return false;
+    }
+    for (const char c : w) {
+        if (!is_digit(c) && !((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+            return false;
+        }
+    }
+    return true;
+}
+
 // A run of leet characters, one of them a digit, with a letter on each side
 bool has_leet_letters(std::string_view w) {
     for (size_t i = 1; i + 1 < w.size(); ++i) {
@@ -72,7 +85,7 @@ bool has_leet_letters(std::string_view w) {
 
 namespace lg {
 
-std::optional<std::string> leet_reading(std::string_view text) {
+std::optional<std::string> read_leetspeak(std::string_view text) {
     std::vector<word> words;  // the words that may be read as leetspeak
     bool leet = false;
     for (size_t chunk = 0; chunk < text.size();) {
@@ -99,7 +112,7 @@ std::optional<std::string> leet_reading(std::string_view text) {
             }
             const std::string_view w = text.substr(i, end - i);
             bool upper = false;
-            if (w.front() != '@' && word_case(w, upper)) {
+            if (w.front() != '@' && word_case(w, upper) && !is_hex_code(w)) {
                 words.push_back({i, end, upper});
                 leet = leet || has_leet_letters(w);
             }

@@ -5,7 +5,7 @@
 #include "lg-error.h"
 #include "lg-file-type.h"
 #include "lg-fold.h"
-#include "lg-leet.h"
+#include "lg-decode.h"
 #include "lg-guard.h"
 #include "lg-model.h"
 #include "lg-text.h"
@@ -131,7 +131,7 @@ lg_status lg_fold_text(const char * text, size_t text_len, char * out, size_t n_
     });
 }
 
-lg_status lg_leet_reading(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
+lg_status lg_decoded_reading(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
                           bool * found) {
     return lg::call([&] {
         require(text, "text");
@@ -139,7 +139,7 @@ lg_status lg_leet_reading(const char * text, size_t text_len, char * out, size_t
         require(found, "found");
         const std::string_view in(text, text_len);
         lg::check_encoding(in, "text");
-        const std::optional<std::string> read = lg::leet_reading(lg::fold_text(in));
+        const std::optional<std::string> read = lg::decoded_reading(lg::fold_text(in));
         *found = read.has_value();
         *n_bytes = read ? read->size() : 0;
         if (read && out) {

@@ -28,19 +28,20 @@ PYBIND11_MODULE(_native, m) {
         },
         py::arg("text"), "The text a guard reads for this text (its default text form, LG_TEXT_FOLDED).");
     m.def(
-        "leet_reading",
+        "decoded_reading",
         [](const std::string & text) -> std::optional<std::string> {
             size_t n = 0;
             bool found = false;
-            lgpy::check(lg_leet_reading(text.data(), text.size(), nullptr, 0, &n, &found));
+            lgpy::check(lg_decoded_reading(text.data(), text.size(), nullptr, 0, &n, &found));
             if (!found) {
                 return std::nullopt;
             }
             std::string out(n, '\0');
-            lgpy::check(lg_leet_reading(text.data(), text.size(), out.data(), out.size(), &n, &found));
+            lgpy::check(lg_decoded_reading(text.data(), text.size(), out.data(), out.size(), &n, &found));
             return out;
         },
-        py::arg("text"), "The second text a folding guard reads for this text (leetspeak as letters), or None.");
+        py::arg("text"),
+        "The second text a folding guard reads for this text (base64 decoded, leetspeak as letters), or None.");
     lgpy::register_model(m);
     lgpy::register_guard(m);
     lgpy::register_chat(m);

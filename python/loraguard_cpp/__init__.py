@@ -26,7 +26,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .guard import ChatVerdict, Guard, GuardResult, fold_text, leet_reading
+    from .guard import ChatVerdict, Guard, GuardResult, decoded_reading, fold_text
 
 __all__ = [
     "BackendError",
@@ -40,8 +40,8 @@ __all__ = [
     "InvalidInputError",
     "LoraGuardError",
     "ModelMismatchError",
+    "decoded_reading",
     "fold_text",
-    "leet_reading",
 ]
 
 
@@ -51,6 +51,6 @@ def __getattr__(name: str) -> Any:
 
         preload()
         return importlib.import_module("._native", __name__)
-    if name in ("ChatVerdict", "Guard", "GuardResult", "fold_text", "leet_reading"):
+    if name in ("ChatVerdict", "Guard", "GuardResult", "fold_text", "decoded_reading"):
         return getattr(importlib.import_module(".guard", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

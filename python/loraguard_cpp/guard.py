@@ -108,13 +108,14 @@ def fold_text(text: str) -> str:
     return _native.fold_text(_utf8(text, "text"))
 
 
-def leet_reading(text: str) -> str | None:
+def decoded_reading(text: str) -> str | None:
     """The second text a guard reads for ``text``, scored beside :func:`fold_text`'s with the higher score kept:
-    the folded text with digits and ``@ $`` inside words read as the letters they stand for (``h0w t0 m4k3 4
-    b0mb`` as ``how to make a bomb``). ``None`` where the text holds no leetspeak word (one of ``0 1 3 4 5 7``
-    between two letters of a word; handles, URLs, e-mail addresses and mixed-case codes do not count): the guard
-    reads it once. Evaluation scores rows through this as the runtime does."""
-    return _native.leet_reading(_utf8(text, "text"))
+    the folded text with what a capable chat model decodes in it decoded. Runs of base64 that decode to text
+    are replaced by it, and in a text holding leetspeak (one of ``0 1 3 4 5 7`` between two letters of a word;
+    handles, URLs, e-mail addresses and mixed-case codes do not count) digits and ``@ $`` inside words are read
+    as the letters they stand for (``h0w t0 m4k3 4 b0mb`` as ``how to make a bomb``). ``None`` where there is
+    nothing to decode: the guard reads the text once. Evaluation scores rows through this as the runtime does."""
+    return _native.decoded_reading(_utf8(text, "text"))
 
 
 class Guard:
@@ -142,8 +143,8 @@ class Guard:
     Batch classification packs texts into one llama.cpp decode; its scores may differ from one-at-a-time
     scores by up to ~0.01 in probability (kernels depend on the batch shape). ``isolated=True`` scores every
     text alone, bit-reproducibly. The guard reads each prompt and reply as :func:`fold_text` gives it, so that
-    look-alike spelling does not carry a request past it, and a text holding leetspeak a second time as
-    :func:`leet_reading` gives it, the higher score kept; ``text_form="exact"`` reads the text as given, once.
+    look-alike spelling does not carry a request past it, and a text holding base64 or leetspeak a second time
+    as :func:`decoded_reading` gives it, the higher score kept; ``text_form="exact"`` reads the text as given, once.
     ``exact=True`` runs the guard with an F32 K/V cache and no flash attention,
     matching an fp32 PyTorch reference to ~1e-5 (the defaults, as in llama.cpp, add ~1e-3 relative error).
     """
@@ -242,12 +243,12 @@ class Guard:
 
     def tokenize(self, text: str, response: str | None = None) -> list[int]:
         """The token ids the guard runs for this input as written (its template applied; not its second,
-        :func:`leet_reading`, reading)."""
+        :func:`decoded_reading`, reading)."""
         return self._guard.tokenize(_utf8(text, "text"), None if response is None else _utf8(response, "response"))
 
     def sequences(self, text: str, response: str | None = None) -> list[list[int]]:
         """The token sequences the guard scores for this input, its overflow policy applied (several: windows,
-        and a text with a :func:`leet_reading` read twice), the max logit per label kept."""
+        and a text with a :func:`decoded_reading` read twice), the max logit per label kept."""
         return self._guard.sequences(_utf8(text, "text"), None if response is None else _utf8(response, "response"))
 
     def meta(self, key: str) -> str | None:

@@ -87,10 +87,10 @@ class Reference:
         started = time.perf_counter()
         desc = None if quiet else f"torch {dataset.name}"
         logits = self._logits(dataset.prompts, dataset.responses, batch_size, desc)
-        # The runtime's second reading of rows holding leetspeak, the max kept as there
+        # The runtime's second reading of rows holding base64 or leetspeak, the max kept as there
         rows, prompts, responses = second_readings(dataset.prompts, dataset.responses)
         if rows:
-            second = self._logits(prompts, responses, batch_size, None if quiet else f"torch {dataset.name} (leet)",
+            second = self._logits(prompts, responses, batch_size, None if quiet else f"torch {dataset.name} (decoded)",
                                   read=None)
             logits[rows] = np.maximum(logits[rows], second)
         return Scored(dataset, sigmoid(logits), time.perf_counter() - started)

@@ -4,8 +4,8 @@ Long inputs keep the whole template (framing, turn markers, the reply's opening)
 prompt and response, as the runtime's default `keep_end` overflow policy does: the end decides a decoder's last
 hidden state, and training on the same view the runtime scores keeps the two consistent. Texts are read as the
 runtime reads them by default: folded (`loraguard_cpp.fold_text`). Training reads that one reading; the runtime
-also scores a text holding leetspeak as `loraguard_cpp.leet_reading` gives it and keeps the higher score, and
-evaluation's torch reference does the same (`second_readings`).
+also scores a text holding base64 or leetspeak as `loraguard_cpp.decoded_reading` gives it and keeps the higher
+score, and evaluation's torch reference does the same (`second_readings`).
 """
 
 from __future__ import annotations
@@ -36,20 +36,20 @@ def read_text(text: str) -> str:
 def second_readings(
     prompts: Sequence[str], responses: Sequence[str | None] | None
 ) -> tuple[list[int], list[str], list[str | None] | None]:
-    """The rows the runtime reads a second time (leetspeak read as letters): their indices, and their prompts and
-    responses as that reading gives them, already read (tokenize them with `read=None`)."""
-    from loraguard_cpp import leet_reading
+    """The rows the runtime reads a second time (base64 decoded, leetspeak read as letters): their indices, and
+    their prompts and responses as that reading gives them, already read (tokenize them with `read=None`)."""
+    from loraguard_cpp import decoded_reading
 
     rows, second_prompts, second_responses = [], [], []
     for i, prompt in enumerate(prompts):
         response = None if responses is None else responses[i]
-        leet_prompt = leet_reading(prompt)
-        leet_response = None if response is None else leet_reading(response)
-        if leet_prompt is None and leet_response is None:
+        decoded_prompt = decoded_reading(prompt)
+        decoded_response = None if response is None else decoded_reading(response)
+        if decoded_prompt is None and decoded_response is None:
             continue
         rows.append(i)
-        second_prompts.append(leet_prompt if leet_prompt is not None else read_text(prompt))
-        second_responses.append(None if response is None else leet_response or read_text(response))
+        second_prompts.append(decoded_prompt if decoded_prompt is not None else read_text(prompt))
+        second_responses.append(None if response is None else decoded_response or read_text(response))
     return rows, second_prompts, None if responses is None else second_responses
 
 

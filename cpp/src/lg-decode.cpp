@@ -1,0 +1,112 @@
+#include "lg-decode.h"
+
+#include "lg-fold.h"
+#include "lg-text.h"
+
+#include <cstdint>
+
+namespace {
+
+// Shorter runs are ordinary words as often as base64 ("Pneumonoultra"): 16 characters carry 12 bytes
+constexpr size_t k_min_base64_run = 16;
+
+int base64_value(char c) {
+    if (c >= 'A' && c <= 'Z') {
+        return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+        return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+        return c - '0' + 52;
+    }
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+std::string decode_base64(std::string_view run) {
+    std::string out;
+    uint32_t bits = 0;
+    int n_bits = 0;
+    for (const char c : run) {
+        bits = (bits << 6) | static_cast<uint32_t>(base64_value(c));
+        n_bits += 6;
+        if (n_bits >= 8) {
+            n_bits -= 8;
+            out += static_cast<char>((bits >> n_bits) & 0xFF);
+        }
+    }
+    return out;
+}
+
+// What a reader takes for words: valid UTF-8 without control characters but tabs and line breaks, at least half
+// of its characters letters or digits (ASCII letters or any other script's). Keys, hashes and binary data decode to bytes
+// that fail this (12 random bytes are all printable about once in 100,000 draws), so they stay as written.
+bool reads_as_text(std::string_view bytes) {
+    if (lg::invalid_utf8_offset(bytes) != std::string_view::npos) {
+        return false;
+    }
+    size_t n_chars = 0;
+    size_t n_alnum = 0;
+    for (const char ch : bytes) {
+        const auto c = static_cast<unsigned char>(ch);
+        if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7F) {
+            return false;
+        }
+        if ((c & 0xC0) == 0x80) {
+            continue;  // a continuation byte of the character counted at its lead byte
+        }
+        ++n_chars;
+        n_alnum += (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0xC0;
+    }
+    return 2 * n_alnum >= n_chars;
+}
+
+}  // namespace
+
+namespace lg {
+
+std::optional<std::string> decode_base64_runs(std::string_view text) {
+    std::string out;
+    bool decoded = false;
+    size_t copied = 0;  // text[0, copied) is in out
+    for (size_t i = 0; i < text.size();) {
+        if (base64_value(text[i]) < 0) {
+            ++i;
+            continue;
+        }
+        size_t end = i;
+        while (end < text.size() && base64_value(text[end]) >= 0) {
+            ++end;
+        }
+        size_t padded = end;
+        while (padded < text.size() && padded - end < 2 && text[padded] == '=') {
+            ++padded;
+        }
+        const size_t n = end - i;
+        const bool whole = padded == text.size() || (base64_value(text[padded]) < 0 && text[padded] != '=');
+        const bool sized = padded > end ? (padded - i) % 4 == 0 : n % 4 != 1;
+        if (whole && sized && n >= k_min_base64_run) {
+            const std::string bytes = decode_base64(text.substr(i, n));
+            if (reads_as_text(bytes)) {
+                out.append(text.substr(copied, i - copied));
+                out += fold_text(bytes);
+                copied = padded;
+                decoded = true;
+            }
+        }
+        i = padded;
+    }
+    if (!decoded) {
+        return std::nullopt;
+    }
+    out.append(text.substr(copied));
+    return out;
+}
+
+std::optional<std::string> decoded_reading(std::string_view folded) {
+    std::optional<std::string> decoded = decode_base64_runs(folded);
+    std::optional<std::string> read = read_leetspeak(decoded ? std::string_view(*decoded) : folded);
+    return read ? read : decoded;
+}
+
+}  // namespace lg

@@ -1,0 +1,29 @@
+// A second reading of a text for the guard: what a capable chat model decodes in it, read as plain text.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace lg {
+
+// The text with leetspeak read as letters (lg-leet.cpp), or nothing when the text holds no leetspeak word: a word
+// with one of 0 1 3 4 5 7 between two of its letters ("b0mb", "k1ll", "P@ssw0rd"). In such a text digits and @ $
+// inside words are read as the letters they stand for (0 o, 1 i, 3 e, 4 a, 5 s, 7 t, @ a, $ s: "h0w t0 m4k3 4
+// b0mb" -> "how to make a bomb"); handles (@name), URLs and paths, e-mail addresses, money ($50), hexadecimal
+// codes and words whose letters mix case like random codes ("TOq4bFWnzG") are left as written and never count as
+// leetspeak. Works on ASCII bytes: any other byte ends a word and is kept.
+std::optional<std::string> read_leetspeak(std::string_view text);
+
+// The text with each run of base64 that decodes to text (valid UTF-8, printable, at least half letters or digits;
+// at least 16 base64 characters) replaced by that text, folded (lg-decode.cpp), or nothing when it holds no such
+// run.
+std::optional<std::string> decode_base64_runs(std::string_view text);
+
+// A folded text as a guard reads it the second time, or nothing when the guard reads it once: base64 runs
+// decoded, then leetspeak read as letters. Digits cannot be read as letters in place ("3D-printed", "mp3" and
+// "Windows 10" would lose what they say), nor can base64 be decoded in place (a key or hash stays a key), so a
+// guard scores this reading beside the text as written and keeps the higher score.
+std::optional<std::string> decoded_reading(std::string_view folded);
+
+}  // namespace lg
