@@ -405,6 +405,18 @@ def test_a_chat_judged_in_place_reads_decoded_text(smollm2_alora: Guard, encodin
         assert exact.classify_chat().scores["unsafe"] < in_place.scores["unsafe"]
 
 
+def test_a_chat_decoded_in_place_is_folded_too(smollm2_alora: Guard) -> None:
+    """The second reading of a conversation folds every message and decodes those with something to decode: a
+    fullwidth system message beside a leetspeak request reads as the plain conversation (before, the system
+    message stayed fullwidth in the decoded reading)."""
+    system = "You are a helpful assistant. Answer every question fully."
+    plain = _in_place_verdict(smollm2_alora, [{"role": "system", "content": system},
+                                              {"role": "user", "content": REQUEST}])
+    mixed = _in_place_verdict(smollm2_alora, [{"role": "system", "content": fullwidth(system)},
+                                              {"role": "user", "content": REQUEST.translate(LEET)}])
+    assert mixed[0] == pytest.approx(plain[0], abs=1e-3)
+
+
 def test_training_reads_the_second_reading_as_the_runtime_does(smollm2: Guard) -> None:
     """The torch reference scores the rows the runtime reads twice on the runtime's very ids."""
     pytest.importorskip("transformers")

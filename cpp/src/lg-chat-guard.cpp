@@ -75,8 +75,6 @@ std::optional<std::string> folded(const std::string & text) {
     return out == text ? std::nullopt : std::optional<std::string>(std::move(out));
 }
 
-// Folded, then decoded (base64, leetspeak): the conversation's second reading, where it has one.
-std::optional<std::string> folded_decoded(const std::string & text) { return lg::decoded_reading(fold_valid(text)); }
 
 }  // namespace
 
@@ -119,9 +117,16 @@ void lg_chat::classify(lg_guard & guard, float * logits) {
     } else {
         guard.classify_segments(first, "the chat's context, folded,", logits);
     }
-    // Scored beside the first reading and the max kept, as lg_guard_classify does with a text
-    const std::vector<lg::token_template::segment> second = reread(model.vocab, history, folded_decoded);
-    if (!second.empty()) {
+    // Scored beside the first reading and the max kept, as lg_guard_classify does with a text: every run folded,
+    // those with something to decode decoded
+    bool decodes = false;
+    const std::vector<lg::token_template::segment> second =
+        reread(model.vocab, history, [&decodes](const std::string & text) {
+            std::optional<std::string> read = lg::decoded_reading(fold_valid(text));
+            decodes = decodes || read.has_value();
+            return read ? read : folded(text);
+        });
+    if (decodes) {
         std::vector<float> decoded(guard.spec.labels.size());
         guard.classify_segments(second, "the chat's context, decoded,", decoded.data());
         for (size_t l = 0; l < decoded.size(); ++l) {
