@@ -5,18 +5,17 @@
 // folded conversation in its own context; where it holds leetspeak or base64, the guard also reads it decoded there.
 #include "lg-chat.h"
 
+#include "lg-decode.h"
 #include "lg-error.h"
 #include "lg-fold.h"
 #include "lg-guard.h"
-#include "lg-decode.h"
 #include "lg-special.h"
 #include "lg-text.h"
 #include "lg-threads.h"
 
 #include <algorithm>
-#include <functional>
-#include <optional>
 #include <exception>
+#include <optional>
 
 namespace {
 
@@ -36,45 +35,54 @@ std::string fold_valid(std::string_view text) {
     return out;
 }
 
-// The chat's tokens as the guard reads text: each run of plain tokens between special ones read by reading and
-// tokenized again as one piece, as the chat's template tokenizes the text between its markers, and the special
-// tokens kept (whole in every window, should the conversation need windows). reading gives nothing for a run it
-// leaves as it is; the result is empty when it leaves every run so.
-std::vector<lg::token_template::segment> reread(
-    const llama_vocab * vocab, const std::vector<llama_token> & tokens,
-    const std::function<std::optional<std::string>(const std::string &)> & reading) {
-    std::vector<lg::token_template::segment> out;
-    bool changed = false;
+// The chat's tokens as the guard reads text, in its two readings. Each run of plain tokens between special ones is
+// read and tokenized again as one piece, as the chat's template tokenizes the text between its markers, and the
+// special tokens are kept (whole in every window, should a reading need windows).
+struct chat_readings {
+    // Every run folded; empty when folding changes none: then the chat's own cache holds what the guard reads.
+    std::vector<lg::token_template::segment> folded;
+    // Every run folded and those with something to decode decoded (lg::decoded_reading); empty when none has.
+    std::vector<lg::token_template::segment> decoded;
+};
+
+chat_readings read_chat(const llama_vocab * vocab, const std::vector<llama_token> & tokens) {
+    chat_readings out;
+    bool folds = false;
+    bool decodes = false;
     for (size_t begin = 0, end = 0; begin < tokens.size(); begin = end) {
         const bool special = lg::is_special(vocab, tokens[begin]);
         while (end < tokens.size() && lg::is_special(vocab, tokens[end]) == special) {
             ++end;
         }
         std::vector<llama_token> run(tokens.begin() + static_cast<long>(begin), tokens.begin() + static_cast<long>(end));
+        std::optional<std::vector<llama_token>> decoded_run;
         if (!special) {
             std::string text;
             for (const llama_token t : run) {
                 text += lg::token_text(vocab, t);
             }
-            if (const std::optional<std::string> read = reading(text)) {
-                changed = true;
-                run = lg::tokenize(vocab, *read, /*add_special=*/false, /*parse_special=*/false);
+            const std::string folded = fold_valid(text);
+            if (folded != text) {
+                folds = true;
+                run = lg::tokenize(vocab, folded, /*add_special=*/false, /*parse_special=*/false);
+            }
+            if (const std::optional<std::string> read = lg::decoded_reading(folded)) {
+                decodes = true;
+                decoded_run = lg::tokenize(vocab, *read, /*add_special=*/false, /*parse_special=*/false);
             }
         }
-        out.push_back({std::move(run), special ? -1 : 0});
+        const int slot = special ? -1 : 0;
+        out.decoded.push_back({decoded_run ? std::move(*decoded_run) : run, slot});
+        out.folded.push_back({std::move(run), slot});
     }
-    if (!changed) {
-        out.clear();
+    if (!folds) {
+        out.folded.clear();
+    }
+    if (!decodes) {
+        out.decoded.clear();
     }
     return out;
 }
-
-// Folded where folding changes the text: then the chat's own cache no longer holds what the guard reads.
-std::optional<std::string> folded(const std::string & text) {
-    std::string out = fold_valid(text);
-    return out == text ? std::nullopt : std::optional<std::string>(std::move(out));
-}
-
 
 }  // namespace
 
@@ -111,24 +119,16 @@ void lg_chat::classify(lg_guard & guard, float * logits) {
         classify_in_place(guard, logits);
         return;
     }
-    const std::vector<lg::token_template::segment> first = reread(model.vocab, history, folded);
-    if (first.empty()) {
+    const chat_readings readings = read_chat(model.vocab, history);
+    if (readings.folded.empty()) {
         classify_in_place(guard, logits);
     } else {
-        guard.classify_segments(first, "the chat's context, folded,", logits);
+        guard.classify_segments(readings.folded, "the chat's context, folded,", logits);
     }
-    // Scored beside the first reading and the max kept, as lg_guard_classify does with a text: every run folded,
-    // those with something to decode decoded
-    bool decodes = false;
-    const std::vector<lg::token_template::segment> second =
-        reread(model.vocab, history, [&decodes](const std::string & text) {
-            std::optional<std::string> read = lg::decoded_reading(fold_valid(text));
-            decodes = decodes || read.has_value();
-            return read ? read : folded(text);
-        });
-    if (decodes) {
+    // Scored beside the first reading and the max kept, as lg_guard_classify does with a text
+    if (!readings.decoded.empty()) {
         std::vector<float> decoded(guard.spec.labels.size());
-        guard.classify_segments(second, "the chat's context, decoded,", decoded.data());
+        guard.classify_segments(readings.decoded, "the chat's context, decoded,", decoded.data());
         for (size_t l = 0; l < decoded.size(); ++l) {
             logits[l] = std::max(logits[l], decoded[l]);
         }

@@ -39,8 +39,8 @@ std::string decode_base64(std::string_view run) {
 }
 
 // What a reader takes for words: valid UTF-8 without control characters but tabs and line breaks, at least half
-// of its characters letters or digits (ASCII letters or any other script's). Keys, hashes and binary data decode to bytes
-// that fail this (12 random bytes are all printable about once in 100,000 draws), so they stay as written.
+// of its characters letters or digits (ASCII ones or any other script's). Keys, hashes and binary data decode to
+// bytes that fail this (12 random bytes are all printable about once in 100,000 draws), so they stay as written.
 bool reads_as_text(std::string_view bytes) {
     if (lg::invalid_utf8_offset(bytes) != std::string_view::npos) {
         return false;

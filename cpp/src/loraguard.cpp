@@ -2,10 +2,10 @@
 #include "loraguard.h"
 
 #include "lg-chat.h"
+#include "lg-decode.h"
 #include "lg-error.h"
 #include "lg-file-type.h"
 #include "lg-fold.h"
-#include "lg-decode.h"
 #include "lg-guard.h"
 #include "lg-model.h"
 #include "lg-text.h"
@@ -132,7 +132,7 @@ lg_status lg_fold_text(const char * text, size_t text_len, char * out, size_t n_
 }
 
 lg_status lg_decoded_reading(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
-                          bool * found) {
+                             bool * found) {
     return lg::call([&] {
         require(text, "text");
         require(n_bytes, "n_bytes");

@@ -48,8 +48,10 @@ def second_readings(
         if decoded_prompt is None and decoded_response is None:
             continue
         rows.append(i)
-        second_prompts.append(decoded_prompt if decoded_prompt is not None else read_text(prompt))
-        second_responses.append(None if response is None else decoded_response or read_text(response))
+        second_prompts.append(read_text(prompt) if decoded_prompt is None else decoded_prompt)
+        if response is not None and decoded_response is None:
+            decoded_response = read_text(response)
+        second_responses.append(decoded_response)
     return rows, second_prompts, None if responses is None else second_responses
 
 
