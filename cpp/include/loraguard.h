@@ -122,6 +122,15 @@ LORAGUARD_API lg_status lg_fold_text(const char * text, size_t text_len, char * 
 LORAGUARD_API lg_status lg_decoded_reading(const char * text, size_t text_len, char * out, size_t n_max,
                                            size_t * n_bytes, bool * found);
 
+// The lines a guard with LG_TEXT_FOLDED also reads alone when it judges this text as a prompt, each scored as a
+// text of its own (both readings) beside the whole and the highest score kept: the folded text's lines, ended by
+// any line break (\n, \r, \v, \f, U+0085, U+2028, U+2029), trimmed of spaces and tabs, blank ones skipped and
+// repeats read once; none when fewer than two lines have something on them. Writes them joined by '\n' (no line
+// holds one), at most n_max bytes; *n_bytes receives the full length and *n_lines their count (0: the text is
+// read whole only). Otherwise as lg_fold_text.
+LORAGUARD_API lg_status lg_text_lines(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
+                                      size_t * n_lines);
+
 // Quantize a GGUF model file (llama_model_quantize). type: "Q8_0", "Q4_K_M", "Q4_0", "F16", ...
 // The output is written to a temporary file and renamed, so a failure leaves nothing behind.
 LORAGUARD_API lg_status lg_quantize(const char * input_path, const char * output_path, const char * type,
@@ -148,7 +157,8 @@ typedef enum lg_overflow {
 // bidirectional controls, variation selectors, tags) removed, and in a word that also holds Latin letters,
 // Cyrillic, Greek and Armenian letters drawn like Latin ones made Latin, letters spaced out joined into their
 // words. A text holding base64 or leetspeak ("b0mb", "k1ll") is read a second time decoded (lg_decoded_reading)
-// and the higher score kept, as for windows.
+// and the higher score kept, as for windows; a prompt judged alone (no response) with two lines or more is also
+// read line by line (lg_text_lines), so that a request pasted among benign paragraphs is not averaged into them.
 typedef enum lg_text_form {
     LG_TEXT_FOLDED = 0,  // default
     LG_TEXT_EXACT = 1,   // the bytes as given (a reference that tokenizes the raw text, a guard trained on it)

@@ -1,8 +1,9 @@
 #include "lg-guard.h"
 
+#include "lg-decode.h"
 #include "lg-error.h"
 #include "lg-fold.h"
-#include "lg-decode.h"
+#include "lg-lines.h"
 #include "lg-text.h"
 #include "lg-threads.h"
 
@@ -207,13 +208,28 @@ std::optional<lg_guard::read_text> lg_guard::decoded_reading(const read_text & t
 
 std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size_t input_index) const {
     const read_text text = read(input);
-    const std::string what = "input " + std::to_string(input_index);
-    std::vector<std::vector<llama_token>> out = fit(text, what);
-    // Scored beside the text as written, the max kept as for windows: a request in leetspeak or base64 is read
-    // as the words it spells, and a text whose digits are digits keeps the score it has as written.
-    if (const std::optional<read_text> decoded = decoded_reading(text)) {
-        for (std::vector<llama_token> & tokens : fit(*decoded, what + " decoded")) {
+    std::vector<std::vector<llama_token>> out;
+    // Every reading scored beside the text as written, the max kept as for windows: a request in leetspeak or base64
+    // is read as the words it spells, and a text whose digits are digits keeps the score it has as written.
+    const auto read_both = [&](const read_text & reading, const std::string & what) {
+        for (std::vector<llama_token> & tokens : fit(reading, what)) {
             out.push_back(std::move(tokens));
+        }
+        if (const std::optional<read_text> decoded = decoded_reading(reading)) {
+            for (std::vector<llama_token> & tokens : fit(*decoded, what + " decoded")) {
+                out.push_back(std::move(tokens));
+            }
+        }
+    };
+    const std::string what = "input " + std::to_string(input_index);
+    read_both(text, what);
+    // A text judged alone is read line by line too: a request pasted among benign paragraphs is averaged into them
+    // in one window (a mean or a last token over hundreds of benign tokens), but read alone it is what it is. A
+    // reply is judged in its prompt's context, so a pair is read whole.
+    if (!text.response && params.text_form == LG_TEXT_FOLDED) {
+        const std::vector<std::string> lines = lg::text_lines(text.prompt);
+        for (size_t k = 0; k < lines.size(); ++k) {
+            read_both(read_text{lines[k], std::nullopt}, what + " line " + std::to_string(k + 1));
         }
     }
     return out;

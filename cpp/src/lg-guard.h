@@ -21,7 +21,8 @@ struct lg_guard {
     // The token ids one input runs as, read as written (template applied, an aLoRA guard's invocation after it;
     // no overflow handling and no second reading).
     std::vector<llama_token> tokenize(const lg_input & input) const;
-    // The sequences one input is scored as, its overflow policy applied: its decoded reading's after its own.
+    // The sequences one input is scored as, its overflow policy applied: its decoded reading's after its own, then
+    // (a text judged alone, folded) each of its lines' (lg::text_lines), read the same two ways.
     std::vector<std::vector<llama_token>> sequences(const lg_input & input) const;
     void classify(const lg_input * inputs, size_t n, float * logits);
     // Scores one token sequence given as segments (slot < 0: kept whole in every window, the rest cut by the

@@ -7,6 +7,7 @@
 #include "lg-file-type.h"
 #include "lg-fold.h"
 #include "lg-guard.h"
+#include "lg-lines.h"
 #include "lg-model.h"
 #include "lg-text.h"
 #include "lg-threads.h"
@@ -144,6 +145,30 @@ lg_status lg_decoded_reading(const char * text, size_t text_len, char * out, siz
         *n_bytes = read ? read->size() : 0;
         if (read && out) {
             std::memcpy(out, read->data(), std::min(n_max, read->size()));
+        }
+    });
+}
+
+lg_status lg_text_lines(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
+                        size_t * n_lines) {
+    return lg::call([&] {
+        require(text, "text");
+        require(n_bytes, "n_bytes");
+        require(n_lines, "n_lines");
+        const std::string_view in(text, text_len);
+        lg::check_encoding(in, "text");
+        std::string joined;
+        const std::vector<std::string> lines = lg::text_lines(lg::fold_text(in));
+        for (const std::string & line : lines) {
+            if (!joined.empty()) {
+                joined += '\n';
+            }
+            joined += line;
+        }
+        *n_lines = lines.size();
+        *n_bytes = joined.size();
+        if (out) {
+            std::memcpy(out, joined.data(), std::min(n_max, joined.size()));
         }
     });
 }

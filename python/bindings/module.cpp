@@ -42,6 +42,28 @@ PYBIND11_MODULE(_native, m) {
         },
         py::arg("text"),
         "The second text a folding guard reads for this text (base64 decoded, leetspeak as letters), or None.");
+    m.def(
+        "text_lines",
+        [](const std::string & text) {
+            size_t n = 0;
+            size_t n_lines = 0;
+            lgpy::check(lg_text_lines(text.data(), text.size(), nullptr, 0, &n, &n_lines));
+            std::vector<std::string> lines;
+            if (n_lines == 0) {
+                return lines;
+            }
+            std::string joined(n, '\0');
+            lgpy::check(lg_text_lines(text.data(), text.size(), joined.data(), joined.size(), &n, &n_lines));
+            for (size_t begin = 0;;) {
+                const size_t end = joined.find('\n', begin);
+                lines.push_back(joined.substr(begin, end == std::string::npos ? std::string::npos : end - begin));
+                if (end == std::string::npos) {
+                    return lines;
+                }
+                begin = end + 1;
+            }
+        },
+        py::arg("text"), "The lines a folding guard also reads alone when it judges this text as a prompt (or []).");
     lgpy::register_model(m);
     lgpy::register_guard(m);
     lgpy::register_chat(m);

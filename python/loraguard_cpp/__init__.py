@@ -26,7 +26,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .guard import ChatVerdict, Guard, GuardResult, decoded_reading, fold_text
+    from .guard import ChatVerdict, Guard, GuardResult, decoded_reading, fold_text, text_lines
 
 __all__ = [
     "BackendError",
@@ -42,6 +42,7 @@ __all__ = [
     "ModelMismatchError",
     "decoded_reading",
     "fold_text",
+    "text_lines",
 ]
 
 
@@ -51,6 +52,6 @@ def __getattr__(name: str) -> Any:
 
         preload()
         return importlib.import_module("._native", __name__)
-    if name in ("ChatVerdict", "Guard", "GuardResult", "fold_text", "decoded_reading"):
+    if name in ("ChatVerdict", "Guard", "GuardResult", "fold_text", "decoded_reading", "text_lines"):
         return getattr(importlib.import_module(".guard", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

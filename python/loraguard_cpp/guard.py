@@ -118,6 +118,16 @@ def decoded_reading(text: str) -> str | None:
     return _native.decoded_reading(_utf8(text, "text"))
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines a guard also reads alone when it judges ``text`` as a prompt (its default
+    ``text_form="folded"``), each scored as a text of its own beside the whole with the highest score kept, so
+    that a request pasted among benign paragraphs is not averaged into them: the folded text's lines, ended by
+    any line break, trimmed, blank ones skipped and repeats read once. ``[]`` for a text with fewer than two
+    lines: it is read whole only. A prompt with its response is read whole. Evaluation reads rows through this
+    as the runtime does."""
+    return _native.text_lines(_utf8(text, "text"))
+
+
 class Guard:
     """A base model (GGUF) with a guard (GGUF made by ``loraguard-convert guard``), loaded once.
 
@@ -144,7 +154,8 @@ class Guard:
     scores by up to ~0.01 in probability (kernels depend on the batch shape). ``isolated=True`` scores every
     text alone, bit-reproducibly. The guard reads each prompt and reply as :func:`fold_text` gives it, so that
     look-alike spelling does not carry a request past it, and a text holding base64 or leetspeak a second time
-    as :func:`decoded_reading` gives it, the higher score kept; ``text_form="exact"`` reads the text as given, once.
+    as :func:`decoded_reading` gives it, and a prompt judged alone line by line as :func:`text_lines` gives it,
+    the highest score kept; ``text_form="exact"`` reads the text as given, once.
     ``exact=True`` runs the guard with an F32 K/V cache and no flash attention,
     matching an fp32 PyTorch reference to ~1e-5 (the defaults, as in llama.cpp, add ~1e-3 relative error).
     """
@@ -248,7 +259,8 @@ class Guard:
 
     def sequences(self, text: str, response: str | None = None) -> list[list[int]]:
         """The token sequences the guard scores for this input, its overflow policy applied (several: windows,
-        and a text with a :func:`decoded_reading` read twice), the max logit per label kept."""
+        a text with a :func:`decoded_reading` read twice, a prompt's :func:`text_lines` each read alone), the max
+        logit per label kept."""
         return self._guard.sequences(_utf8(text, "text"), None if response is None else _utf8(response, "response"))
 
     def meta(self, key: str) -> str | None:

@@ -87,12 +87,12 @@ class Reference:
         started = time.perf_counter()
         desc = None if quiet else f"torch {dataset.name}"
         logits = self._logits(dataset.prompts, dataset.responses, batch_size, desc)
-        # The runtime's second reading of rows holding base64 or leetspeak, the max kept as there
+        # The runtime's other readings (decoded, line by line), the max kept as there
         rows, prompts, responses = second_readings(dataset.prompts, dataset.responses)
         if rows:
-            second = self._logits(prompts, responses, batch_size, None if quiet else f"torch {dataset.name} (decoded)",
+            second = self._logits(prompts, responses, batch_size, None if quiet else f"torch {dataset.name} (readings)",
                                   read=None)
-            logits[rows] = np.maximum(logits[rows], second)
+            np.maximum.at(logits, np.asarray(rows), second)
         return Scored(dataset, sigmoid(logits), time.perf_counter() - started)
 
     def _logits(self, prompts: Sequence[str], responses: Sequence[str | None] | None, batch_size: int,

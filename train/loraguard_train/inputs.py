@@ -4,8 +4,9 @@ Long inputs keep the whole template (framing, turn markers, the reply's opening)
 prompt and response, as the runtime's default `keep_end` overflow policy does: the end decides a decoder's last
 hidden state, and training on the same view the runtime scores keeps the two consistent. Texts are read as the
 runtime reads them by default: folded (`loraguard_cpp.fold_text`). Training reads that one reading; the runtime
-also scores a text holding base64 or leetspeak as `loraguard_cpp.decoded_reading` gives it and keeps the higher
-score, and evaluation's torch reference does the same (`second_readings`).
+also scores a text holding base64 or leetspeak as `loraguard_cpp.decoded_reading` gives it, and a prompt's lines
+alone (`loraguard_cpp.text_lines`), and keeps the highest score; evaluation's torch reference does the same
+(`second_readings`).
 """
 
 from __future__ import annotations
@@ -36,22 +37,34 @@ def read_text(text: str) -> str:
 def second_readings(
     prompts: Sequence[str], responses: Sequence[str | None] | None
 ) -> tuple[list[int], list[str], list[str | None] | None]:
-    """The rows the runtime reads a second time (base64 decoded, leetspeak read as letters): their indices, and
-    their prompts and responses as that reading gives them, already read (tokenize them with `read=None`)."""
-    from loraguard_cpp import decoded_reading
+    """The runtime's other readings of rows, beside each row as written (folded): base64 decoded and leetspeak
+    read as letters (`loraguard_cpp.decoded_reading`), and a prompt without a response line by line
+    (`loraguard_cpp.text_lines`), each line in both readings. Returns the row index of each reading (a row can
+    have several) and its prompt and response, already read (tokenize them with `read=None`)."""
+    from loraguard_cpp import decoded_reading, text_lines
 
-    rows, second_prompts, second_responses = [], [], []
+    rows: list[int] = []
+    second_prompts: list[str] = []
+    second_responses: list[str | None] = []
     for i, prompt in enumerate(prompts):
         response = None if responses is None else responses[i]
         decoded_prompt = decoded_reading(prompt)
         decoded_response = None if response is None else decoded_reading(response)
-        if decoded_prompt is None and decoded_response is None:
+        if decoded_prompt is not None or decoded_response is not None:
+            rows.append(i)
+            second_prompts.append(read_text(prompt) if decoded_prompt is None else decoded_prompt)
+            if response is not None and decoded_response is None:
+                decoded_response = read_text(response)
+            second_responses.append(decoded_response)
+        if response is not None:
             continue
-        rows.append(i)
-        second_prompts.append(read_text(prompt) if decoded_prompt is None else decoded_prompt)
-        if response is not None and decoded_response is None:
-            decoded_response = read_text(response)
-        second_responses.append(decoded_response)
+        for line in text_lines(prompt):
+            # a line is folded already, and folding folded text changes nothing
+            decoded_line = decoded_reading(line)
+            for reading in (line,) if decoded_line is None else (line, decoded_line):
+                rows.append(i)
+                second_prompts.append(reading)
+                second_responses.append(None)
     return rows, second_prompts, None if responses is None else second_responses
 
 
