@@ -13,6 +13,7 @@ in the dev split's safe prompts at a random place (loraguard_train.buried, as tr
 but from rows no guard trained on), scored alone and buried, at the guard's own thresholds:
 
     .venv/bin/python scripts/probe_filler.py --recipe recipes/minilm-permissive.toml --guard minilm --rows 600
+A prompt's lines are read alone too, as the runtime does by default; --whole reads each text whole.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def dev_rows(args: argparse.Namespace) -> None:
     print("| guard | harmful caught alone / buried | safe flagged alone / buried | AUPRC alone / buried |")
     print("| --- | --- | --- | --- |")
     for guard in args.guard:
-        with Guard(args.model, guard, n_ctx=args.ctx[0], n_threads=args.threads) as g:
+        with Guard(args.model, guard, n_ctx=args.ctx[0], n_threads=args.threads, read_lines=not args.whole) as g:
             rows = buried_rows(dev_sets, args.rows, args.max_tokens, lambda text: len(g.tokenize(text)), args.seed)
             unsafe = np.array([r.labels["unsafe"] for r in rows.records], dtype=np.float64)
             alone = g.classify_many([r.extra[CENTRE] for r in rows.records])
@@ -70,6 +71,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=600, help="buried dev rows, half harmful (with --recipe)")
     p.add_argument("--max-tokens", type=int, default=384, help="length of a buried row (with --recipe)")
     p.add_argument("--seed", type=int, default=0, help="seed of the filler (with --recipe)")
+    p.add_argument("--whole", action="store_true", help="read each text whole, not also line by line")
     args = p.parse_args()
     if args.recipe:
         dev_rows(args)
@@ -77,7 +79,7 @@ def main() -> None:
     scores: dict[str, list[str]] = {name: [] for name in INPUTS}
     for guard in args.guard:
         for ctx in args.ctx:
-            with Guard(args.model, guard, n_ctx=ctx, n_threads=args.threads) as g:
+            with Guard(args.model, guard, n_ctx=ctx, n_threads=args.threads, read_lines=not args.whole) as g:
                 for name, text in INPUTS.items():
                     result = g.classify(text)
                     scores[name].append(f"{result.scores['unsafe']:.3f}" + (FLAGGED if result.flagged else ""))

@@ -143,3 +143,17 @@ def test_the_torch_reference_reads_lines_as_the_runtime_does() -> None:
         ids = tokenize(tokenizer, second_prompts, second_responses, g.meta("template.prompt"),
                        g.meta("template.pair"), True, None, read=None)
         assert ids == [g.sequences("a question", text)[1], *g.sequences(text)[1:]]
+
+
+def test_read_lines_off_reads_a_prompt_whole() -> None:
+    """`read_lines=False` reads the text whole, as guards did before: the buried request passes again, and the
+    torch reference reads the same way."""
+    text = buried("\n")
+    with Guard(guard="minilm", n_threads=2, read_lines=False) as whole:
+        assert whole.sequences(text) == [whole.tokenize(text)]
+        assert not whole.classify(text).flagged
+        assert whole.twin().sequences(text) == [whole.tokenize(text)]  # a twin keeps the guard's options
+    from loraguard_train.inputs import second_readings
+
+    assert second_readings([text], None, read_lines=False) == ([], [], None)
+    assert second_readings([text], None)[0] == [0] * len(text_lines(text))

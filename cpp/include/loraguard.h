@@ -158,7 +158,8 @@ typedef enum lg_overflow {
 // Cyrillic, Greek and Armenian letters drawn like Latin ones made Latin, letters spaced out joined into their
 // words. A text holding base64 or leetspeak ("b0mb", "k1ll") is read a second time decoded (lg_decoded_reading)
 // and the higher score kept, as for windows; a prompt judged alone (no response) with two lines or more is also
-// read line by line (lg_text_lines), so that a request pasted among benign paragraphs is not averaged into them.
+// read line by line (lg_text_lines, unless lg_guard_params.read_lines is off), so that a request pasted among
+// benign paragraphs is not averaged into them.
 typedef enum lg_text_form {
     LG_TEXT_FOLDED = 0,  // default
     LG_TEXT_EXACT = 1,   // the bytes as given (a reference that tokenizes the raw text, a guard trained on it)
@@ -180,6 +181,10 @@ typedef struct lg_guard_params {
                             // input fails with LG_ERR_TOO_LONG whatever the overflow policy; folded text is
                             // held to the same limit
     lg_text_form text_form;
+    bool read_lines;  // LG_TEXT_FOLDED: also read each line of a prompt judged alone (lg_text_lines) on its own,
+                      // the max kept (default on: a request pasted among benign paragraphs is otherwise averaged
+                      // into them). Off, a text is read whole: cheaper, fewer benign texts flagged for one edgy
+                      // line, and the shipped thresholds were calibrated with it on.
 } lg_guard_params;
 
 LORAGUARD_API lg_guard_params lg_guard_default_params(void);

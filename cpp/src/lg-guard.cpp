@@ -226,7 +226,7 @@ std::vector<std::vector<llama_token>> lg_guard::fit(const lg_input & input, size
     // A text judged alone is read line by line too: a request pasted among benign paragraphs is averaged into them
     // in one window (a mean or a last token over hundreds of benign tokens), but read alone it is what it is. A
     // reply is judged in its prompt's context, so a pair is read whole.
-    if (!text.response && params.text_form == LG_TEXT_FOLDED) {
+    if (!text.response && params.text_form == LG_TEXT_FOLDED && params.read_lines) {
         const std::vector<std::string> lines = lg::text_lines(text.prompt);
         for (size_t k = 0; k < lines.size(); ++k) {
             read_both(read_text{lines[k], std::nullopt}, what + " line " + std::to_string(k + 1));

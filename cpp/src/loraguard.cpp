@@ -218,6 +218,7 @@ lg_guard_params lg_guard_default_params(void) {
     p.n_ubatch = 0;
     p.max_text_bytes = 0;
     p.text_form = LG_TEXT_FOLDED;
+    p.read_lines = true;
     return p;
 }
 

@@ -14,9 +14,9 @@ class GuardPath {
   public:
     GuardPath(const Model & model, const std::string & path, uint32_t n_ctx, uint32_t n_seq_max, int n_threads,
               int overflow, bool isolated, bool f32_kv_cache, int flash_attn, uint32_t n_ubatch, size_t max_text_bytes,
-              int text_form)
+              int text_form, bool read_lines)
         : handle_(load(model, path, n_ctx, n_seq_max, n_threads, overflow, isolated, f32_kv_cache, flash_attn, n_ubatch,
-                       max_text_bytes, text_form)) {}
+                       max_text_bytes, text_form, read_lines)) {}
 
     std::vector<std::string> labels() const {
         auto g = handle_.get("guard");
@@ -129,7 +129,7 @@ class GuardPath {
   private:
     static lg_guard * load(const Model & model, const std::string & path, uint32_t n_ctx, uint32_t n_seq_max,
                            int n_threads, int overflow, bool isolated, bool f32_kv_cache, int flash_attn,
-                           uint32_t n_ubatch, size_t max_text_bytes, int text_form) {
+                           uint32_t n_ubatch, size_t max_text_bytes, int text_form, bool read_lines) {
         if (overflow < LG_OVERFLOW_KEEP_END || overflow > LG_OVERFLOW_ERROR) {
             throw native_error(LG_ERR_INVALID_ARGUMENT, "overflow must be 0 (keep_end), 1 (windows) or 2 (error)");
         }
@@ -150,6 +150,7 @@ class GuardPath {
         p.n_ubatch = n_ubatch;
         p.max_text_bytes = max_text_bytes;
         p.text_form = static_cast<lg_text_form>(text_form);
+        p.read_lines = read_lines;
         auto m = model.get();
         lg_guard * out = nullptr;
         py::gil_scoped_release release;
@@ -167,11 +168,12 @@ std::shared_ptr<lg_guard> guard_of(const py::object & guard_path) { return guard
 void register_guard(py::module_ & m) {
     py::class_<GuardPath>(m, "GuardPath")
         .def(py::init<const Model &, const std::string &, uint32_t, uint32_t, int, int, bool, bool, int, uint32_t,
-                      size_t, int>(),
+                      size_t, int, bool>(),
              py::arg("model"), py::arg("path"), py::arg("n_ctx") = 512, py::arg("n_seq_max") = 32,
              py::arg("n_threads") = 0, py::arg("overflow") = static_cast<int>(lg_guard_default_params().overflow), py::arg("isolated") = false,
              py::arg("f32_kv_cache") = false, py::arg("flash_attn") = -1, py::arg("n_ubatch") = 0,
-             py::arg("max_text_bytes") = 0, py::arg("text_form") = static_cast<int>(lg_guard_default_params().text_form))
+             py::arg("max_text_bytes") = 0, py::arg("text_form") = static_cast<int>(lg_guard_default_params().text_form),
+             py::arg("read_lines") = lg_guard_default_params().read_lines)
         .def_property_readonly("labels", &GuardPath::labels)
         .def_property_readonly("thresholds", &GuardPath::thresholds)
         .def_property_readonly("lora_rank", &GuardPath::lora_rank)

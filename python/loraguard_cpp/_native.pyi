@@ -71,6 +71,7 @@ class GuardPath:
         n_ubatch: int = 0,
         max_text_bytes: int = 0,
         text_form: int = 0,
+        read_lines: bool = True,
     ) -> None: ...
     @property
     def labels(self) -> list[str]: ...

@@ -155,7 +155,9 @@ class Guard:
     text alone, bit-reproducibly. The guard reads each prompt and reply as :func:`fold_text` gives it, so that
     look-alike spelling does not carry a request past it, and a text holding base64 or leetspeak a second time
     as :func:`decoded_reading` gives it, and a prompt judged alone line by line as :func:`text_lines` gives it,
-    the highest score kept; ``text_form="exact"`` reads the text as given, once.
+    the highest score kept (``read_lines=False`` reads it whole: fewer benign texts flagged for one edgy line,
+    but a request pasted among benign paragraphs is averaged into them); ``text_form="exact"`` reads the text
+    as given, once.
     ``exact=True`` runs the guard with an F32 K/V cache and no flash attention,
     matching an fp32 PyTorch reference to ~1e-5 (the defaults, as in llama.cpp, add ~1e-3 relative error).
     """
@@ -177,6 +179,7 @@ class Guard:
         chat_flash_attn: bool | None = None,
         max_text_bytes: int = 0,
         text_form: TextForm = "folded",
+        read_lines: bool = True,
         verbose: bool = False,
     ) -> None:
         if overflow not in _OVERFLOW_CODES:
@@ -204,6 +207,7 @@ class Guard:
             "n_ubatch": n_ubatch or 0,
             "max_text_bytes": max_text_bytes,
             "text_form": _TEXT_FORM_CODES[text_form],
+            "read_lines": read_lines,
         }
         try:
             self._guard = _native.GuardPath(self.model, os.fspath(self.guard_path), **self._guard_options)

@@ -300,6 +300,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     n.add_argument("--overflow", choices=("windows", "keep_end"), default="windows",
                    help="inputs longer than --n-ctx: the runtime's default, windows (max per label), or only their "
                    "end (as training cuts them; needed by --reference, whose torch model reads one cut per row)")
+    n.add_argument("--whole", action="store_true",
+                   help="read each prompt whole, not also line by line (Guard(read_lines=False); the runtime's "
+                   "default reads a prompt's lines alone too, as the shipped thresholds were calibrated)")
     n.add_argument("--batch-size", type=int, default=64, help="texts per native call")
     n.add_argument("--exact", action="store_true", help="F32 K/V cache, no flash attention")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -339,13 +342,13 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 raise DataError("--reference scores each row's end in torch, as training cuts it: add --overflow "
                                 "keep_end so that the native runtime reads the same tokens")
             base = reference_base(args.reference, args.reference_base)
-            reference = Reference.load(args.reference, base, args.n_ctx)
+            reference = Reference.load(args.reference, base, args.n_ctx, read_lines=not args.whole)
 
         evaluations: list[Evaluation] = []
         from loraguard_cpp import Guard  # the native runtime loads only for scoring, never for training
 
         with Guard(args.model, args.guard, n_threads=args.threads, n_ctx=args.n_ctx, overflow=args.overflow,
-                   exact=args.exact) as guard:
+                   exact=args.exact, read_lines=not args.whole) as guard:
             model_path, guard_path = guard.model_path, guard.guard_path
             labels, thresholds = list(guard.labels), guard.thresholds.copy()
             if reference is not None and reference.guard_config["labels"] != labels:

@@ -77,18 +77,19 @@ class Reference:
     tokenizer: Any
     guard_config: dict[str, Any]
     max_tokens: int
+    read_lines: bool = True  # as the runtime's Guard(read_lines=...)
 
     @classmethod
-    def load(cls, ckpt: Path, base: Path, max_tokens: int) -> Reference:
+    def load(cls, ckpt: Path, base: Path, max_tokens: int, read_lines: bool = True) -> Reference:
         model, guard_config = load_checkpoint(ckpt, base)
-        return cls(model, load_tokenizer(base), guard_config, max_tokens)
+        return cls(model, load_tokenizer(base), guard_config, max_tokens, read_lines)
 
     def score(self, dataset: Dataset, batch_size: int, quiet: bool = False) -> Scored:
         started = time.perf_counter()
         desc = None if quiet else f"torch {dataset.name}"
         logits = self._logits(dataset.prompts, dataset.responses, batch_size, desc)
         # The runtime's other readings (decoded, line by line), the max kept as there
-        rows, prompts, responses = second_readings(dataset.prompts, dataset.responses)
+        rows, prompts, responses = second_readings(dataset.prompts, dataset.responses, self.read_lines)
         if rows:
             second = self._logits(prompts, responses, batch_size, None if quiet else f"torch {dataset.name} (readings)",
                                   read=None)

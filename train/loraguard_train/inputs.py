@@ -35,12 +35,13 @@ def read_text(text: str) -> str:
 
 
 def second_readings(
-    prompts: Sequence[str], responses: Sequence[str | None] | None
+    prompts: Sequence[str], responses: Sequence[str | None] | None, read_lines: bool = True
 ) -> tuple[list[int], list[str], list[str | None] | None]:
     """The runtime's other readings of rows, beside each row as written (folded): base64 decoded and leetspeak
-    read as letters (`loraguard_cpp.decoded_reading`), and a prompt without a response line by line
-    (`loraguard_cpp.text_lines`), each line in both readings. Returns the row index of each reading (a row can
-    have several) and its prompt and response, already read (tokenize them with `read=None`)."""
+    read as letters (`loraguard_cpp.decoded_reading`), and with `read_lines` (the runtime's default) a prompt
+    without a response line by line (`loraguard_cpp.text_lines`), each line in both readings. Returns the row
+    index of each reading (a row can have several) and its prompt and response, already read (tokenize them with
+    `read=None`)."""
     from loraguard_cpp import decoded_reading, text_lines
 
     rows: list[int] = []
@@ -56,7 +57,7 @@ def second_readings(
             if response is not None and decoded_response is None:
                 decoded_response = read_text(response)
             second_responses.append(decoded_response)
-        if response is not None:
+        if response is not None or not read_lines:
             continue
         for line in text_lines(prompt):
             # a line is folded already, and folding folded text changes nothing
