@@ -331,7 +331,9 @@ LORAGUARD_API lg_generate_params lg_generate_default_params(void);
 LORAGUARD_API lg_status lg_chat_generate(lg_chat * chat, const char * prompt, size_t prompt_len,
                                          const lg_generate_params * params, char ** out);
 
-// Generates the assistant's reply to messages, tokenized as lg_chat_tokenize does.
+// Generates the assistant's reply to messages, tokenized as lg_chat_tokenize does. With params->guard, every
+// verdict also reads the lines of the user's messages alone (lg_text_lines; unless the guard's read_lines is off),
+// once per generation in the guard's own context, and keeps the max, as classifying a prompt does.
 LORAGUARD_API lg_status lg_chat_generate_messages(lg_chat * chat, const lg_message * messages, size_t n,
                                                   const lg_generate_params * params, char ** out);
 

@@ -3,12 +3,14 @@
 // invocation's tokens instead of a second read of the whole conversation. Where the conversation holds text that
 // the guard reads folded (lg_text_form), the cache holds what the chat model read instead, and the guard reads the
 // folded conversation in its own context; where it holds leetspeak or base64, the guard also reads it decoded there.
+// A generation from messages also reads the lines of the user's messages alone there, once, for all its verdicts.
 #include "lg-chat.h"
 
 #include "lg-decode.h"
 #include "lg-error.h"
 #include "lg-fold.h"
 #include "lg-guard.h"
+#include "lg-lines.h"
 #include "lg-special.h"
 #include "lg-text.h"
 #include "lg-threads.h"
@@ -133,6 +135,42 @@ void lg_chat::classify(lg_guard & guard, float * logits) {
             logits[l] = std::max(logits[l], decoded[l]);
         }
     }
+}
+
+std::vector<float> lg_chat::read_user_lines(lg_guard & guard, const lg_message * messages, size_t n) {
+    if (guard.params.text_form != LG_TEXT_FOLDED || !guard.params.read_lines) {
+        return {};
+    }
+    // The cache holds each message whole, and a request on a line of its own among benign paragraphs is averaged
+    // into them there; read alone, as classifying the message would read it, it is what it is.
+    std::vector<std::string> lines;
+    for (size_t i = 0; i < n; ++i) {
+        if (std::string_view(messages[i].role, messages[i].role_len) != "user") {
+            continue;
+        }
+        for (std::string & line : lg::text_lines(lg::fold_text({messages[i].content, messages[i].content_len}))) {
+            if (std::find(lines.begin(), lines.end(), line) == lines.end()) {
+                lines.push_back(std::move(line));
+            }
+        }
+    }
+    if (lines.empty()) {
+        return {};
+    }
+    std::vector<lg_input> inputs(lines.size());
+    for (size_t k = 0; k < lines.size(); ++k) {
+        inputs[k] = {lines[k].data(), lines[k].size(), nullptr, 0};
+    }
+    const size_t n_labels = guard.spec.labels.size();
+    std::vector<float> each(lines.size() * n_labels);
+    guard.classify(inputs.data(), inputs.size(), each.data());
+    std::vector<float> out(each.begin(), each.begin() + static_cast<long>(n_labels));
+    for (size_t k = 1; k < lines.size(); ++k) {
+        for (size_t l = 0; l < n_labels; ++l) {
+            out[l] = std::max(out[l], each[k * n_labels + l]);
+        }
+    }
+    return out;
 }
 
 void lg_chat::classify_in_place(lg_guard & guard, float * logits) {

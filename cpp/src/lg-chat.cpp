@@ -314,7 +314,8 @@ std::unique_lock<std::mutex> lg_chat::enter(bool allowed_in_callback, const char
     return std::unique_lock<std::mutex>(mutex);
 }
 
-lg_chat::generation lg_chat::generate(const std::vector<llama_token> & prompt, const lg_generate_params & p) {
+lg_chat::generation lg_chat::generate(const std::vector<llama_token> & prompt, const lg_generate_params & p,
+                                      const lg_message * messages, size_t n_messages) {
     // A NaN passes the samplers' "<= 0: greedy" and ">= 1: off" tests and would sample from NaN probabilities.
     if (!std::isfinite(p.temperature) || !std::isfinite(p.top_p)) {
         lg::fail(LG_ERR_INVALID_ARGUMENT, "temperature and top_p must be finite numbers, got " +
@@ -344,6 +345,8 @@ lg_chat::generation lg_chat::generate(const std::vector<llama_token> & prompt, c
         ~generating_scope() { id = std::thread::id(); }
     } scope(generating_thread);
     cancel_requested = false;
+    // Read before the prompt's prefill, which cannot be undone: a line that fails to read leaves the chat as it was
+    const std::vector<float> user_lines = guard ? read_user_lines(*guard, messages, n_messages) : std::vector<float>{};
     decode(prompt.data(), prompt.size(), /*clear=*/true);
     const size_t n_prompt = n_past;
 
@@ -355,6 +358,9 @@ lg_chat::generation lg_chat::generate(const std::vector<llama_token> & prompt, c
     // Judges the context; false when generation must stop (flagged, or on_verdict said so).
     const auto judge = [&] {
         classify(*guard, verdict_logits.data());
+        for (size_t l = 0; l < user_lines.size(); ++l) {
+            verdict_logits[l] = std::max(verdict_logits[l], user_lines[l]);
+        }
         guard->verdicts(verdict_logits.data(), 1, verdict_probs.data(), verdict_flags.data());
         n_judged = n_past;
         std::string labels;

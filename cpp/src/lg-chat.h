@@ -29,8 +29,10 @@ struct lg_chat {
         std::string flagged;  // why the guard stopped it ("" when it did not)
     };
     // Clears the context, evaluates the prompt tokens and samples until a stop condition; with params.guard,
-    // judges the prompt and the reply as it grows (lg-chat-guard.cpp).
-    generation generate(const std::vector<llama_token> & prompt, const lg_generate_params & params);
+    // judges the prompt and the reply as it grows (lg-chat-guard.cpp). Given the messages the prompt was made of,
+    // every verdict also reads the lines of the user's messages alone, as classifying a prompt does.
+    generation generate(const std::vector<llama_token> & prompt, const lg_generate_params & params,
+                        const lg_message * messages = nullptr, size_t n_messages = 0);
     // Appends tokens in n_batch chunks, only the last token of each chunk an output (as llama-cpp-python does).
     void decode(const llama_token * tokens, size_t n, bool clear);
     const float * last_logits() const;
@@ -60,6 +62,9 @@ struct lg_chat {
     std::string render(const lg_message * messages, const std::vector<std::string> & values) const;
     // The guard's invocation decoded after the chat's cells and removed again: the verdict on what the chat read.
     void classify_in_place(lg_guard & guard, float * logits);
+    // The max logit per label over the lines of the user's messages (lg::text_lines), each read alone in the
+    // guard's own context; empty when no user message has two lines or the guard reads text whole.
+    static std::vector<float> read_user_lines(lg_guard & guard, const lg_message * messages, size_t n);
 
     size_t n_past = 0;
     std::vector<llama_token> history;  // the n_past tokens decoded, for reading them folded (lg-chat-guard.cpp)

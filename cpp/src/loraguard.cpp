@@ -396,7 +396,8 @@ lg_generate_params lg_generate_default_params(void) {
 namespace {
 
 lg_status generate_with(lg_chat * chat, const lg_generate_params * params, char ** out,
-                        const std::function<std::vector<llama_token>()> & prompt_tokens) {
+                        const std::function<std::vector<llama_token>()> & prompt_tokens,
+                        const lg_message * messages = nullptr, size_t n_messages = 0) {
     return lg::call([&] {
         require(chat, "chat");
         if (out) {
@@ -408,7 +409,7 @@ lg_status generate_with(lg_chat * chat, const lg_generate_params * params, char 
         }
         const std::vector<llama_token> tokens = prompt_tokens();
         const auto lock = chat->enter(/*allowed_in_callback=*/false, "a generation");
-        const lg_chat::generation result = chat->generate(tokens, p);
+        const lg_chat::generation result = chat->generate(tokens, p, messages, n_messages);
         if (out) {
             *out = copy_string(result.text);
         }
@@ -436,7 +437,7 @@ lg_status lg_chat_generate_messages(lg_chat * chat, const lg_message * messages,
         }
         require(messages, "messages");
         return chat->tokenize(messages, n);
-    });
+    }, messages, n);
 }
 
 void lg_chat_cancel(lg_chat * chat) {
