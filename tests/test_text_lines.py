@@ -10,6 +10,8 @@ scores as it does alone.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -191,3 +193,10 @@ def test_a_guarded_chat_reads_the_users_lines_alone() -> None:
         # only the user's messages: the system prompt is the application's own text
         system = [{"role": "system", "content": text}, {"role": "user", "content": "Hi there!"}]
         assert _first_verdict(g, system).scores == _first_verdict(whole, system).scores
+
+
+def test_the_cli_reads_lines_unless_told_whole() -> None:
+    text = buried("\n")
+    run = [sys.executable, "-m", "loraguard_cpp.cli", "classify", "--guard", "minilm", "--threads", "1", text]
+    assert subprocess.run(run, capture_output=True, text=True, timeout=600).returncode == 1  # flagged
+    assert subprocess.run([*run, "--whole"], capture_output=True, text=True, timeout=600).returncode == 0

@@ -36,6 +36,9 @@ def _guard_options(p: argparse.ArgumentParser, *, ctx_help: str = "guard context
                    help="text longer than --ctx: score half-overlapping windows, max per label (default: every "
                    "token is read), keep only its end (the start is never read), or fail")
     p.add_argument("--isolated", action="store_true", help="score each text alone (bit-reproducible scores)")
+    p.add_argument("--whole", action="store_true",
+                   help="read each text whole, not also line by line (fewer texts flagged for one edgy line; a "
+                   "request pasted among benign paragraphs is then averaged into them)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
 
 
@@ -47,7 +50,8 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
 
 def _open_guard(args: argparse.Namespace, **options: int) -> Guard:
     return Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, n_ctx=args.ctx,
-                 overflow=args.overflow, isolated=args.isolated, verbose=args.verbose, **options)
+                 overflow=args.overflow, isolated=args.isolated, read_lines=not args.whole, verbose=args.verbose,
+                 **options)
 
 
 def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
@@ -125,7 +129,7 @@ def _open_chat_model(args: argparse.Namespace, **options: int) -> Guard:
         raise LoraGuardError(f"{args.command} needs a chat model, and the {named.name!r} base is an encoder that "
                              f"cannot generate text: use {chat_guards}")
     guard = Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, verbose=args.verbose,
-                  **options)
+                  overflow=args.overflow, isolated=args.isolated, read_lines=not args.whole, **options)
     if guard.model.is_encoder:
         guard.close()
         raise LoraGuardError(f"{args.command} needs a chat model, and {guard.model_path} is an encoder that cannot "
