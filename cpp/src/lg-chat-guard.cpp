@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <exception>
 #include <optional>
+#include <unordered_set>
 
 namespace {
 
@@ -144,12 +145,13 @@ std::vector<float> lg_chat::read_user_lines(lg_guard & guard, const lg_message *
     // The cache holds each message whole, and a request on a line of its own among benign paragraphs is averaged
     // into them there; read alone, as classifying the message would read it, it is what it is.
     std::vector<std::string> lines;
+    std::unordered_set<std::string> seen;  // a line repeated across messages is read once
     for (size_t i = 0; i < n; ++i) {
         if (std::string_view(messages[i].role, messages[i].role_len) != "user") {
             continue;
         }
         for (std::string & line : lg::text_lines(lg::fold_text({messages[i].content, messages[i].content_len}))) {
-            if (std::find(lines.begin(), lines.end(), line) == lines.end()) {
+            if (seen.insert(line).second) {
                 lines.push_back(std::move(line));
             }
         }
