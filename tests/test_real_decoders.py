@@ -123,7 +123,8 @@ def _check_tokens_and_f32_parity(real: RealGuard, texts: list[str], relative_tol
 
 
 def _native_logits(real: RealGuard, base: Path, texts: list[str]) -> np.ndarray:
-    with Guard(base, real.guard, n_threads=2, n_ctx=4096) as guard:
+    # the torch side (score_texts) scores each text whole, so the runtime reads it whole too, not also by line
+    with Guard(base, real.guard, n_threads=2, n_ctx=4096, read_lines=False) as guard:
         return guard.logits(texts)
 
 
