@@ -37,6 +37,23 @@ char * copy_string(const std::string & s) {
     return out;
 }
 
+// Copies at most n_max bytes of text into out (may be NULL) and returns its full length, so that a caller can ask
+// for the length first and call again with a buffer that holds it.
+size_t copy_text(const std::string & text, char * out, size_t n_max) {
+    if (out) {
+        std::memcpy(out, text.data(), std::min(n_max, text.size()));
+    }
+    return text.size();
+}
+
+// A text argument of the text functions (lg_fold_text and its kin): present and valid UTF-8 without NUL bytes.
+std::string_view text_argument(const char * text, size_t text_len) {
+    require(text, "text");
+    const std::string_view in(text, text_len);
+    lg::check_encoding(in, "text");
+    return in;
+}
+
 size_t copy_tokens(const std::vector<llama_token> & tokens, int32_t * out, size_t n_max) {
     const size_t n = std::min(tokens.size(), n_max);
     if (out) {
@@ -120,45 +137,29 @@ lg_status lg_model_tokenize(const lg_model * model, const char * text, size_t te
 
 lg_status lg_fold_text(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes) {
     return lg::call([&] {
-        require(text, "text");
         require(n_bytes, "n_bytes");
-        const std::string_view in(text, text_len);
-        lg::check_encoding(in, "text");
-        const std::string folded = lg::fold_text(in);
-        *n_bytes = folded.size();
-        if (out) {
-            std::memcpy(out, folded.data(), std::min(n_max, folded.size()));
-        }
+        *n_bytes = copy_text(lg::fold_text(text_argument(text, text_len)), out, n_max);
     });
 }
 
 lg_status lg_decoded_reading(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
                              bool * found) {
     return lg::call([&] {
-        require(text, "text");
         require(n_bytes, "n_bytes");
         require(found, "found");
-        const std::string_view in(text, text_len);
-        lg::check_encoding(in, "text");
-        const std::optional<std::string> read = lg::decoded_reading(lg::fold_text(in));
+        const std::optional<std::string> read = lg::decoded_reading(lg::fold_text(text_argument(text, text_len)));
         *found = read.has_value();
-        *n_bytes = read ? read->size() : 0;
-        if (read && out) {
-            std::memcpy(out, read->data(), std::min(n_max, read->size()));
-        }
+        *n_bytes = read ? copy_text(*read, out, n_max) : 0;
     });
 }
 
 lg_status lg_text_lines(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
                         size_t * n_lines) {
     return lg::call([&] {
-        require(text, "text");
         require(n_bytes, "n_bytes");
         require(n_lines, "n_lines");
-        const std::string_view in(text, text_len);
-        lg::check_encoding(in, "text");
+        const std::vector<std::string> lines = lg::text_lines(lg::fold_text(text_argument(text, text_len)));
         std::string joined;
-        const std::vector<std::string> lines = lg::text_lines(lg::fold_text(in));
         for (const std::string & line : lines) {
             if (!joined.empty()) {
                 joined += '\n';
@@ -166,10 +167,7 @@ lg_status lg_text_lines(const char * text, size_t text_len, char * out, size_t n
             joined += line;
         }
         *n_lines = lines.size();
-        *n_bytes = joined.size();
-        if (out) {
-            std::memcpy(out, joined.data(), std::min(n_max, joined.size()));
-        }
+        *n_bytes = copy_text(joined, out, n_max);
     });
 }
 

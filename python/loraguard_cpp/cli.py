@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import dataset, registry
 from .conversation import conversation_inputs
@@ -48,10 +49,14 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="default: %(default)s")
 
 
+def _guard_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The Guard options every command takes from _guard_options (but --ctx, whose meaning is the command's)."""
+    return {"n_threads": args.threads, "n_gpu_layers": args.gpu_layers, "overflow": args.overflow,
+            "isolated": args.isolated, "read_lines": not args.whole, "verbose": args.verbose}
+
+
 def _open_guard(args: argparse.Namespace, **options: int) -> Guard:
-    return Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, n_ctx=args.ctx,
-                 overflow=args.overflow, isolated=args.isolated, read_lines=not args.whole, verbose=args.verbose,
-                 **options)
+    return Guard(args.model, args.guard, n_ctx=args.ctx, **_guard_kwargs(args), **options)
 
 
 def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
@@ -128,8 +133,7 @@ def _open_chat_model(args: argparse.Namespace, **options: int) -> Guard:
     if named is not None and not named.chat:
         raise LoraGuardError(f"{args.command} needs a chat model, and the {named.name!r} base is an encoder that "
                              f"cannot generate text: use {chat_guards}")
-    guard = Guard(args.model, args.guard, n_threads=args.threads, n_gpu_layers=args.gpu_layers, verbose=args.verbose,
-                  overflow=args.overflow, isolated=args.isolated, read_lines=not args.whole, **options)
+    guard = Guard(args.model, args.guard, **_guard_kwargs(args), **options)
     if guard.model.is_encoder:
         guard.close()
         raise LoraGuardError(f"{args.command} needs a chat model, and {guard.model_path} is an encoder that cannot "
