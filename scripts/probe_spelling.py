@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import codecs
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,20 @@ def math_bold(text: str) -> str:
 
 LEET = str.maketrans("aeiostAEIOST", "431057431057")
 
+MORSE_CODES = [
+    ".-", "-...", "-.-.", "-..", ".", "..-.", "--.", "....", "..", ".---", "-.-", ".-..", "--", "-.", "---", ".--.",
+    "--.-", ".-.", "...", "-", "..-", "...-", ".--", "-..-", "-.--", "--..", "-----", ".----", "..---", "...--",
+    "....-", ".....", "-....", "--...", "---..", "----.", ".-.-.-", "--..--", "..--..", ".----.", "-.-.--",
+]
+MORSE = dict(zip("abcdefghijklmnopqrstuvwxyz0123456789.,?'!", MORSE_CODES, strict=True))
+
+
+def morse(text: str) -> str:
+    """Morse as people type it: codes a space apart, words a '/' apart; what Morse has no code for is left out."""
+    words = ("".join(c for c in w if c in MORSE) for w in text.lower().split())
+    return " / ".join(" ".join(MORSE[c] for c in w) for w in words if w)
+
+
 SPELLINGS: dict[str, Callable[[str], str]] = {
     "plain": lambda t: t,
     "zero-width space between every character": lambda t: "\u200b".join(t),
@@ -40,6 +55,8 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "letters spaced out": lambda t: " ".join(t),
     "leetspeak (a 4, e 3, i 1, o 0, s 5, t 7)": lambda t: t.translate(LEET),
     "base64": lambda t: base64.b64encode(t.encode()).decode(),
+    "ROT13": lambda t: codecs.encode(t, "rot13"),
+    "Morse code": morse,
 }
 
 

@@ -114,7 +114,9 @@ LORAGUARD_API lg_status lg_fold_text(const char * text, size_t text_len, char * 
 
 // The second text a guard with LG_TEXT_FOLDED reads for this text, scored beside lg_fold_text's and the higher
 // score kept: the folded text with what a capable chat model decodes in it decoded. Runs of base64 that decode to
-// text (at least 16 characters; keys and hashes decode to bytes and stay) are replaced by that text, then, in a
+// text (at least 16 characters; keys and hashes decode to bytes and stay) are replaced by that text, runs of Morse
+// code (at least five characters, dots and dashes both used) by the letters they spell, sentences that read as
+// ROT13 (more of their words frequent English ones once rotated than as written) are rotated back, then, in a
 // text holding a leetspeak word (one of 0 1 3 4 5 7 between two letters of a word; handles, URLs, e-mail
 // addresses and mixed-case codes do not count), digits and @ $ inside words are read as the letters they stand
 // for ("h0w t0 m4k3 4 b0mb" -> "how to make a bomb"). *found is false, and nothing is written, when the guard
@@ -156,7 +158,7 @@ typedef enum lg_overflow {
 // letters, ligatures), invisible default-ignorable code points (zero-width spaces and joiners, soft hyphens,
 // bidirectional controls, variation selectors, tags) removed, and in a word that also holds Latin letters,
 // Cyrillic, Greek and Armenian letters drawn like Latin ones made Latin, letters spaced out joined into their
-// words. A text holding base64 or leetspeak ("b0mb", "k1ll") is read a second time decoded (lg_decoded_reading)
+// words. A text holding base64, Morse, ROT13 or leetspeak ("b0mb") is read a second time decoded (lg_decoded_reading)
 // and the higher score kept, as for windows; a prompt judged alone (no response) with two lines or more is also
 // read line by line (lg_text_lines, unless lg_guard_params.read_lines is off), so that a request pasted among
 // benign paragraphs is not averaged into them.

@@ -20,10 +20,25 @@ std::optional<std::string> read_leetspeak(std::string_view text);
 // run.
 std::optional<std::string> decode_base64_runs(std::string_view text);
 
+// The text with each run of Morse code replaced by the letters it spells (lg-morse.cpp), or nothing when it holds
+// none: dots and dashes ('.' '-' '_', or a writer's middle dots, bullets and en, em or minus dashes), one space
+// between the codes of a word, '/' or '|' or two spaces between words, at least five characters spelled and both
+// dots and dashes used (so that dotted lines, "- - -" bullets and table rules stay as written).
+std::optional<std::string> decode_morse_runs(std::string_view text);
+
+// The text with each ROT13 message rotated back (lg-rot13.cpp), or nothing when it holds none. A message is a span of
+// ASCII words between two frequent English words as written ("the", "how", "to", "write", ...), half or more of them
+// frequent English words once rotated, at least two distinct ones of two letters or more ("ubj gb znxr n obzo" ->
+// "how to make a bomb"); words in capitals ("GB", "HF") and letters touching digits ("16gb") are no evidence. An
+// English wrapper around the message ("Decode this ROT13: ...") stays as written.
+std::optional<std::string> read_rot13(std::string_view text);
+
 // A folded text as a guard reads it the second time, or nothing when the guard reads it once: base64 runs
-// decoded, then leetspeak read as letters. Digits cannot be read as letters in place ("3D-printed", "mp3" and
-// "Windows 10" would lose what they say), nor can base64 be decoded in place (a key or hash stays a key), so a
-// guard scores this reading beside the text as written and keeps the higher score.
+// decoded, Morse runs spelled out, ROT13 messages rotated back, then leetspeak read as letters: the encodings a
+// capable chat model reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be read as
+// letters in place ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded in
+// place (a key or hash stays a key), so a guard scores this reading beside the text as written and keeps the higher
+// score.
 std::optional<std::string> decoded_reading(std::string_view folded);
 
 }  // namespace lg
