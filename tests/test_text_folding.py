@@ -359,6 +359,19 @@ def test_decoded_reading_is_stable_on_random_text() -> None:
             assert len(read.encode()) <= len(fold_text(text).encode()) and decoded_reading(read) is None, (text, read)
 
 
+def test_decoded_reading_is_stable_on_random_words() -> None:
+    """As above, on texts made of the words and marks ROT13 and Morse are told by: frequent English words as
+    written and rotated, abbreviations, letters touching digits, leetspeak, sentence ends and Morse codes."""
+    rng = random.Random(1)
+    pieces = ["ubj", "gb", "n", "znxr", "Ubj", "the", "how", "to", "16gb", "GB", "b0mb", "o0zo", ".", ":", "\n", "?",
+              "-.-", ".-", "...", "/", "|", "Tvir", "zr", "user", "\u00b7\u2212", "VA"]
+    for _ in range(5_000):
+        text = "".join(rng.choice(pieces) + rng.choice([" ", " ", "  ", ""]) for _ in range(rng.randint(1, 14)))
+        read = decoded_reading(text)
+        if read is not None:
+            assert len(read.encode()) <= len(fold_text(text).encode()) and decoded_reading(read) is None, (text, read)
+
+
 # Morse and ROT13, the other encodings of "Jailbroken" (Wei et al., 2023) that a capable chat model reads unasked:
 # before, both readings were the text as written, and a request in either passed every guard.
 

@@ -96,11 +96,15 @@ morse_run read_morse_run(std::string_view text, size_t begin) {
         // a gap: spaces, then maybe a '/' or '|' and more spaces, then the next code
         size_t j = i;
         size_t n_spaces = 0;
-        bool slash = false;
-        while (j < text.size() && (text[j] == ' ' || text[j] == '\t' || ((text[j] == '/' || text[j] == '|') && !slash))) {
-            slash = slash || text[j] == '/' || text[j] == '|';
-            n_spaces += text[j] == ' ' || text[j] == '\t';
-            ++j;
+        bool slash = false;  // one '/' or '|' at most
+        for (; j < text.size(); ++j) {
+            const bool space = text[j] == ' ' || text[j] == '\t';
+            const bool word_mark = text[j] == '/' || text[j] == '|';
+            if (!space && (!word_mark || slash)) {
+                break;
+            }
+            slash = slash || word_mark;
+            n_spaces += space;
         }
         size_t next_bytes = 0;
         if (j == i || j >= text.size() || !morse_symbol(text, j, next_bytes)) {

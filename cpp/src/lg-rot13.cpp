@@ -89,7 +89,7 @@ std::vector<word> read_words(std::string_view text) {
 struct evidence {
     size_t n_common = 0;
     size_t n_rot = 0;
-    std::vector<std::string_view> long_rot;  // distinct rotated-frequent words of two letters or more
+    std::vector<std::string_view> long_rot;  // up to two distinct rotated-frequent words of two letters or more
 
     void add(std::string_view text, const word & w) {
         n_common += w.common;
@@ -98,7 +98,8 @@ struct evidence {
         }
         ++n_rot;
         const std::string_view s = text.substr(w.begin, w.end - w.begin);
-        if (s.size() > 1 && std::find(long_rot.begin(), long_rot.end(), s) == long_rot.end()) {
+        // two are all rot13() asks: a longer list would cost a search per word that an attacker could lengthen
+        if (long_rot.size() < 2 && s.size() > 1 && std::find(long_rot.begin(), long_rot.end(), s) == long_rot.end()) {
             long_rot.push_back(s);
         }
     }
