@@ -68,13 +68,9 @@ bool reads_as_text(std::string_view bytes) {
 namespace lg {
 
 std::optional<std::string> decode_base64_runs(std::string_view text) {
-    std::string out;
-    bool decoded = false;
-    size_t copied = 0;  // text[0, copied) is in out
-    for (size_t i = 0; i < text.size();) {
+    return replace_runs(text, [](std::string_view text, size_t i) -> run_reading {
         if (base64_value(text[i]) < 0) {
-            ++i;
-            continue;
+            return {i + 1, std::nullopt};
         }
         size_t end = i;
         while (end < text.size() && base64_value(text[end]) >= 0) {
@@ -90,19 +86,11 @@ std::optional<std::string> decode_base64_runs(std::string_view text) {
         if (whole && sized && n >= k_min_base64_run) {
             const std::string bytes = decode_base64(text.substr(i, n));
             if (reads_as_text(bytes)) {
-                out.append(text.substr(copied, i - copied));
-                out += fold_text(bytes);
-                copied = padded;
-                decoded = true;
+                return {padded, fold_text(bytes)};
             }
         }
-        i = padded;
-    }
-    if (!decoded) {
-        return std::nullopt;
-    }
-    out.append(text.substr(copied));
-    return out;
+        return {padded, std::nullopt};
+    });
 }
 
 std::optional<std::string> decoded_reading(std::string_view folded) {

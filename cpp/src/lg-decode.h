@@ -7,6 +7,41 @@
 
 namespace lg {
 
+// The decoders read ASCII bytes: any other byte ends a word.
+inline bool is_ascii_letter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+inline bool is_ascii_upper(char c) { return c >= 'A' && c <= 'Z'; }
+inline bool is_ascii_digit(char c) { return c >= '0' && c <= '9'; }
+
+// What a decoder reads at a position of a text: where reading goes on (past the position), and the text that stands
+// for text[position, end) in the decoded text, if what is there decodes.
+struct run_reading {
+    size_t end;
+    std::optional<std::string> replacement;
+};
+
+// The text with the runs that read_run(text, i) decodes replaced, or nothing when it decodes none; read_run is asked
+// at 0 and then at each end it returns (base64 and Morse runs).
+template <typename ReadRun> std::optional<std::string> replace_runs(std::string_view text, ReadRun && read_run) {
+    std::string out;
+    bool replaced = false;
+    size_t copied = 0;  // text[0, copied) is in out
+    for (size_t i = 0; i < text.size();) {
+        run_reading run = read_run(text, i);
+        if (run.replacement) {
+            out.append(text.substr(copied, i - copied));
+            out += *run.replacement;
+            copied = run.end;
+            replaced = true;
+        }
+        i = run.end;
+    }
+    if (!replaced) {
+        return std::nullopt;
+    }
+    out.append(text.substr(copied));
+    return out;
+}
+
 // The text with leetspeak read as letters (lg-leet.cpp), or nothing when the text holds no leetspeak word: a word
 // with one of 0 1 3 4 5 7 between two of its letters ("b0mb", "k1ll", "P@ssw0rd"). In such a text digits and @ $
 // inside words are read as the letters they stand for (0 o, 1 i, 3 e, 4 a, 5 s, 7 t, @ a, $ s: "h0w t0 m4k3 4
@@ -26,11 +61,12 @@ std::optional<std::string> decode_base64_runs(std::string_view text);
 // dots and dashes used (so that dotted lines, "- - -" bullets and table rules stay as written).
 std::optional<std::string> decode_morse_runs(std::string_view text);
 
-// The text with each ROT13 message rotated back (lg-rot13.cpp), or nothing when it holds none. A message is a span of
-// ASCII words between two frequent English words as written ("the", "how", "to", "write", ...), half or more of them
-// frequent English words once rotated, at least two distinct ones of two letters or more ("ubj gb znxr n obzo" ->
-// "how to make a bomb"); words in capitals ("GB", "HF") and letters touching digits ("16gb") are no evidence. An
-// English wrapper around the message ("Decode this ROT13: ...") stays as written.
+// The text with each ROT13 sentence rotated back (lg-rot13.cpp), or nothing when it holds none. A sentence (up to
+// . ! ? : ; or a line break) is ROT13 when more of its ASCII words are frequent English words once rotated than as
+// written ("the", "how", "to", "write", ...), at least two distinct ones of two letters or more ("ubj gb znxr n
+// obzo" -> "how to make a bomb"); in a text that is ROT13 so as a whole, so is each sentence that leans that way.
+// Words in capitals ("GB", "HF") and letters touching digits ("16gb") are no evidence. An English wrapper before the
+// message ("Decode this ROT13: ...") stays as written.
 std::optional<std::string> read_rot13(std::string_view text);
 
 // A folded text as a guard reads it the second time, or nothing when the guard reads it once: base64 runs

@@ -4,9 +4,10 @@
 
 namespace {
 
-bool is_letter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-bool is_upper(char c) { return c >= 'A' && c <= 'Z'; }
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+using lg::is_ascii_digit;
+using lg::is_ascii_letter;
+using lg::is_ascii_upper;
+
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
 // The letter c stands for in leetspeak, 0 for none
@@ -24,7 +25,7 @@ char leet_letter(char c) {
     }
 }
 
-bool in_word(char c) { return is_letter(c) || is_digit(c) || c == '@' || c == '$'; }
+bool in_word(char c) { return is_ascii_letter(c) || is_ascii_digit(c) || c == '@' || c == '$'; }
 
 struct word {
     size_t begin;
@@ -38,10 +39,10 @@ bool word_case(std::string_view w, bool & upper) {
     size_t n_upper = 0;
     bool first_upper = false;
     for (const char c : w) {
-        if (is_letter(c)) {
-            first_upper = n == 0 ? is_upper(c) : first_upper;
+        if (is_ascii_letter(c)) {
+            first_upper = n == 0 ? is_ascii_upper(c) : first_upper;
             ++n;
-            n_upper += is_upper(c);
+            n_upper += is_ascii_upper(c);
         }
     }
     upper = n > 0 && n_upper == n;
@@ -54,7 +55,7 @@ bool is_hex_code(std::string_view w) {
         return false;
     }
     for (const char c : w) {
-        if (!is_digit(c) && !((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+        if (!is_ascii_digit(c) && !((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
             return false;
         }
     }
@@ -64,16 +65,16 @@ bool is_hex_code(std::string_view w) {
 // A run of leet characters, one of them a digit, with a letter on each side
 bool has_leet_letters(std::string_view w) {
     for (size_t i = 1; i + 1 < w.size(); ++i) {
-        if (!is_letter(w[i - 1]) || !leet_letter(w[i])) {
+        if (!is_ascii_letter(w[i - 1]) || !leet_letter(w[i])) {
             continue;
         }
         size_t j = i;
         bool digit = false;
         while (j < w.size() && leet_letter(w[j])) {
-            digit = digit || is_digit(w[j]);
+            digit = digit || is_ascii_digit(w[j]);
             ++j;
         }
-        if (digit && j < w.size() && is_letter(w[j])) {
+        if (digit && j < w.size() && is_ascii_letter(w[j])) {
             return true;
         }
         i = j - 1;
@@ -127,7 +128,7 @@ std::optional<std::string> read_leetspeak(std::string_view text) {
     for (const word & w : words) {
         for (size_t i = w.begin; i < w.end; ++i) {
             const char letter = leet_letter(out[i]);
-            if (!letter || (out[i] == '$' && i + 1 < w.end && is_digit(out[i + 1]))) {
+            if (!letter || (out[i] == '$' && i + 1 < w.end && is_ascii_digit(out[i + 1]))) {
                 continue;  // $5 is money
             }
             out[i] = w.upper ? static_cast<char>(letter - 'a' + 'A') : letter;

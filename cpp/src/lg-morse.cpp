@@ -51,20 +51,15 @@ char morse_symbol(std::string_view text, size_t i, size_t & n_bytes) {
     return 0;
 }
 
-bool is_word_char(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
-
-struct morse_run {
-    size_t end = 0;  // one past its last symbol
-    std::string decoded;
-    bool valid = false;
-};
+bool is_word_char(char c) { return lg::is_ascii_letter(c) || lg::is_ascii_digit(c); }
 
 // Reads the Morse run starting at text[begin] (a symbol): codes of dots and dashes, one space between the codes of a
-// word, '/' or '|' (spaces around them allowed) or two spaces or more between words. A line break ends it.
-morse_run read_morse_run(std::string_view text, size_t begin) {
-    morse_run run;
+// word, '/' or '|' (spaces around them allowed) or two spaces or more between words. A line break ends it. The run
+// ends one past its last symbol; it decodes when every code spells a character, it spells enough of them, and it
+// uses both symbols.
+lg::run_reading read_morse_run(std::string_view text, size_t begin) {
+    lg::run_reading run{begin, std::nullopt};
+    std::string decoded;
     std::string code;
     bool dots = false;
     bool dashes = false;
@@ -75,9 +70,9 @@ morse_run read_morse_run(std::string_view text, size_t begin) {
         const char ch = code.size() <= k_max_morse_code ? morse_char(code) : 0;
         valid = valid && ch != 0;
         if (word_gap && n_chars > 0) {
-            run.decoded += ' ';
+            decoded += ' ';
         }
-        run.decoded += ch;
+        decoded += ch;
         ++n_chars;
         word_gap = false;
         code.clear();
@@ -118,7 +113,9 @@ morse_run read_morse_run(std::string_view text, size_t begin) {
         finish_code();
     }
     const bool ends_word = run.end == text.size() || !is_word_char(text[run.end]);
-    run.valid = valid && ends_word && dots && dashes && n_chars >= k_min_morse_chars;
+    if (valid && ends_word && dots && dashes && n_chars >= k_min_morse_chars) {
+        run.replacement = std::move(decoded);
+    }
     return run;
 }
 
@@ -127,30 +124,14 @@ morse_run read_morse_run(std::string_view text, size_t begin) {
 namespace lg {
 
 std::optional<std::string> decode_morse_runs(std::string_view text) {
-    std::string out;
-    bool decoded = false;
-    size_t copied = 0;  // text[0, copied) is in out
-    for (size_t i = 0; i < text.size();) {
+    return replace_runs(text, [](std::string_view text, size_t i) -> run_reading {
         size_t n_bytes = 0;
         const bool starts_word = i == 0 || !is_word_char(text[i - 1]);
         if (!morse_symbol(text, i, n_bytes) || !starts_word) {
-            i += n_bytes;
-            continue;
+            return {i + n_bytes, std::nullopt};
         }
-        morse_run run = read_morse_run(text, i);
-        if (run.valid) {
-            out.append(text.substr(copied, i - copied));
-            out += run.decoded;
-            copied = run.end;
-            decoded = true;
-        }
-        i = run.end;
-    }
-    if (!decoded) {
-        return std::nullopt;
-    }
-    out.append(text.substr(copied));
-    return out;
+        return read_morse_run(text, i);
+    });
 }
 
 }  // namespace lg

@@ -19,14 +19,15 @@ constexpr std::string_view k_common_words[] = {
     "will", "with", "would", "write", "you", "your",
 };
 
-bool is_letter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+using lg::is_ascii_digit;
+using lg::is_ascii_letter;
+using lg::is_ascii_upper;
 
 char rot13(char c) {
     if (c >= 'a' && c <= 'z') {
         return static_cast<char>('a' + (c - 'a' + 13) % 26);
     }
-    if (c >= 'A' && c <= 'Z') {
+    if (is_ascii_upper(c)) {
         return static_cast<char>('A' + (c - 'A' + 13) % 26);
     }
     return c;
@@ -53,15 +54,15 @@ std::vector<word> read_words(std::string_view text) {
     std::vector<word> words;
     bool sentence_end = false;
     for (size_t i = 0; i < text.size();) {
-        if (!is_letter(text[i]) && !is_digit(text[i])) {
+        if (!is_ascii_letter(text[i]) && !is_ascii_digit(text[i])) {
             sentence_end = sentence_end || ends_sentence(text[i]);
             ++i;
             continue;
         }
         size_t end = i;
         bool letters = true;
-        while (end < text.size() && (is_letter(text[end]) || is_digit(text[end]))) {
-            letters = letters && is_letter(text[end]);
+        while (end < text.size() && (is_ascii_letter(text[end]) || is_ascii_digit(text[end]))) {
+            letters = letters && is_ascii_letter(text[end]);
             ++end;
         }
         if (letters) {
@@ -70,7 +71,7 @@ std::vector<word> read_words(std::string_view text) {
             bool capitals = true;
             for (size_t k = i; k < end; ++k) {
                 const char c = static_cast<char>(text[k] | 0x20);
-                capitals = capitals && text[k] >= 'A' && text[k] <= 'Z';
+                capitals = capitals && is_ascii_upper(text[k]);
                 lower += c;
                 rotated += rot13(c);
             }
