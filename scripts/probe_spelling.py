@@ -46,6 +46,16 @@ def morse(text: str) -> str:
     return " / ".join(" ".join(MORSE[c] for c in w) for w in words if w)
 
 
+def caesar(text: str, shift: int = 3) -> str:
+    """Each letter moved forward `shift` places in the alphabet (Caesar used 3), its case kept."""
+    return "".join(chr((ord(c) - 97 + shift) % 26 + 97) if "a" <= c <= "z" else
+                   chr((ord(c) - 65 + shift) % 26 + 65) if "A" <= c <= "Z" else c for c in text)
+
+
+def atbash(text: str) -> str:
+    return "".join(chr(219 - ord(c)) if "a" <= c <= "z" else chr(155 - ord(c)) if "A" <= c <= "Z" else c for c in text)
+
+
 SPELLINGS: dict[str, Callable[[str], str]] = {
     "plain": lambda t: t,
     "zero-width space between every character": lambda t: "\u200b".join(t),
@@ -57,6 +67,9 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "base64": lambda t: base64.b64encode(t.encode()).decode(),
     "ROT13": lambda t: codecs.encode(t, "rot13"),
     "Morse code": morse,
+    "Caesar shift by 3": caesar,
+    "Atbash": atbash,
+    "reversed": lambda t: t[::-1],
 }
 
 

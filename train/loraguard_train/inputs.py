@@ -1,12 +1,12 @@
 """Token ids for guard inputs, cut and batched the way the native runtime sees them.
 
-Long inputs keep the whole template (framing, turn markers, the reply's opening) and the *last* tokens of the
-prompt and response, as the runtime's default `keep_end` overflow policy does: the end decides a decoder's last
-hidden state, and training on the same view the runtime scores keeps the two consistent. Texts are read as the
-runtime reads them by default: folded (`loraguard_cpp.fold_text`). Training reads that one reading; the runtime
-also scores a text holding base64, Morse, ROT13 or leetspeak as `loraguard_cpp.decoded_reading` gives it, and a
-prompt's lines alone (`loraguard_cpp.text_lines`), and keeps the highest score; evaluation's torch reference does
-the same (`second_readings`).
+Long inputs keep the whole template (framing, turn markers, the reply's opening) and the *last* tokens of the prompt and
+response, as the runtime's default `keep_end` overflow policy does: the end decides a decoder's last hidden state, and
+training on the same view the runtime scores keeps the two consistent. Texts are read as the runtime reads them by
+default: folded (`loraguard_cpp.fold_text`). Training reads that one reading; the runtime also scores a text holding
+base64, Morse, a letter cipher or leetspeak as `loraguard_cpp.decoded_reading` gives it, and a prompt's lines alone
+(`loraguard_cpp.text_lines`), and keeps the highest score; evaluation's torch reference does the same
+(`second_readings`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def second_readings(
     prompts: Sequence[str], responses: Sequence[str | None] | None, read_lines: bool = True
 ) -> tuple[list[int], list[str], list[str | None] | None]:
     """The runtime's other readings of rows, beside each row as written (folded): base64 and Morse decoded,
-    ROT13 rotated back and leetspeak read as letters (`loraguard_cpp.decoded_reading`), and with `read_lines`
+    letter ciphers read back and leetspeak read as letters (`loraguard_cpp.decoded_reading`), and with `read_lines`
     (the runtime's default) a prompt without a response line by line (`loraguard_cpp.text_lines`), each line in
     both readings. Returns the row index of each reading (a row can have several) and its prompt and response,
     already read (tokenize them with `read=None`)."""
