@@ -40,11 +40,13 @@ std::string decode_base64(std::string_view run) {
     return out;
 }
 
-// What a reader takes for words: valid UTF-8 without control characters but tabs and line breaks, at least half
-// of its characters letters or digits (ASCII ones or any other script's). Keys, hashes and binary data decode to
-// bytes that fail this (12 random bytes are all printable about once in 100,000 draws), so they stay as written.
+}  // namespace
+
+namespace lg {
+
+// 12 random bytes are all printable about once in 100,000 draws
 bool reads_as_text(std::string_view bytes) {
-    if (lg::invalid_utf8_offset(bytes) != std::string_view::npos) {
+    if (invalid_utf8_offset(bytes) != std::string_view::npos) {
         return false;
     }
     size_t n_chars = 0;
@@ -62,10 +64,6 @@ bool reads_as_text(std::string_view bytes) {
     }
     return 2 * n_alnum >= n_chars;
 }
-
-}  // namespace
-
-namespace lg {
 
 std::optional<std::string> decode_base64_runs(std::string_view text) {
     return replace_runs(text, [](std::string_view text, size_t i) -> run_reading {
@@ -95,8 +93,8 @@ std::optional<std::string> decode_base64_runs(std::string_view text) {
 
 std::optional<std::string> decoded_reading(std::string_view folded) {
     std::optional<std::string> read;
-    // each decoder reads what the one before it made, so base64 of Morse or leetspeak in a cipher is read too
-    for (auto * decode : {decode_base64_runs, decode_morse_runs, read_ciphers, read_leetspeak}) {
+    // each decoder reads what the one before it made, so base64 of Morse, hex of base64 or leetspeak in a cipher is read too
+    for (auto * decode : {decode_char_code_runs, decode_base64_runs, decode_morse_runs, read_ciphers, read_leetspeak}) {
         if (std::optional<std::string> next = decode(read ? std::string_view(*read) : folded)) {
             read = std::move(next);
         }

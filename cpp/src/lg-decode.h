@@ -43,18 +43,31 @@ template <typename ReadRun> std::optional<std::string> replace_runs(std::string_
     return out;
 }
 
+// Whether decoded bytes read as text: valid UTF-8 without control characters but tabs and line breaks, at least half
+// of its characters letters or digits (ASCII ones or any other script's). Keys, hashes and binary data decode to
+// bytes that fail this, so they stay as written.
+bool reads_as_text(std::string_view bytes);
+
 // The text with leetspeak read as letters (lg-leet.cpp), or nothing when the text holds no leetspeak word: a word
 // with one of 0 1 3 4 5 7 between two of its letters ("b0mb", "k1ll", "P@ssw0rd"). In such a text digits and @ $
 // inside words are read as the letters they stand for (0 o, 1 i, 3 e, 4 a, 5 s, 7 t, @ a, $ s: "h0w t0 m4k3 4
 // b0mb" -> "how to make a bomb"); handles (@name), URLs and paths, e-mail addresses, money ($50), hexadecimal
-// codes and words whose letters mix case like random codes ("TOq4bFWnzG") are left as written and never count as
-// leetspeak. Works on ASCII bytes: any other byte ends a word and is kept.
+// codes, escapes' codes ("\u00e9") and words whose letters mix case like random codes ("TOq4bFWnzG") are left as
+// written and never count as leetspeak. Works on ASCII bytes: any other byte ends a word and is kept.
 std::optional<std::string> read_leetspeak(std::string_view text);
 
 // The text with each run of base64 that decodes to text (valid UTF-8, printable, at least half letters or digits;
 // at least 16 base64 characters) replaced by that text, folded (lg-decode.cpp), or nothing when it holds no such
 // run.
 std::optional<std::string> decode_base64_runs(std::string_view text);
+
+// The text with each run of character codes that reads as text (reads_as_text) replaced by that text, folded
+// (lg-char-codes.cpp), or nothing when it holds none: hex digits in one word (at least 8 bytes: "686f7720746f...",
+// "0x686f77..."), or two a word set apart by a space or a comma ("68 6f 77 ...", "0x68, 0x6f, ..."; at least 8
+// bytes); binary octets in one word or eight digits a word (at least 4 bytes: "01101000 01101111 ..."); and runs of
+// escapes, one after another, of at least 4 characters: \xHH bytes, \uHHHH (surrogate pairs joined) or \UHHHHHHHH
+// code points, %HH bytes.
+std::optional<std::string> decode_char_code_runs(std::string_view text);
 
 // The text with each run of Morse code replaced by the letters it spells (lg-morse.cpp), or nothing when it holds
 // none: dots and dashes ('.' '-' '_', or a writer's middle dots, bullets and en, em or minus dashes), one space
@@ -72,11 +85,11 @@ std::optional<std::string> decode_morse_runs(std::string_view text);
 // this ROT13: ...") stays as written; a reversed sentence's punctuation stays where it stands.
 std::optional<std::string> read_ciphers(std::string_view text);
 
-// A folded text as a guard reads it the second time, or nothing when the guard reads it once: base64 runs
-// decoded, Morse runs spelled out, messages in a letter cipher read back, then leetspeak read as letters: the encodings a
-// capable chat model reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be read as
-// letters in place ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded in
-// place (a key or hash stays a key), so a guard scores this reading beside the text as written and keeps the higher
+// A folded text as a guard reads it the second time, or nothing when the guard reads it once: character codes and
+// base64 runs decoded, Morse runs spelled out, messages in a letter cipher read back, then leetspeak read as letters:
+// the encodings a capable chat model reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be
+// read as letters in place ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded
+// in place (a key or hash stays a key), so a guard scores this reading beside the text as written and keeps the higher
 // score.
 std::optional<std::string> decoded_reading(std::string_view folded);
 

@@ -113,7 +113,9 @@ std::optional<std::string> read_leetspeak(std::string_view text) {
             }
             const std::string_view w = text.substr(i, end - i);
             bool upper = false;
-            if (w.front() != '@' && word_case(w, upper) && !is_hex_code(w)) {
+            // an escape's code ("\u00e9", "\x1b") is no word
+            const bool escape = i > 0 && text[i - 1] == '\\';
+            if (w.front() != '@' && !escape && word_case(w, upper) && !is_hex_code(w)) {
                 words.push_back({i, end, upper});
                 leet = leet || has_leet_letters(w);
             }

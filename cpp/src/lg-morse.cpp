@@ -51,8 +51,6 @@ char morse_symbol(std::string_view text, size_t i, size_t & n_bytes) {
     return 0;
 }
 
-bool is_word_char(char c) { return lg::is_ascii_letter(c) || lg::is_ascii_digit(c); }
-
 // Reads the Morse run starting at text[begin] (a symbol): codes of dots and dashes, one space between the codes of a
 // word, '/' or '|' (spaces around them allowed) or two spaces or more between words. A line break ends it. The run
 // ends one past its last symbol; it decodes when every code spells a character, it spells enough of them, and it
@@ -112,7 +110,7 @@ lg::run_reading read_morse_run(std::string_view text, size_t begin) {
     if (!code.empty()) {
         finish_code();
     }
-    const bool ends_word = run.end == text.size() || !is_word_char(text[run.end]);
+    const bool ends_word = run.end == text.size() || !lg::is_ascii_alnum(text[run.end]);
     if (valid && ends_word && dots && dashes && n_chars >= k_min_morse_chars) {
         run.replacement = std::move(decoded);
     }
@@ -126,7 +124,7 @@ namespace lg {
 std::optional<std::string> decode_morse_runs(std::string_view text) {
     return replace_runs(text, [](std::string_view text, size_t i) -> run_reading {
         size_t n_bytes = 0;
-        const bool starts_word = i == 0 || !is_word_char(text[i - 1]);
+        const bool starts_word = i == 0 || !lg::is_ascii_alnum(text[i - 1]);
         if (!morse_symbol(text, i, n_bytes) || !starts_word) {
             return {i + n_bytes, std::nullopt};
         }

@@ -1,0 +1,239 @@
+#include "lg-decode.h"
+
+#include "lg-fold.h"
+
+#include <cstdint>
+
+namespace {
+
+// Fewer bytes are more often an ID, a colour or a short hash than a message
+constexpr size_t k_min_hex_bytes = 8;
+// Escapes and codes set apart one by one are written on purpose; a few still say little ("\x1b[0m" is a colour)
+constexpr size_t k_min_spelled_chars = 4;
+
+int hex_value(char c) {
+    if (lg::is_ascii_digit(c)) {
+        return c - '0';
+    }
+    const char lower = static_cast<char>(c | 0x20);
+    return lower >= 'a' && lower <= 'f' ? lower - 'a' + 10 : -1;
+}
+
+// The value of the n hex digits at text[i], or -1
+int64_t hex_number(std::string_view text, size_t i, size_t n) {
+    if (i + n > text.size()) {
+        return -1;
+    }
+    int64_t value = 0;
+    for (size_t k = i; k < i + n; ++k) {
+        const int digit = hex_value(text[k]);
+        if (digit < 0) {
+            return -1;
+        }
+        value = value * 16 + digit;
+    }
+    return value;
+}
+
+// Appends a code point as UTF-8; false for surrogates and values past U+10FFFF, which no text holds
+bool append_utf8(std::string & out, uint32_t cp) {
+    if ((cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
+        return false;
+    }
+    if (cp < 0x80) {
+        out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+        out += static_cast<char>(0xC0 | (cp >> 6));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        out += static_cast<char>(0xE0 | (cp >> 12));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+        out += static_cast<char>(0xF0 | (cp >> 18));
+        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    return true;
+}
+
+// What a run spelled, kept when it reads as text (as base64's must)
+lg::run_reading spelled(size_t end, const std::string & bytes, size_t n_chars, size_t min_chars, bool valid = true) {
+    if (!valid || n_chars < min_chars || !lg::reads_as_text(bytes)) {
+        return {end, std::nullopt};
+    }
+    return {end, lg::fold_text(bytes)};
+}
+
+// A run of escapes, one after another: \xHH (a byte), \uHHHH (a UTF-16 unit; surrogate pairs join) or \UHHHHHHHH
+lg::run_reading read_backslash_escapes(std::string_view text, size_t begin) {
+    std::string bytes;
+    std::string units;  // the \x bytes and the code points, in order, as UTF-8
+    size_t n_chars = 0;
+    bool valid = true;
+    uint32_t high_surrogate = 0;
+    size_t i = begin;
+    while (i + 1 < text.size() && text[i] == '\\') {
+        const char kind = text[i + 1];
+        const size_t n_digits = kind == 'x' ? 2 : kind == 'u' ? 4 : kind == 'U' ? 8 : 0;
+        const int64_t value = n_digits ? hex_number(text, i + 2, n_digits) : -1;
+        if (value < 0) {
+            break;
+        }
+        i += 2 + n_digits;
+        ++n_chars;
+        if (kind == 'x') {
+            bytes += static_cast<char>(value);
+            continue;
+        }
+        auto cp = static_cast<uint32_t>(value);
+        if (cp >= 0xD800 && cp <= 0xDBFF && kind == 'u' && !high_surrogate) {
+            high_surrogate = cp;
+            continue;
+        }
+        if (high_surrogate) {
+            valid = valid && cp >= 0xDC00 && cp <= 0xDFFF;
+            cp = 0x10000 + ((high_surrogate - 0xD800) << 10) + (cp - 0xDC00);
+            high_surrogate = 0;
+        }
+        valid = append_utf8(bytes, cp) && valid;
+    }
+    if (i == begin) {
+        return {begin + 1, std::nullopt};
+    }
+    return spelled(i, bytes, n_chars, k_min_spelled_chars, valid && !high_surrogate);
+}
+
+// A run of percent-encoded bytes: %HH%HH...
+lg::run_reading read_percent_escapes(std::string_view text, size_t begin) {
+    std::string bytes;
+    size_t i = begin;
+    while (i < text.size() && text[i] == '%') {
+        const int64_t value = hex_number(text, i + 1, 2);
+        if (value < 0) {
+            break;
+        }
+        bytes += static_cast<char>(value);
+        i += 3;
+    }
+    if (i == begin) {
+        return {begin + 1, std::nullopt};
+    }
+    return spelled(i, bytes, bytes.size(), k_min_spelled_chars);
+}
+
+bool is_hex_run(std::string_view run) {
+    for (const char c : run) {
+        if (hex_value(c) < 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool is_binary_run(std::string_view run) { return run.find_first_not_of("01") == std::string_view::npos; }
+
+// The bytes of a run of hex digits (an even number) or binary digits (a multiple of eight)
+std::string digits_to_bytes(std::string_view run, bool binary) {
+    std::string bytes;
+    const size_t width = binary ? 8 : 2;
+    for (size_t i = 0; i + width <= run.size(); i += width) {
+        int value = 0;
+        for (size_t k = i; k < i + width; ++k) {
+            value = binary ? value * 2 + (run[k] - '0') : value * 16 + hex_value(run[k]);
+        }
+        bytes += static_cast<char>(value);
+    }
+    return bytes;
+}
+
+// A code set apart from the next by one space or a comma (and a space): "68 6f 77", "0x68, 0x6f", "01101000 01101111"
+size_t next_code(std::string_view text, size_t end) {
+    if (end < text.size() && text[end] == ',') {
+        ++end;
+    }
+    if (end < text.size() && text[end] == ' ') {
+        ++end;
+    }
+    return end;
+}
+
+size_t alnum_end(std::string_view text, size_t i) {
+    while (i < text.size() && lg::is_ascii_alnum(text[i])) {
+        ++i;
+    }
+    return i;
+}
+
+// Codes one by one, each a word of its own: two hex digits (0x allowed) or eight binary digits
+lg::run_reading read_separate_codes(std::string_view text, size_t begin) {
+    const auto code_of = [&](size_t i, size_t end, bool & binary) -> std::string_view {
+        std::string_view word = text.substr(i, end - i);
+        if (word.size() == 4 && word[0] == '0' && (word[1] | 0x20) == 'x') {
+            word.remove_prefix(2);
+        }
+        binary = word.size() == 8 && is_binary_run(word);
+        return binary || (word.size() == 2 && is_hex_run(word)) ? word : std::string_view();
+    };
+    bool binary = false;
+    size_t end = alnum_end(text, begin);
+    std::string_view code = code_of(begin, end, binary);
+    if (code.empty()) {
+        return {end, std::nullopt};
+    }
+    const bool run_binary = binary;
+    std::string digits;
+    size_t run_end = end;
+    while (!code.empty() && binary == run_binary) {
+        digits += code;
+        run_end = end;
+        const size_t next = next_code(text, end);
+        if (next == end || next >= text.size() || !lg::is_ascii_alnum(text[next])) {
+            break;
+        }
+        end = alnum_end(text, next);
+        code = code_of(next, end, binary);
+    }
+    const std::string bytes = digits_to_bytes(digits, run_binary);
+    return spelled(run_end, bytes, bytes.size(), run_binary ? k_min_spelled_chars : k_min_hex_bytes);
+}
+
+// One word of hex digits (0x allowed, an even number of them) or binary digits (a multiple of eight)
+lg::run_reading read_digits_word(std::string_view text, size_t begin, size_t end) {
+    std::string_view word = text.substr(begin, end - begin);
+    if (word.size() > 2 && word[0] == '0' && (word[1] | 0x20) == 'x') {
+        word.remove_prefix(2);
+    }
+    const bool binary = word.size() % 8 == 0 && is_binary_run(word);
+    if (!binary && (word.size() % 2 != 0 || !is_hex_run(word))) {
+        return {end, std::nullopt};
+    }
+    const std::string bytes = digits_to_bytes(word, binary);
+    return spelled(end, bytes, bytes.size(), binary ? k_min_spelled_chars : k_min_hex_bytes);
+}
+
+}  // namespace
+
+namespace lg {
+
+std::optional<std::string> decode_char_code_runs(std::string_view text) {
+    return replace_runs(text, [](std::string_view text, size_t i) -> run_reading {
+        if (text[i] == '\\') {
+            return read_backslash_escapes(text, i);
+        }
+        if (text[i] == '%') {
+            return read_percent_escapes(text, i);
+        }
+        if (!is_ascii_alnum(text[i]) || (i > 0 && is_ascii_alnum(text[i - 1]))) {
+            return {i + 1, std::nullopt};
+        }
+        const size_t end = alnum_end(text, i);
+        if (run_reading one_word = read_digits_word(text, i, end); one_word.replacement) {
+            return one_word;
+        }
+        return read_separate_codes(text, i);
+    });
+}
+
+}  // namespace lg
