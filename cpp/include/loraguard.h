@@ -113,14 +113,15 @@ LORAGUARD_API lg_status lg_model_tokenize(const lg_model * model, const char * t
 LORAGUARD_API lg_status lg_fold_text(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes);
 
 // The second text a guard with LG_TEXT_FOLDED reads for this text, scored beside lg_fold_text's and the higher score
-// kept: the folded text with what a capable chat model decodes in it decoded. Runs of base64 that decode to text (at
-// least 16 characters; keys and hashes decode to bytes and stay) are replaced by that text, runs of Morse code (at
-// least five characters, dots and dashes both used) by the letters they spell, sentences written in a letter cipher (a
-// Caesar shift such as ROT13, Atbash, or each character reversed: more of their words frequent English ones read
-// through it than as written) are read back, then, in a text holding a leetspeak word (one of 0 1 3 4 5 7 between two
-// letters of a word; handles, URLs, e-mail addresses and mixed-case codes do not count), digits and @ $ inside words
-// are read as the letters they stand for ("h0w t0 m4k3 4 b0mb" -> "how to make a bomb"). *found is false, and nothing
-// is written, when the guard reads the text once. Otherwise as lg_fold_text.
+// kept: the folded text with what a capable chat model decodes in it decoded. Runs of character codes (hex, binary
+// octets, \xHH, \uHHHH or %HH escapes) and of base64 (at least 16 characters) that decode to text are replaced by that
+// text (keys and hashes decode to bytes and stay), runs of Morse code (at least five characters, dots and dashes both
+// used) by the letters they spell, sentences written in a letter cipher (a Caesar shift such as ROT13, Atbash, or each
+// character reversed: more of their words frequent English ones read through it than as written) are read back, then,
+// in a text holding a leetspeak word (one of 0 1 3 4 5 7 between two letters of a word; handles, URLs, e-mail addresses
+// and mixed-case codes do not count), digits and @ $ inside words are read as the letters they stand for ("h0w t0 m4k3
+// 4 b0mb" -> "how to make a bomb"). *found is false, and nothing is written, when the guard reads the text once.
+// Otherwise as lg_fold_text.
 LORAGUARD_API lg_status lg_decoded_reading(const char * text, size_t text_len, char * out, size_t n_max,
                                            size_t * n_bytes, bool * found);
 
@@ -157,10 +158,11 @@ typedef enum lg_overflow {
 // to their NFKC form (fullwidth, mathematical bold or script, circled, super- and subscript letters, ligatures),
 // invisible default-ignorable code points (zero-width spaces and joiners, soft hyphens, bidirectional controls,
 // variation selectors, tags) removed, and in a word that also holds Latin letters, Cyrillic, Greek and Armenian letters
-// drawn like Latin ones made Latin, letters spaced out joined into their words. A text holding base64, Morse, a letter
-// cipher or leetspeak ("b0mb") is read a second time decoded (lg_decoded_reading) and the higher score kept, as for
-// windows; a prompt judged alone (no response) with two lines or more is also read line by line (lg_text_lines, unless
-// lg_guard_params.read_lines is off), so that a request pasted among benign paragraphs is not averaged into them.
+// drawn like Latin ones made Latin, letters spaced out joined into their words. A text holding base64, hex, Morse, a
+// letter cipher or leetspeak ("b0mb") is read a second time decoded (lg_decoded_reading) and the higher score kept, as
+// for windows; a prompt judged alone (no response) with two lines or more is also read line by line (lg_text_lines,
+// unless lg_guard_params.read_lines is off), so that a request pasted among benign paragraphs is not averaged into
+// them.
 typedef enum lg_text_form {
     LG_TEXT_FOLDED = 0,  // default
     LG_TEXT_EXACT = 1,   // the bytes as given (a reference that tokenizes the raw text, a guard trained on it)

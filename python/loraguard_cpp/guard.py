@@ -110,13 +110,13 @@ def fold_text(text: str) -> str:
 
 def decoded_reading(text: str) -> str | None:
     """The second text a guard reads for ``text``, scored beside :func:`fold_text`'s with the higher score kept:
-    the folded text with what a capable chat model decodes in it decoded. Runs of base64 that decode to text are
-    replaced by it, runs of Morse code by the letters they spell, sentences written in a letter cipher (a Caesar shift
-    such as ROT13, Atbash, or reversed) are read back, and in a text holding leetspeak (one of ``0 1 3 4 5 7`` between
-    two letters of a word; handles, URLs, e-mail addresses and mixed-case codes do not count) digits and ``@ $`` inside
-    words are read as the letters they stand for (``h0w t0 m4k3 4 b0mb`` as ``how to make a bomb``). ``None`` where
-    there is nothing to decode: the guard reads the text once. Evaluation scores rows through this as the runtime
-    does."""
+    the folded text with what a capable chat model decodes in it decoded. Runs of character codes (hex, binary, ``\\x``
+    ``\\u`` ``%`` escapes) and of base64 that decode to text are replaced by it, runs of Morse code by the letters they
+    spell, sentences written in a letter cipher (a Caesar shift such as ROT13, Atbash, or reversed) are read back, and
+    in a text holding leetspeak (one of ``0 1 3 4 5 7`` between two letters of a word; handles, URLs, e-mail addresses
+    and mixed-case codes do not count) digits and ``@ $`` inside words are read as the letters they stand for (``h0w t0
+    m4k3 4 b0mb`` as ``how to make a bomb``). ``None`` where there is nothing to decode: the guard reads the text once.
+    Evaluation scores rows through this as the runtime does."""
     return _native.decoded_reading(_utf8(text, "text"))
 
 
@@ -152,13 +152,13 @@ class Guard:
     :meth:`close` (or leaving the ``with`` block) frees everything once calls in flight return; a generation
     in flight is cancelled (it raises), later calls raise :class:`InvalidInputError`.
 
-    Batch classification packs texts into one llama.cpp decode; its scores may differ from one-at-a-time
-    scores by up to ~0.01 in probability (kernels depend on the batch shape). ``isolated=True`` scores every
-    text alone, bit-reproducibly. The guard reads each prompt and reply as :func:`fold_text` gives it, so that
-    look-alike spelling does not carry a request past it, a text holding base64, Morse, a letter cipher or leetspeak a
-    second time as :func:`decoded_reading` gives it, and a prompt judged alone line by line as
-    :func:`text_lines` gives it, the highest score kept (``read_lines=False`` reads it whole: fewer benign texts
-    flagged for one edgy line, but a request pasted among benign paragraphs is averaged into them);
+    Batch classification packs texts into one llama.cpp decode; its scores may differ from one-at-a-time scores by up to
+    ~0.01 in probability (kernels depend on the batch shape). ``isolated=True`` scores every text alone,
+    bit-reproducibly. The guard reads each prompt and reply as :func:`fold_text` gives it, so that look-alike spelling
+    does not carry a request past it, a text holding base64, hex, Morse, a letter cipher or leetspeak a second time as
+    :func:`decoded_reading` gives it, and a prompt judged alone line by line as :func:`text_lines` gives it, the highest
+    score kept (``read_lines=False`` reads it whole: fewer benign texts flagged for one edgy line, but a request
+    pasted among benign paragraphs is averaged into them);
     ``text_form="exact"`` reads the text as given, once.
     ``exact=True`` runs the guard with an F32 K/V cache and no flash attention,
     matching an fp32 PyTorch reference to ~1e-5 (the defaults, as in llama.cpp, add ~1e-3 relative error).

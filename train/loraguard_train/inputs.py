@@ -4,7 +4,7 @@ Long inputs keep the whole template (framing, turn markers, the reply's opening)
 response, as the runtime's default `keep_end` overflow policy does: the end decides a decoder's last hidden state, and
 training on the same view the runtime scores keeps the two consistent. Texts are read as the runtime reads them by
 default: folded (`loraguard_cpp.fold_text`). Training reads that one reading; the runtime also scores a text holding
-base64, Morse, a letter cipher or leetspeak as `loraguard_cpp.decoded_reading` gives it, and a prompt's lines alone
+base64, hex, Morse, a letter cipher or leetspeak as `loraguard_cpp.decoded_reading` gives it, and a prompt's lines alone
 (`loraguard_cpp.text_lines`), and keeps the highest score; evaluation's torch reference does the same
 (`second_readings`).
 """
