@@ -68,8 +68,7 @@ lg::run_reading spelled(size_t end, const std::string & bytes, size_t n_chars, s
 
 // A run of escapes, one after another: \xHH (a byte), \uHHHH (a UTF-16 unit; surrogate pairs join) or \UHHHHHHHH
 lg::run_reading read_backslash_escapes(std::string_view text, size_t begin) {
-    std::string bytes;
-    std::string units;  // the \x bytes and the code points, in order, as UTF-8
+    std::string bytes;  // the \x bytes and the code points, in order, as UTF-8
     size_t n_chars = 0;
     bool valid = true;
     uint32_t high_surrogate = 0;
@@ -84,6 +83,7 @@ lg::run_reading read_backslash_escapes(std::string_view text, size_t begin) {
         i += 2 + n_digits;
         ++n_chars;
         if (kind == 'x') {
+            valid = valid && !high_surrogate;  // a surrogate pair is two \u escapes in a row
             bytes += static_cast<char>(value);
             continue;
         }
