@@ -363,6 +363,7 @@ def test_character_codes_are_read_as_the_text_they_spell(text: str, read: str) -
     "10 11 12 13 14 15 16 17 18", "ab cd ef ab cd ef ab cd",  # numbers and words that happen to be hex
     "https://example.com/a%20b%20c?q=%E2%9C%93", "caf\\u00e9 na\\u00efve",  # an escape or two is no message
     "\\x1b[0m\\x1b[1m", "\\ud83d alone \\x",  # control characters; a lone surrogate
+    "\\ud83d\\x41\\ude00\\x41\\x42",  # a surrogate pair's halves apart
     "00000000 00000001 00000010 00000011",
 ])
 def test_numbers_that_spell_no_words_are_read_once(text: str) -> None:
