@@ -102,6 +102,7 @@ def _script(name: str) -> ModuleType:
 
 PROBE = _script("probe_spelling")  # its encoders: Morse, Caesar, Atbash
 
+
 def test_compatibility_forms_fold_to_nfkc() -> None:
     """Every code point of the generated table folds to its NFKC form through the native lookup (UTF-8 of every
     length, the binary search over the whole table), and the table is what its generator writes."""

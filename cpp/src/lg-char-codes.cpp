@@ -2,6 +2,7 @@
 
 #include "lg-fold.h"
 
+#include <algorithm>
 #include <cstdint>
 
 namespace {
@@ -12,11 +13,10 @@ constexpr size_t k_min_hex_bytes = 8;
 constexpr size_t k_min_spelled_chars = 4;
 
 int hex_value(char c) {
-    if (lg::is_ascii_digit(c)) {
-        return c - '0';
+    if (!lg::is_ascii_hex_digit(c)) {
+        return -1;
     }
-    const char lower = static_cast<char>(c | 0x20);
-    return lower >= 'a' && lower <= 'f' ? lower - 'a' + 10 : -1;
+    return lg::is_ascii_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10;
 }
 
 // The value of the n hex digits at text[i], or -1
@@ -123,13 +123,11 @@ lg::run_reading read_percent_escapes(std::string_view text, size_t begin) {
     return spelled(i, bytes, bytes.size(), k_min_spelled_chars);
 }
 
-bool is_hex_run(std::string_view run) {
-    for (const char c : run) {
-        if (hex_value(c) < 0) {
-            return false;
-        }
-    }
-    return true;
+bool is_hex_run(std::string_view run) { return std::all_of(run.begin(), run.end(), lg::is_ascii_hex_digit); }
+
+// A word without its "0x"
+std::string_view without_0x(std::string_view word) {
+    return word.size() > 2 && word[0] == '0' && (word[1] | 0x20) == 'x' ? word.substr(2) : word;
 }
 
 bool is_binary_run(std::string_view run) { return run.find_first_not_of("01") == std::string_view::npos; }
@@ -170,9 +168,7 @@ size_t alnum_end(std::string_view text, size_t i) {
 lg::run_reading read_separate_codes(std::string_view text, size_t begin) {
     const auto code_of = [&](size_t i, size_t end, bool & binary) -> std::string_view {
         std::string_view word = text.substr(i, end - i);
-        if (word.size() == 4 && word[0] == '0' && (word[1] | 0x20) == 'x') {
-            word.remove_prefix(2);
-        }
+        word = word.size() == 4 ? without_0x(word) : word;  // "0x68"; "0x" and eight binary digits is no code
         binary = word.size() == 8 && is_binary_run(word);
         return binary || (word.size() == 2 && is_hex_run(word)) ? word : std::string_view();
     };
@@ -201,10 +197,7 @@ lg::run_reading read_separate_codes(std::string_view text, size_t begin) {
 
 // One word of hex digits (0x allowed, an even number of them) or binary digits (a multiple of eight)
 lg::run_reading read_digits_word(std::string_view text, size_t begin, size_t end) {
-    std::string_view word = text.substr(begin, end - begin);
-    if (word.size() > 2 && word[0] == '0' && (word[1] | 0x20) == 'x') {
-        word.remove_prefix(2);
-    }
+    const std::string_view word = without_0x(text.substr(begin, end - begin));
     const bool binary = word.size() % 8 == 0 && is_binary_run(word);
     if (!binary && (word.size() % 2 != 0 || !is_hex_run(word))) {
         return {end, std::nullopt};

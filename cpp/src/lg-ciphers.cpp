@@ -33,9 +33,8 @@ constexpr cipher k_n_ciphers = 28;
 
 using lg::is_ascii_alnum;
 using lg::is_ascii_letter;
+using lg::is_ascii_space;
 using lg::is_ascii_upper;
-
-bool is_ascii_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
 char to_lower(char c) { return is_ascii_upper(c) ? static_cast<char>(c | 0x20) : c; }
 

@@ -93,7 +93,8 @@ std::optional<std::string> decode_base64_runs(std::string_view text) {
 
 std::optional<std::string> decoded_reading(std::string_view folded) {
     std::optional<std::string> read;
-    // each decoder reads what the one before it made, so base64 of Morse, hex of base64 or leetspeak in a cipher is read too
+    // each decoder reads what the one before it made, so hex of base64, base64 of Morse or leetspeak in a cipher is
+    // read too
     for (auto * decode : {decode_char_code_runs, decode_base64_runs, decode_morse_runs, read_ciphers, read_leetspeak}) {
         if (std::optional<std::string> next = decode(read ? std::string_view(*read) : folded)) {
             read = std::move(next);

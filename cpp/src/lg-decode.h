@@ -12,6 +12,10 @@ inline bool is_ascii_letter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A'
 inline bool is_ascii_upper(char c) { return c >= 'A' && c <= 'Z'; }
 inline bool is_ascii_digit(char c) { return c >= '0' && c <= '9'; }
 inline bool is_ascii_alnum(char c) { return is_ascii_letter(c) || is_ascii_digit(c); }
+inline bool is_ascii_hex_digit(char c) { return is_ascii_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f'); }
+inline bool is_ascii_space(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 // What a decoder reads at a position of a text: where reading goes on (past the position), and the text that stands
 // for text[position, end) in the decoded text, if what is there decodes.
@@ -21,7 +25,7 @@ struct run_reading {
 };
 
 // The text with the runs that read_run(text, i) decodes replaced, or nothing when it decodes none; read_run is asked
-// at 0 and then at each end it returns (base64 and Morse runs).
+// at 0 and then at each end it returns (character codes, base64 and Morse runs).
 template <typename ReadRun> std::optional<std::string> replace_runs(std::string_view text, ReadRun && read_run) {
     std::string out;
     bool replaced = false;

@@ -5,10 +5,9 @@
 namespace {
 
 using lg::is_ascii_digit;
+using lg::is_ascii_hex_digit;
 using lg::is_ascii_letter;
 using lg::is_ascii_upper;
-
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
 // The letter c stands for in leetspeak, 0 for none
 char leet_letter(char c) {
@@ -55,7 +54,7 @@ bool is_hex_code(std::string_view w) {
         return false;
     }
     for (const char c : w) {
-        if (!is_ascii_digit(c) && !((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+        if (!is_ascii_hex_digit(c)) {
             return false;
         }
     }
@@ -90,12 +89,12 @@ std::optional<std::string> read_leetspeak(std::string_view text) {
     std::vector<word> words;  // the words that may be read as leetspeak
     bool leet = false;
     for (size_t chunk = 0; chunk < text.size();) {
-        if (is_space(text[chunk])) {
+        if (lg::is_ascii_space(text[chunk])) {
             ++chunk;
             continue;
         }
         size_t chunk_end = chunk;
-        while (chunk_end < text.size() && !is_space(text[chunk_end])) {
+        while (chunk_end < text.size() && !lg::is_ascii_space(text[chunk_end])) {
             ++chunk_end;
         }
         const std::string_view piece = text.substr(chunk, chunk_end - chunk);
