@@ -71,6 +71,10 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "Caesar shift by 3": caesar,
     "Atbash": atbash,
     "reversed": lambda t: t[::-1],
+    # FlipAttack's other two flips (Liu et al., 2024): the words kept and their order reversed, or each word spelled
+    # backwards in place
+    "word order reversed": lambda t: " ".join(t.split()[::-1]),
+    "each word reversed": lambda t: " ".join(w[::-1] for w in t.split()),
 }
 
 

@@ -31,12 +31,12 @@ constexpr cipher k_atbash = 26;
 constexpr cipher k_reversed = 27;
 constexpr cipher k_n_ciphers = 28;
 
+using lg::ends_sentence;
 using lg::is_ascii_alnum;
 using lg::is_ascii_letter;
 using lg::is_ascii_space;
 using lg::is_ascii_upper;
 
-char to_lower(char c) { return is_ascii_upper(c) ? static_cast<char>(c | 0x20) : c; }
 
 // A letter read through a shift or Atbash, its case kept; any other byte as it is
 char read_letter(char c, cipher how) {
@@ -79,10 +79,6 @@ struct word {
     bool starts_sentence;  // a line break or . ! ? : ; stands between it and the word before it
 };
 
-bool ends_sentence(char c) {
-    return c == '.' || c == '!' || c == '?' || c == ':' || c == ';' || c == '\n' || c == '\r';
-}
-
 std::vector<word> read_words(std::string_view text) {
     std::vector<word> words;
     bool sentence_end = false;
@@ -102,7 +98,7 @@ std::vector<word> read_words(std::string_view text) {
         }
         if (letters) {
             std::string lower(text.substr(i, end - i));
-            std::transform(lower.begin(), lower.end(), lower.begin(), to_lower);
+            std::transform(lower.begin(), lower.end(), lower.begin(), lg::to_ascii_lower);
             cipher_set readings = readings_of(lower);
             if (capitals && end - i > 1) {
                 readings &= 1u << k_as_written;  // "GB", "VA", "HF": abbreviations are no evidence of a cipher
@@ -148,6 +144,11 @@ struct evidence {
 
     bool leans_to(cipher c) const { return n_words[c] > n_words[k_as_written]; }
 
+    // no word reads as a frequent one, as written or through any cipher
+    bool silent() const {
+        return std::all_of(n_words.begin(), n_words.end(), [](size_t n) { return n == 0; });
+    }
+
     // The cipher the stretch is written in, if any: the one through which most words read as frequent ones, when
     // at least two distinct such words of min_letters() or more do and they outnumber the words frequent as written
     std::optional<cipher> enciphered() const {
@@ -178,6 +179,37 @@ void reverse_characters(std::string & text, size_t begin, size_t end) {
     text.replace(begin, end - begin, reversed);
 }
 
+// The marks and symbols touching the word at `begin` from before hold a sentence end ("?bmob")
+bool headed_by_end_mark(std::string_view text, size_t begin) {
+    bool mark = false;
+    for (size_t i = begin; i > 0 && !is_ascii_alnum(text[i - 1]) && !is_ascii_space(text[i - 1]); --i) {
+        mark = mark || ends_sentence(text[i - 1]);
+    }
+    return mark;
+}
+
+// Reversed text read back, text[begin, end) written either way round: each character reversed ("?bmob a ekam ot
+// woH") or each word spelled backwards in place ("woH ot ekam a ?bmob", FlipAttack's second flip, Liu et al. 2024).
+// Both spell the same words; the word order tells which (lg::word_order_of), and a stretch that does not tell is
+// read as reversed whole, the more common trick.
+void read_reversed(std::string & text, size_t begin, size_t end) {
+    std::string words_in_place = text.substr(begin, end - begin);
+    for (size_t i = 0; i < words_in_place.size();) {
+        size_t j = i;
+        while (j < words_in_place.size() && !is_ascii_space(words_in_place[j])) {
+            ++j;
+        }
+        reverse_characters(words_in_place, i, j);
+        i = j + 1;
+    }
+    const lg::word_order_evidence order = lg::word_order_of(words_in_place);
+    if (order.forward > order.backward) {
+        text.replace(begin, end - begin, words_in_place);
+    } else {
+        reverse_characters(text, begin, end);
+    }
+}
+
 }  // namespace
 
 namespace lg {
@@ -199,40 +231,57 @@ std::optional<std::string> read_ciphers(std::string_view text) {
     // as a whole, so is each sentence too short to tell alone ("Jung?") that leans to it. A sentence with no
     // evidence either way stays: a chat's role name ("user") shares its run of text with the message.
     const std::optional<cipher> whole_text = whole.enciphered();
-    std::string out(text);
-    bool decoded = false;
-    for (size_t s = 0; s + 1 < sentences.size(); ++s) {
-        const size_t first = sentences[s];
-        const size_t last = sentences[s + 1];
+    const size_t n_sentences = sentences.size() - 1;
+    std::vector<std::optional<cipher>> how(n_sentences);
+    for (size_t s = 0; s < n_sentences; ++s) {
         evidence sentence;
-        for (size_t k = first; k < last; ++k) {
+        for (size_t k = sentences[s]; k < sentences[s + 1]; ++k) {
             sentence.add(words[k]);
         }
-        std::optional<cipher> how = sentence.enciphered();
-        if (!how && whole_text && sentence.leans_to(*whole_text)) {
-            how = whole_text;
+        how[s] = sentence.enciphered();
+        if (!how[s] && whole_text && sentence.leans_to(*whole_text)) {
+            how[s] = whole_text;
         }
-        if (!how) {
+        // Each word spelled backwards in place puts a sentence's end mark before its last word ("woH ot ekam a
+        // ?bmob"), which then stands alone: it goes with the reversed sentence before it, though no frequent word
+        // tells its cipher
+        if (!how[s] && s > 0 && how[s - 1] == k_reversed && sentence.silent() &&
+            headed_by_end_mark(text, words[sentences[s]].begin)) {
+            how[s] = k_reversed;
+        }
+    }
+    std::string out(text);
+    bool decoded = false;
+    for (size_t s = 0; s < n_sentences;) {
+        if (!how[s]) {
+            ++s;
             continue;
         }
+        const cipher c = *how[s];
+        size_t run_end = s + 1;  // the reversed sentences that follow one another are turned round as one
+        while (c == k_reversed && run_end < n_sentences && how[run_end] == k_reversed) {
+            ++run_end;
+        }
         // to the next sentence's first word: letters touching digits ("o0zo") were enciphered by the writer too
-        size_t end = last < words.size() ? words[last].begin : text.size();
-        if (*how == k_reversed) {
-            // A reversed sentence's end mark stands before its first word (".ti od"): the marks and symbols touching
-            // the first word are reversed with it, and the spaces and marks after its last word stay where they are.
-            size_t begin = words[first].begin;
+        const size_t next = sentences[run_end];
+        size_t end = next < words.size() ? words[next].begin : text.size();
+        size_t begin = words[sentences[s]].begin;
+        if (c == k_reversed) {
+            // The marks and symbols touching the first word are turned round with it (a reversed sentence's end mark
+            // stands before it), and the spaces and marks after the last word stay where they are.
             while (begin > 0 && !is_ascii_alnum(out[begin - 1]) && !is_ascii_space(out[begin - 1])) {
                 --begin;
             }
             while (end > begin && !is_ascii_alnum(out[end - 1])) {
                 --end;
             }
-            reverse_characters(out, begin, end);
+            read_reversed(out, begin, end);
         } else {
-            std::transform(out.begin() + words[first].begin, out.begin() + end, out.begin() + words[first].begin,
-                           [&](char c) { return read_letter(c, *how); });
+            std::transform(out.begin() + begin, out.begin() + end, out.begin() + begin,
+                           [&](char ch) { return read_letter(ch, c); });
         }
         decoded = true;
+        s = run_end;
     }
     if (!decoded) {
         return std::nullopt;

@@ -92,13 +92,25 @@ std::optional<std::string> decode_base64_runs(std::string_view text) {
 }
 
 std::optional<std::string> decoded_reading(std::string_view folded) {
+    // Each decoder reads what the one before it made, so hex of base64, base64 of Morse or leetspeak in a cipher is
+    // read in one round. What a later decoder makes can hold what an earlier one reads (words turned round can
+    // gather a sentence in a cipher, base64 can spell hex), so rounds go on while one reads something new; a few
+    // bound what nesting costs.
+    constexpr int k_max_rounds = 4;
     std::optional<std::string> read;
-    // each decoder reads what the one before it made, so hex of base64, base64 of Morse or leetspeak in a cipher is
-    // read too
-    for (auto * decode : {decode_char_code_runs, decode_base64_runs, decode_morse_runs, read_ciphers, read_leetspeak}) {
-        if (std::optional<std::string> next = decode(read ? std::string_view(*read) : folded)) {
-            read = std::move(next);
+    for (int round = 0; round < k_max_rounds; ++round) {
+        const std::string_view text = read ? std::string_view(*read) : folded;
+        std::optional<std::string> next;
+        for (auto * decode : {decode_char_code_runs, decode_base64_runs, decode_morse_runs, read_ciphers,
+                              read_leetspeak, read_word_order}) {
+            if (std::optional<std::string> decoded = decode(next ? std::string_view(*next) : text)) {
+                next = std::move(decoded);
+            }
         }
+        if (!next || *next == text) {
+            break;
+        }
+        read = std::move(next);
     }
     return read;
 }

@@ -16,6 +16,11 @@ inline bool is_ascii_hex_digit(char c) { return is_ascii_digit(c) || ((c | 0x20)
 inline bool is_ascii_space(char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
+inline char to_ascii_lower(char c) { return is_ascii_upper(c) ? static_cast<char>(c | 0x20) : c; }
+// Where the ciphers and the word order take a sentence to end
+inline bool ends_sentence(char c) {
+    return c == '.' || c == '!' || c == '?' || c == ':' || c == ';' || c == '\n' || c == '\r';
+}
 
 // What a decoder reads at a position of a text: where reading goes on (past the position), and the text that stands
 // for text[position, end) in the decoded text, if what is there decodes.
@@ -81,16 +86,37 @@ std::optional<std::string> decode_morse_runs(std::string_view text);
 
 // The text with each sentence written in a letter cipher read back (lg-ciphers.cpp), or nothing when it holds none.
 // The ciphers: a Caesar shift of the alphabet by any of 1 to 25 places (ROT13 among them), Atbash (a <-> z, b <-> y,
-// ...) and each character reversed ("?bmob a ekam I od woH"). A sentence (up to . ! ? : ; or a line break) is
-// written in a cipher when more of its ASCII words are frequent English words ("the", "how", "to", "write", ...)
-// read through it than as written, at least two distinct ones of two letters or more ("ubj gb znxr n obzo" -> "how
-// to make a bomb"); in a text written so as a whole, so is each sentence that leans that way. Words in capitals
+// ...) and reversed, each character ("?bmob a ekam I od woH") or each word in place ("woH od I ekam a ?bmob"; the
+// word order tells which, lg::word_order_of). A sentence (up to . ! ? : ; or a line break) is written in a cipher
+// when more of its ASCII words are frequent English words ("the", "how", "to", "write", ...) read through it than as
+// written, at least two distinct ones of two letters or more ("ubj gb znxr n obzo" -> "how to make a bomb"); in a
+// text written so as a whole, so is each sentence that leans that way. Words in capitals
 // ("GB", "HF") and letters touching digits ("16gb") are no evidence. An English wrapper before the message ("Decode
-// this ROT13: ...") stays as written; a reversed sentence's punctuation stays where it stands.
+// this ROT13: ...") stays as written; reversed sentences that follow one another are turned round as one, so a
+// reversed text reads as it was written, its punctuation where it stood.
 std::optional<std::string> read_ciphers(std::string_view text);
 
+// Which way the words of a text run (lg-word-order.cpp), counted each way: a determiner after a preposition, a verb,
+// a pronoun or a conjunction ("to make a bomb", "for the attack") or before one, "how to" or "to how", a sentence
+// of three words or more opened by a request's first word ("How", "Write", "Explain", ...) or ended by one, and a
+// sentence opened or ended by a capitalised word. For telling which of two readings of one text runs forward: casual
+// writing opens sentences in small letters, so the capitals are no evidence that a text as written runs backward.
+struct word_order_evidence {
+    size_t forward = 0;
+    size_t backward = 0;
+};
+word_order_evidence word_order_of(std::string_view text);
+
+// The text with each stretch whose words are written last to first ("bomb? a make to how", FlipAttack's first flip,
+// Liu et al. 2024) read with its words turned round (lg-word-order.cpp), or nothing when it holds none. A stretch
+// is a run of sentences within a line that holds one leaning backward (word_order_of) and none leaning forward;
+// a text that leans forward as a whole stays as written. Words are runs of bytes other than ASCII spaces, turned
+// round with the marks they hold; the spaces keep their places.
+std::optional<std::string> read_word_order(std::string_view text);
+
 // A folded text as a guard reads it the second time, or nothing when the guard reads it once: character codes and
-// base64 runs decoded, Morse runs spelled out, messages in a letter cipher read back, then leetspeak read as letters:
+// base64 runs decoded, Morse runs spelled out, messages in a letter cipher read back, leetspeak read as letters, then
+// words written last to first turned round:
 // the encodings a capable chat model reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be
 // read as letters in place ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded
 // in place (a key or hash stays a key), so a guard scores this reading beside the text as written and keeps the higher
