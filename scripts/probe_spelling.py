@@ -56,6 +56,13 @@ def atbash(text: str) -> str:
     return "".join(chr(219 - ord(c)) if "a" <= c <= "z" else chr(155 - ord(c)) if "A" <= c <= "Z" else c for c in text)
 
 
+def zalgo(text: str, seed: int = 0) -> str:
+    """Each ASCII letter topped and tailed with one to three combining marks (U+0300-U+036F), as Zalgo generators do."""
+    rng = np.random.default_rng(seed)
+    return "".join(c + "".join(chr(0x300 + int(m)) for m in rng.integers(0, 0x70, rng.integers(1, 4)))
+                   if c.isascii() and c.isalpha() else c for c in text)
+
+
 SPELLINGS: dict[str, Callable[[str], str]] = {
     "plain": lambda t: t,
     "zero-width space between every character": lambda t: "\u200b".join(t),
@@ -75,6 +82,7 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     # backwards in place
     "word order reversed": lambda t: " ".join(t.split()[::-1]),
     "each word reversed": lambda t: " ".join(w[::-1] for w in t.split()),
+    "Zalgo (combining marks on every letter)": zalgo,
 }
 
 

@@ -123,6 +123,52 @@ lg::run_reading read_percent_escapes(std::string_view text, size_t begin) {
     return spelled(i, bytes, bytes.size(), k_min_spelled_chars);
 }
 
+// The value of the digits at text[i] up to a ';' (decimal, or hex after "x"), at most 7 of them; -1 when there is
+// no such number. end receives the position after the ';'.
+int64_t entity_number(std::string_view text, size_t i, size_t & end) {
+    const bool hex = i < text.size() && (text[i] | 0x20) == 'x';
+    i += hex;
+    int64_t value = 0;
+    size_t n_digits = 0;
+    for (; i < text.size() && text[i] != ';'; ++i, ++n_digits) {
+        const int digit = hex ? hex_value(text[i]) : lg::is_ascii_digit(text[i]) ? text[i] - '0' : -1;
+        if (digit < 0 || n_digits == 7) {
+            return -1;
+        }
+        value = value * (hex ? 16 : 10) + digit;
+    }
+    if (n_digits == 0 || i == text.size()) {
+        return -1;
+    }
+    end = i + 1;
+    return value;
+}
+
+// A run of HTML numeric character references: &#104;&#111; or &#x68;&#x6f;. Scraped text holds runs of emoji so
+// written ("&#128514;&#128514;"), which are no message: the run must spell ASCII letters.
+lg::run_reading read_html_entities(std::string_view text, size_t begin) {
+    std::string bytes;
+    size_t n_chars = 0;
+    size_t n_letters = 0;
+    bool valid = true;
+    size_t i = begin;
+    size_t end = begin;
+    while (i + 1 < text.size() && text[i] == '&' && text[i + 1] == '#') {
+        const int64_t cp = entity_number(text, i + 2, end);
+        if (cp < 0) {
+            break;
+        }
+        valid = append_utf8(bytes, static_cast<uint32_t>(cp)) && valid;
+        n_letters += cp < 0x80 && lg::is_ascii_letter(static_cast<char>(cp));
+        ++n_chars;
+        i = end;
+    }
+    if (i == begin) {
+        return {begin + 1, std::nullopt};
+    }
+    return spelled(i, bytes, n_chars, k_min_spelled_chars, valid && n_letters >= k_min_spelled_chars);
+}
+
 bool is_hex_run(std::string_view run) { return std::all_of(run.begin(), run.end(), lg::is_ascii_hex_digit); }
 
 // A word without its "0x"
@@ -217,6 +263,9 @@ std::optional<std::string> decode_char_code_runs(std::string_view text) {
         }
         if (text[i] == '%') {
             return read_percent_escapes(text, i);
+        }
+        if (text[i] == '&') {
+            return read_html_entities(text, i);
         }
         if (!is_ascii_alnum(text[i]) || (i > 0 && is_ascii_alnum(text[i - 1]))) {
             return {i + 1, std::nullopt};

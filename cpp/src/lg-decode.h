@@ -57,6 +57,13 @@ template <typename ReadRun> std::optional<std::string> replace_runs(std::string_
 // bytes that fail this, so they stay as written.
 bool reads_as_text(std::string_view bytes);
 
+// The text with the combining marks stacked on its words' letters taken off (lg-marks.cpp), or nothing when it holds no
+// such word: Zalgo text (each letter topped and tailed with marks such as U+0338 and U+031B), which a reader reads
+// through and a subword tokenizer splits into a byte a token. A word of ASCII letters is so when it carries at least as
+// many marks (U+0300-U+036F and the other combining blocks) as it has letters, at least two; written languages mark
+// some letters ("café", "Việt").
+std::optional<std::string> read_stacked_marks(std::string_view text);
+
 // The text with leetspeak read as letters (lg-leet.cpp), or nothing when the text holds no leetspeak word: a word
 // with one of 0 1 3 4 5 7 between two of its letters ("b0mb", "k1ll", "P@ssw0rd"). In such a text digits and @ $
 // inside words are read as the letters they stand for (0 o, 1 i, 3 e, 4 a, 5 s, 7 t, @ a, $ s: "h0w t0 m4k3 4
@@ -75,7 +82,7 @@ std::optional<std::string> decode_base64_runs(std::string_view text);
 // "0x686f77..."), or two a word set apart by a space or a comma ("68 6f 77 ...", "0x68, 0x6f, ..."; at least 8
 // bytes); binary octets in one word or eight digits a word (at least 4 bytes: "01101000 01101111 ..."); and runs of
 // escapes, one after another, of at least 4 characters: \xHH bytes, \uHHHH (surrogate pairs joined) or \UHHHHHHHH
-// code points, %HH bytes.
+// code points, %HH bytes, HTML's &#DDD; and &#xHH; (spelling at least 4 ASCII letters: runs of emoji stay).
 std::optional<std::string> decode_char_code_runs(std::string_view text);
 
 // The text with each run of Morse code replaced by the letters it spells (lg-morse.cpp), or nothing when it holds
@@ -114,13 +121,12 @@ word_order_evidence word_order_of(std::string_view text);
 // round with the marks they hold; the spaces keep their places.
 std::optional<std::string> read_word_order(std::string_view text);
 
-// A folded text as a guard reads it the second time, or nothing when the guard reads it once: character codes and
-// base64 runs decoded, Morse runs spelled out, messages in a letter cipher read back, leetspeak read as letters, then
-// words written last to first turned round:
-// the encodings a capable chat model reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be
-// read as letters in place ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded
-// in place (a key or hash stays a key), so a guard scores this reading beside the text as written and keeps the higher
-// score.
+// A folded text as a guard reads it the second time, or nothing when the guard reads it once: marks stacked on
+// letters taken off, character codes and base64 runs decoded, Morse runs spelled out, messages in a letter cipher
+// read back, leetspeak read as letters, then words written last to first turned round: the encodings a capable chat
+// model reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be read as letters in place
+// ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded in place (a key or hash
+// stays a key), so a guard scores this reading beside the text as written and keeps the higher score.
 std::optional<std::string> decoded_reading(std::string_view folded);
 
 }  // namespace lg

@@ -1,5 +1,7 @@
 #include "lg-fold.h"
 
+#include "lg-text.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
@@ -84,17 +86,6 @@ bool ends_word(uint32_t cp) {
            cp == 0x3000;
 }
 
-// The code point starting at text[i] and its length; the text is valid UTF-8.
-uint32_t decode(std::string_view text, size_t i, size_t & len) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    len = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
-    uint32_t cp = len == 1 ? lead : len == 2 ? lead & 0x1F : len == 3 ? lead & 0x0F : lead & 0x07;
-    for (size_t k = 1; k < len; ++k) {
-        cp = (cp << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
-    }
-    return cp;
-}
-
 // Greek, Cyrillic and Armenian: the scripts of the look-alikes.
 bool is_look_alike_script(uint32_t cp) {
     return (cp >= 0x370 && cp <= 0x58F) || (cp >= 0x1C80 && cp <= 0x1C8F) || (cp >= 0x1F00 && cp <= 0x1FFF) ||
@@ -112,7 +103,7 @@ word_letters count_letters(std::string_view word) {
     word_letters n;
     size_t len = 0;
     for (size_t i = 0; i < word.size(); i += len) {
-        const uint32_t cp = decode(word, i, len);
+        const uint32_t cp = decode_valid_utf8(word, i, len);
         if (is_latin_letter(cp)) {
             ++n.latin;
         } else if (find_cp(look_alikes, cp)) {
@@ -137,7 +128,7 @@ void append_word(std::string & out, std::string_view word, const word_letters & 
     }
     size_t len = 0;
     for (size_t i = 0; i < word.size(); i += len) {
-        const uint32_t cp = decode(word, i, len);
+        const uint32_t cp = decode_valid_utf8(word, i, len);
         if (const look_alike * l = find_cp(look_alikes, cp)) {
             out.push_back(l->latin);
         } else {
@@ -267,7 +258,7 @@ std::string fold_characters(std::string_view text) {
     folded.reserve(text.size());
     size_t len = 0;
     for (size_t i = 0; i < text.size(); i += len) {
-        const uint32_t cp = decode(text, i, len);
+        const uint32_t cp = decode_valid_utf8(text, i, len);
         if (cp < 0x80) {
             folded.push_back(static_cast<char>(cp));
         } else if (const fold_entry * e = find_cp(fold_table, cp)) {
@@ -292,7 +283,7 @@ std::string fold_characters(std::string_view text) {
         words.push_back({text, after, count_letters(text)});
     };
     for (size_t i = 0; i < all.size(); i += len) {
-        if (ends_word(decode(all, i, len))) {
+        if (ends_word(decode_valid_utf8(all, i, len))) {
             add_word(i, all.substr(i, len));
             word_start = i + len;
         }

@@ -6,6 +6,16 @@
 
 namespace lg {
 
+uint32_t decode_valid_utf8(std::string_view text, size_t i, size_t & len) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    len = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+    uint32_t cp = len == 1 ? lead : len == 2 ? lead & 0x1F : len == 3 ? lead & 0x0F : lead & 0x07;
+    for (size_t k = 1; k < len; ++k) {
+        cp = (cp << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
+    }
+    return cp;
+}
+
 size_t invalid_utf8_offset(std::string_view s) {
     size_t i = 0;
     const auto * p = reinterpret_cast<const unsigned char *>(s.data());

@@ -1,10 +1,14 @@
 // Input text checks.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
 namespace lg {
+
+// The code point starting at text[i], and its length in len; the text is valid UTF-8 (checked before).
+uint32_t decode_valid_utf8(std::string_view text, size_t i, size_t & len);
 
 // Offset of the first byte that is not part of a well-formed UTF-8 sequence, or npos.
 size_t invalid_utf8_offset(std::string_view s);

@@ -109,15 +109,15 @@ def fold_text(text: str) -> str:
 
 
 def decoded_reading(text: str) -> str | None:
-    """The second text a guard reads for ``text``, scored beside :func:`fold_text`'s with the higher score kept:
-    the folded text with what a capable chat model decodes in it decoded. Runs of character codes (hex, binary, ``\\x``
-    ``\\u`` ``%`` escapes) and of base64 that decode to text are replaced by it, runs of Morse code by the letters they
-    spell, sentences written in a letter cipher (a Caesar shift such as ROT13, Atbash, or reversed, whole or word by
-    word) are read back, in a text holding leetspeak (one of ``0 1 3 4 5 7`` between two letters of a word; handles,
-    URLs, e-mail addresses and mixed-case codes do not count) digits and ``@ $`` inside words are read as the letters
-    they stand for (``h0w t0 m4k3 4 b0mb`` as ``how to make a bomb``), and sentences whose words run last to first
-    (``bomb? a make to How``) are turned round. ``None`` where there is nothing to decode: the guard reads the text
-    once. Evaluation scores rows through this as the runtime does."""
+    """The second text a guard reads for ``text``, scored beside :func:`fold_text`'s with the higher score kept: the
+    folded text with what a capable chat model decodes in it decoded. Zalgo marks stacked on letters are taken off, runs
+    of character codes (hex, binary, ``\\x`` ``\\u`` ``%`` ``&#`` escapes) and of base64 that decode to text are
+    replaced by it, runs of Morse code by the letters they spell, sentences written in a letter cipher (a Caesar shift
+    such as ROT13, Atbash, or reversed, whole or word by word) are read back, in a text holding leetspeak (one of ``0 1
+    3 4 5 7`` between two letters of a word; handles, URLs, e-mail addresses and mixed-case codes do not count) digits
+    and ``@ $`` inside words are read as the letters they stand for (``h0w t0 m4k3 4 b0mb`` as ``how to make a bomb``),
+    and sentences whose words run last to first (``bomb? a make to How``) are turned round. ``None`` where there is
+    nothing to decode: the guard reads the text once. Evaluation scores rows through this as the runtime does."""
     return _native.decoded_reading(_utf8(text, "text"))
 
 
