@@ -56,6 +56,24 @@ def atbash(text: str) -> str:
     return "".join(chr(219 - ord(c)) if "a" <= c <= "z" else chr(155 - ord(c)) if "A" <= c <= "Z" else c for c in text)
 
 
+BRAILLE_LETTERS = dict(zip("abcdefghijklmnopqrstuvwxyz", [chr(0x2800 + dots) for dots in (
+    0x01, 0x03, 0x09, 0x19, 0x11, 0x0B, 0x1B, 0x13, 0x0A, 0x1A, 0x05, 0x07, 0x0D,
+    0x1D, 0x15, 0x0F, 0x1F, 0x17, 0x0E, 0x1E, 0x25, 0x27, 0x3A, 0x2D, 0x3D, 0x35)], strict=True))
+BRAILLE_MARKS = {".": "\u2832", "?": "\u2826", ",": "\u2802", "!": "\u2816", "'": "\u2804", "-": "\u2824"}
+
+
+def braille(text: str) -> str:
+    """English braille, grade 1: letters (a capital sign before capitals), digits after the number sign, the common
+    marks; what it has no cell for (other marks, other scripts) left out."""
+    def cell(c: str) -> str:
+        if c.lower() in BRAILLE_LETTERS:
+            return ("\u2820" if c.isupper() else "") + BRAILLE_LETTERS[c.lower()]
+        if c in "0123456789":
+            return "\u283c" + BRAILLE_LETTERS["jabcdefghi"[int(c)]]
+        return " " if c.isspace() else BRAILLE_MARKS.get(c, "")
+    return "".join(cell(c) for c in text)
+
+
 def zalgo(text: str, seed: int = 0) -> str:
     """Each ASCII letter topped and tailed with one to three combining marks (U+0300-U+036F), as Zalgo generators do."""
     rng = np.random.default_rng(seed)
@@ -83,6 +101,8 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "word order reversed": lambda t: " ".join(t.split()[::-1]),
     "each word reversed": lambda t: " ".join(w[::-1] for w in t.split()),
     "Zalgo (combining marks on every letter)": zalgo,
+    "base32": lambda t: base64.b32encode(t.encode()).decode(),
+    "braille": braille,
 }
 
 

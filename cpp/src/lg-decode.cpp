@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <utility>
 
 namespace {
@@ -32,6 +33,37 @@ std::string decode_base64(std::string_view run) {
     for (const char c : run) {
         bits = (bits << 6) | static_cast<uint32_t>(base64_value(c));
         n_bits += 6;
+        if (n_bits >= 8) {
+            n_bits -= 8;
+            out += static_cast<char>((bits >> n_bits) & 0xFF);
+        }
+    }
+    return out;
+}
+
+// RFC 4648 base32 (A-Z, 2-7, in one case), padded with '=' to a multiple of 8 or not padded at all; nothing when
+// the run is not base32
+std::optional<std::string> decode_base32(std::string_view run, size_t n_padding) {
+    const bool upper = lg::is_ascii_upper(run[0]);
+    const size_t tail = run.size() % 8;  // characters in the last group: 2, 4, 5 or 7 carry whole bytes
+    if ((n_padding > 0 && (run.size() + n_padding) % 8 != 0) || tail == 1 || tail == 3 || tail == 6) {
+        return std::nullopt;
+    }
+    std::string out;
+    uint32_t bits = 0;
+    int n_bits = 0;
+    for (const char c : run) {
+        int value = -1;
+        if (lg::is_ascii_letter(c) && lg::is_ascii_upper(c) == upper) {
+            value = lg::to_ascii_lower(c) - 'a';
+        } else if (c >= '2' && c <= '7') {
+            value = c - '2' + 26;
+        }
+        if (value < 0) {
+            return std::nullopt;
+        }
+        bits = (bits << 5) | static_cast<uint32_t>(value);
+        n_bits += 5;
         if (n_bits >= 8) {
             n_bits -= 8;
             out += static_cast<char>((bits >> n_bits) & 0xFF);
@@ -74,17 +106,30 @@ std::optional<std::string> decode_base64_runs(std::string_view text) {
         while (end < text.size() && base64_value(text[end]) >= 0) {
             ++end;
         }
-        size_t padded = end;
-        while (padded < text.size() && padded - end < 2 && text[padded] == '=') {
-            ++padded;
-        }
         const size_t n = end - i;
-        const bool whole = padded == text.size() || (base64_value(text[padded]) < 0 && text[padded] != '=');
+        // where the run's padding ends, if nothing of base64's alphabet follows it
+        const auto padded_end = [&](size_t max_padding, size_t & padded) {
+            padded = end;
+            while (padded < text.size() && padded - end < max_padding && text[padded] == '=') {
+                ++padded;
+            }
+            return padded == text.size() || (base64_value(text[padded]) < 0 && text[padded] != '=');
+        };
+        size_t padded = end;
+        const bool whole = padded_end(2, padded);
         const bool sized = padded > end ? (padded - i) % 4 == 0 : n % 4 != 1;
         if (whole && sized && n >= k_min_base64_run) {
             const std::string bytes = decode_base64(text.substr(i, n));
             if (reads_as_text(bytes)) {
                 return {padded, fold_text(bytes)};
+            }
+        }
+        // base32 is written in base64's alphabet, in one case: a run that is not base64 text may be base32 text
+        size_t padded32 = end;
+        if (n >= k_min_base64_run && padded_end(6, padded32)) {
+            const std::optional<std::string> bytes = decode_base32(text.substr(i, n), padded32 - end);
+            if (bytes && reads_as_text(*bytes)) {
+                return {padded32, fold_text(*bytes)};
             }
         }
         return {padded, std::nullopt};
@@ -101,8 +146,8 @@ std::optional<std::string> decoded_reading(std::string_view folded) {
     for (int round = 0; round < k_max_rounds; ++round) {
         const std::string_view text = read ? std::string_view(*read) : folded;
         std::optional<std::string> next;
-        for (auto * decode : {read_stacked_marks, decode_char_code_runs, decode_base64_runs, decode_morse_runs,
-                              read_ciphers, read_leetspeak, read_word_order}) {
+        for (auto * decode : {read_stacked_marks, decode_char_code_runs, decode_base64_runs, decode_braille_runs,
+                              decode_morse_runs, read_ciphers, read_leetspeak, read_word_order}) {
             if (std::optional<std::string> decoded = decode(next ? std::string_view(*next) : text)) {
                 next = std::move(decoded);
             }

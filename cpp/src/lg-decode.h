@@ -74,7 +74,7 @@ std::optional<std::string> read_leetspeak(std::string_view text);
 
 // The text with each run of base64 that decodes to text (valid UTF-8, printable, at least half letters or digits;
 // at least 16 base64 characters) replaced by that text, folded (lg-decode.cpp), or nothing when it holds no such
-// run.
+// run. A run in one case that is no base64 text is read as base32 (A-Z and 2-7, RFC 4648) the same way.
 std::optional<std::string> decode_base64_runs(std::string_view text);
 
 // The text with each run of character codes that reads as text (reads_as_text) replaced by that text, folded
@@ -84,6 +84,11 @@ std::optional<std::string> decode_base64_runs(std::string_view text);
 // escapes, one after another, of at least 4 characters: \xHH bytes, \uHHHH (surrogate pairs joined) or \UHHHHHHHH
 // code points, %HH bytes, HTML's &#DDD; and &#xHH; (spelling at least 4 ASCII letters: runs of emoji stay).
 std::optional<std::string> decode_char_code_runs(std::string_view text);
+
+// The text with each run of braille replaced by the letters it spells (lg-braille.cpp), or nothing when it holds
+// none: Unicode braille cells (U+2800-U+28FF), single spaces between them, read as English braille, grade 1 (letters,
+// the capital and number signs, punctuation; a contraction of grade 2 stays as written), at least four letters a run.
+std::optional<std::string> decode_braille_runs(std::string_view text);
 
 // The text with each run of Morse code replaced by the letters it spells (lg-morse.cpp), or nothing when it holds
 // none: dots and dashes ('.' '-' '_', or a writer's middle dots, bullets and en, em or minus dashes), one space
@@ -122,7 +127,7 @@ word_order_evidence word_order_of(std::string_view text);
 std::optional<std::string> read_word_order(std::string_view text);
 
 // A folded text as a guard reads it the second time, or nothing when the guard reads it once: marks stacked on
-// letters taken off, character codes and base64 runs decoded, Morse runs spelled out, messages in a letter cipher
+// letters taken off, character codes, base64 and base32 runs decoded, braille and Morse runs spelled out, messages in a letter cipher
 // read back, leetspeak read as letters, then words written last to first turned round: the encodings a capable chat
 // model reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be read as letters in place
 // ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded in place (a key or hash
