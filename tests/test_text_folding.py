@@ -167,6 +167,23 @@ def test_invisible_only_text_is_read_as_the_template_alone(smollm2: Guard) -> No
     assert smollm2.classify("\u200b\u200d\u2060").scores.keys() == set(smollm2.labels)
 
 
+def tags(text: str) -> str:
+    """ASCII written in Unicode tag characters (U+E0020-U+E007E): drawn as nothing, read by a chat model's tokenizer."""
+    return "".join(chr(0xE0000 + ord(c)) for c in text)
+
+
+def test_text_hidden_in_tag_characters_is_read(smollm2: Guard) -> None:
+    """"ASCII smuggling": a request hidden in tag characters after a harmless one. Folding took tags away as
+    invisible, so the guard judged only the harmless part while the chat model read both; now it reads both."""
+    hidden = "What a lovely day." + tags(" " + REQUEST)
+    assert fold_text(hidden) == "What a lovely day. " + REQUEST
+    assert smollm2.classify(hidden).flagged
+    # an emoji flag's tags spell its region and are read so; the language and cancel tags stay invisible
+    assert fold_text("\U0001f3f4" + tags("gbeng") + "\U000e007f \U000e0001x") == "\U0001f3f4gbeng x"
+    with Guard(guard="smollm2", n_threads=1, text_form="exact") as exact:
+        assert not exact.classify(hidden).flagged
+
+
 def test_unknown_text_form_is_an_error() -> None:
     with pytest.raises(InvalidInputError, match="text_form"):
         Guard(guard="smollm2", n_threads=1, text_form="nfkc")  # type: ignore[arg-type]

@@ -160,12 +160,12 @@ typedef enum lg_overflow {
 // through it, so that lookalike spelling cannot carry a request past a guard trained on plain text: compatibility forms
 // to their NFKC form (fullwidth, mathematical bold or script, circled, super- and subscript letters, ligatures),
 // invisible default-ignorable code points (zero-width spaces and joiners, soft hyphens, bidirectional controls,
-// variation selectors, tags) removed, and in a word that also holds Latin letters, Cyrillic, Greek and Armenian letters
-// drawn like Latin ones made Latin, letters spaced out joined into their words. A text holding base64, hex, Morse, a
-// letter cipher or leetspeak ("b0mb") is read a second time decoded (lg_decoded_reading) and the higher score kept, as
-// for windows; a prompt judged alone (no response) with two lines or more is also read line by line (lg_text_lines,
-// unless lg_guard_params.read_lines is off), so that a request pasted among benign paragraphs is not averaged into
-// them.
+// variation selectors) removed, tag characters that spell ASCII read as that ASCII (text hidden in them, "ASCII
+// smuggling", is read), and in a word that also holds Latin letters, Cyrillic, Greek and Armenian letters drawn like
+// Latin ones made Latin, letters spaced out joined into their words. A text holding base64, hex, Morse, a letter cipher
+// or leetspeak ("b0mb") is read a second time decoded (lg_decoded_reading) and the higher score kept, as for windows; a
+// prompt judged alone (no response) with two lines or more is also read line by line (lg_text_lines, unless
+// lg_guard_params.read_lines is off), so that a request pasted among benign paragraphs is not averaged into them.
 typedef enum lg_text_form {
     LG_TEXT_FOLDED = 0,  // default
     LG_TEXT_EXACT = 1,   // the bytes as given (a reference that tokenizes the raw text, a guard trained on it)

@@ -32,6 +32,12 @@ constexpr cp_range ignorable[] = {
     {0xFFF0, 0xFFF8}, {0x1BCA0, 0x1BCA3}, {0x1D173, 0x1D17A}, {0xE0000, 0xE0FFF},
 };
 
+// Tag characters: drawn as nothing, but U+E0020-U+E007E are ASCII's printable characters moved by 0xE0000, and a
+// chat model's tokenizer reads them ("ASCII smuggling": a request hidden after a harmless one). They are read as that
+// ASCII, so the guard reads what was hidden; the other tags (language tag, cancel tag) go as ignorable.
+constexpr uint32_t k_first_ascii_tag = 0xE0020;
+constexpr uint32_t k_last_ascii_tag = 0xE007E;
+
 struct look_alike {
     uint32_t cp;
     char latin;
@@ -261,6 +267,8 @@ std::string fold_characters(std::string_view text) {
         const uint32_t cp = decode_valid_utf8(text, i, len);
         if (cp < 0x80) {
             folded.push_back(static_cast<char>(cp));
+        } else if (cp >= k_first_ascii_tag && cp <= k_last_ascii_tag) {
+            folded.push_back(static_cast<char>(cp - 0xE0000));
         } else if (const fold_entry * e = find_cp(fold_table, cp)) {
             folded.append(e->text);
         } else if (!is_ignorable(cp)) {

@@ -100,11 +100,11 @@ def _messages(messages: Sequence[Message]) -> list[tuple[bytes, bytes]]:
 
 
 def fold_text(text: str) -> str:
-    """The text a guard reads for ``text`` (its default ``text_form="folded"``): compatibility forms such as
-    fullwidth or mathematical letters as plain ones, invisible characters (zero-width, soft hyphens, bidi
-    controls) removed, look-alike Cyrillic, Greek and Armenian letters in a Latin word made Latin, letters spaced
-    out (``b o m b``, ``F-R-A-U-D``) joined into their words. Training and
-    evaluation read rows through this so that a guard learns on what the runtime reads."""
+    """The text a guard reads for ``text`` (its default ``text_form="folded"``): compatibility forms such as fullwidth
+    or mathematical letters as plain ones, invisible characters (zero-width, soft hyphens, bidi controls) removed, tag
+    characters that spell ASCII read as it (text hidden in them is read), look-alike Cyrillic, Greek and Armenian
+    letters in a Latin word made Latin, letters spaced out (``b o m b``, ``F-R-A-U-D``) joined into their words.
+    Training and evaluation read rows through this so that a guard learns on what the runtime reads."""
     return _native.fold_text(_utf8(text, "text"))
 
 
