@@ -74,6 +74,18 @@ def braille(text: str) -> str:
     return "".join(cell(c) for c in text)
 
 
+NATO = dict(zip("abcdefghijklmnopqrstuvwxyz", [
+    "Alfa", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliett", "Kilo", "Lima", "Mike",
+    "November", "Oscar", "Papa", "Quebec", "Romeo", "Sierra", "Tango", "Uniform", "Victor", "Whiskey", "X-ray",
+    "Yankee", "Zulu"], strict=True))
+
+
+def nato(text: str) -> str:
+    """The NATO spelling alphabet: a code word a letter, words a '/' apart; what it has no word for is left out."""
+    words = (" ".join(NATO[c] for c in w.lower() if c in NATO) for w in text.split())
+    return " / ".join(w for w in words if w)
+
+
 def zalgo(text: str, seed: int = 0) -> str:
     """Each ASCII letter topped and tailed with one to three combining marks (U+0300-U+036F), as Zalgo generators do."""
     rng = np.random.default_rng(seed)
@@ -103,6 +115,7 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "Zalgo (combining marks on every letter)": zalgo,
     "base32": lambda t: base64.b32encode(t.encode()).decode(),
     "braille": braille,
+    "NATO alphabet": nato,
 }
 
 

@@ -37,7 +37,6 @@ using lg::is_ascii_letter;
 using lg::is_ascii_space;
 using lg::is_ascii_upper;
 
-
 // A letter read through a shift or Atbash, its case kept; any other byte as it is
 char read_letter(char c, cipher how) {
     if (!is_ascii_letter(c)) {

@@ -90,6 +90,11 @@ std::optional<std::string> decode_char_code_runs(std::string_view text);
 // the capital and number signs, punctuation; a contraction of grade 2 stays as written), at least four letters a run.
 std::optional<std::string> decode_braille_runs(std::string_view text);
 
+// The text with each run of the NATO spelling alphabet replaced by the letters it spells (lg-nato.cpp), or nothing
+// when it holds none: at least four code words ("Hotel Oscar Whiskey", any case; "Alfa" or "Alpha", "X-ray" or
+// "Xray") one space apart within a word, and " / ", " | " or two spaces between words.
+std::optional<std::string> decode_nato_runs(std::string_view text);
+
 // The text with each run of Morse code replaced by the letters it spells (lg-morse.cpp), or nothing when it holds
 // none: dots and dashes ('.' '-' '_', or a writer's middle dots, bullets and en, em or minus dashes), one space
 // between the codes of a word, '/' or '|' or two spaces between words, at least five characters spelled and both
@@ -126,12 +131,13 @@ word_order_evidence word_order_of(std::string_view text);
 // round with the marks they hold; the spaces keep their places.
 std::optional<std::string> read_word_order(std::string_view text);
 
-// A folded text as a guard reads it the second time, or nothing when the guard reads it once: marks stacked on
-// letters taken off, character codes, base64 and base32 runs decoded, braille and Morse runs spelled out, messages in a letter cipher
-// read back, leetspeak read as letters, then words written last to first turned round: the encodings a capable chat
-// model reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be read as letters in place
-// ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded in place (a key or hash
-// stays a key), so a guard scores this reading beside the text as written and keeps the higher score.
+// A folded text as a guard reads it the second time, or nothing when the guard reads it once: marks stacked on letters
+// taken off, character codes, base64 and base32 runs decoded, braille, NATO alphabet and Morse runs spelled out,
+// messages in a letter cipher read back, leetspeak read as letters, then words written last to first turned round: the
+// encodings a capable chat model reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be read
+// as letters in place ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded in
+// place (a key or hash stays a key), so a guard scores this reading beside the text as written and keeps the higher
+// score.
 std::optional<std::string> decoded_reading(std::string_view folded);
 
 }  // namespace lg
