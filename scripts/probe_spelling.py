@@ -103,6 +103,7 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "leetspeak (a 4, e 3, i 1, o 0, s 5, t 7)": lambda t: t.translate(LEET),
     "base64": lambda t: base64.b64encode(t.encode()).decode(),
     "hex": lambda t: t.encode().hex(),
+    "decimal codes": lambda t: " ".join(str(b) for b in t.encode()),
     "ROT13": lambda t: codecs.encode(t, "rot13"),
     "Morse code": morse,
     "Caesar shift by 3": caesar,

@@ -241,6 +241,47 @@ lg::run_reading read_separate_codes(std::string_view text, size_t begin) {
     return spelled(run_end, bytes, bytes.size(), run_binary ? k_min_spelled_chars : k_min_hex_bytes);
 }
 
+// Decimal character codes, each a word of its own, set apart as separate codes are ("104 111 119 32 116 111"): at
+// least k_min_hex_bytes of them, every one printable ASCII or a tab or line break, one of them a space. Lists of
+// numbers are common and now and then all between 32 and 126 ("65 70 72 80 ..."): a space among them is what tells
+// a message, as in every encoder's output.
+lg::run_reading read_decimal_codes(std::string_view text, size_t begin) {
+    std::string bytes;
+    size_t run_end = begin;
+    for (size_t i = begin; i < text.size() && lg::is_ascii_digit(text[i]);) {
+        const size_t end = alnum_end(text, i);
+        int value = 0;
+        for (size_t k = i; k < end && value < 1000; ++k) {
+            value = lg::is_ascii_digit(text[k]) ? value * 10 + (text[k] - '0') : 1000;
+        }
+        const bool printable = (value >= 32 && value <= 126) || value == '\t' || value == '\n' || value == '\r';
+        if (end - i > 3 || !printable) {
+            break;
+        }
+        bytes += static_cast<char>(value);
+        run_end = end;
+        const size_t next = next_code(text, end);
+        if (next == end) {
+            break;
+        }
+        i = next;
+    }
+    const bool message = bytes.find(' ') != std::string::npos;
+    return spelled(run_end, bytes, bytes.size(), k_min_hex_bytes, message);
+}
+
+// Whether the word at text[i] follows a decimal code as the next code of its run ("104 111": 111 does)
+bool follows_decimal_code(std::string_view text, size_t i) {
+    size_t j = i;
+    if (j > 0 && text[j - 1] == ' ') {
+        --j;
+    }
+    if (j > 0 && text[j - 1] == ',') {
+        --j;
+    }
+    return j < i && j > 0 && lg::is_ascii_digit(text[j - 1]);
+}
+
 // One word of hex digits (0x allowed, an even number of them) or binary digits (a multiple of eight)
 lg::run_reading read_digits_word(std::string_view text, size_t begin, size_t end) {
     const std::string_view word = without_0x(text.substr(begin, end - begin));
@@ -274,7 +315,14 @@ std::optional<std::string> decode_char_code_runs(std::string_view text) {
         if (run_reading one_word = read_digits_word(text, i, end); one_word.replacement) {
             return one_word;
         }
-        return read_separate_codes(text, i);
+        run_reading codes = read_separate_codes(text, i);
+        // a run of decimal codes is read from its first code only, so that each is read once (linear time)
+        if (!codes.replacement && is_ascii_digit(text[i]) && !follows_decimal_code(text, i)) {
+            if (run_reading decimal = read_decimal_codes(text, i); decimal.replacement) {
+                return decimal;
+            }
+        }
+        return codes;
     });
 }
 
