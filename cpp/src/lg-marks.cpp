@@ -19,6 +19,10 @@ bool is_combining_mark(uint32_t cp) {
 namespace lg {
 
 std::optional<std::string> read_stacked_marks(std::string_view text) {
+    // every text is asked; an ASCII one holds no mark, and is answered without listing its words
+    if (std::all_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+        return std::nullopt;
+    }
     struct word {
         size_t begin;
         size_t end;

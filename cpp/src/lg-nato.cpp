@@ -26,7 +26,8 @@ char letter_at(std::string_view text, size_t i, size_t & end) {
     while (end < text.size() && (lg::is_ascii_letter(text[end]) || (text[end] == '-' && end > i))) {
         ++end;
     }
-    if (end < text.size() && lg::is_ascii_alnum(text[end])) {
+    // the code words are 4 to 8 letters long: other words are not lower-cased and looked up
+    if ((end < text.size() && lg::is_ascii_alnum(text[end])) || end - i < 4 || end - i > 8) {
         return '\0';
     }
     std::string lower(text.substr(i, end - i));
