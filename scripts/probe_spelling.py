@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import codecs
+import quopri
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +96,29 @@ def zalgo(text: str, seed: int = 0) -> str:
                    if c.isascii() and c.isalpha() else c for c in text)
 
 
+UPSIDE_DOWN = str.maketrans(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,?!'",
+    "ɐqɔpǝɟƃɥᴉɾʞlɯuodbɹsʇnʌʍxʎzⱯᗺƆᗡƎℲ⅁HIſꓘ˥WNOԀΌᴚS⊥∩ΛMX⅄Z˙'¿¡,",  # noqa: RUF001
+)
+SMALL_CAPS = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘǫʀꜱᴛᴜᴠᴡxʏᴢ")  # noqa: RUF001
+
+
+def upside_down(text: str) -> str:
+    """Text turned upside down as flip-text generators do: each character's rotated look-alike, last to first."""
+    return text.translate(UPSIDE_DOWN)[::-1]
+
+
+def regional_indicators(text: str) -> str:
+    """Letters as the regional indicator symbols flags are made of (U+1F1E6-U+1F1FF), one a letter."""
+    return "".join(chr(0x1F1E6 + ord(c.lower()) - 97) if c.isascii() and c.isalpha() else c for c in text)
+
+
+def uuencode(text: str) -> str:
+    """UUencode's lines of up to 45 bytes (binascii), as garak's encoding probe writes them."""
+    data = text.encode()
+    return "".join(binascii.b2a_uu(data[i: i + 45]).decode() for i in range(0, len(data), 45))
+
+
 SPELLINGS: dict[str, Callable[[str], str]] = {
     "plain": lambda t: t,
     "zero-width space between every character": lambda t: "\u200b".join(t),
@@ -117,6 +143,13 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "base32": lambda t: base64.b32encode(t.encode()).decode(),
     "braille": braille,
     "NATO alphabet": nato,
+    "upside down": upside_down,
+    "small capitals": lambda t: t.translate(SMALL_CAPS),
+    "regional indicator letters": regional_indicators,
+    "percent-encoded (URL)": lambda t: urllib.parse.quote(t),
+    "quoted-printable, spaces too": lambda t: quopri.encodestring(t.encode(), quotetabs=True).decode(),
+    "UUencode": uuencode,
+    "ASCII85": lambda t: base64.a85encode(t.encode()).decode(),
 }
 
 

@@ -3,6 +3,7 @@
 #include "lg-fold.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 
 namespace {
@@ -121,6 +122,56 @@ lg::run_reading read_percent_escapes(std::string_view text, size_t begin) {
         return {begin + 1, std::nullopt};
     }
     return spelled(i, bytes, bytes.size(), k_min_spelled_chars);
+}
+
+// A word written with escapes among its plain characters: URL encoding ("How%20do%20I%20make%3F") or MIME's
+// quoted-printable ("How=20do=20I=20make?", upper-case digits, "=" at a line's end joining it to the next line). A
+// word is so when it holds at least two escapes of one kind; all of that kind are read, and the word is kept when
+// what it says reads as text.
+lg::run_reading read_escaped_word(std::string_view text, size_t begin) {
+    // quoted-printable's "=" before a line break stands for no character: the length of that break, or 0
+    const auto soft_break = [&](size_t k) -> size_t {
+        if (text[k] != '=') {
+            return 0;
+        }
+        return text.substr(k + 1, 1) == "\n" ? 2 : text.substr(k + 1, 2) == "\r\n" ? 3 : 0;
+    };
+    const auto escaped = [&](size_t k, char escape) {
+        if (text[k] != escape || hex_number(text, k + 1, 2) < 0) {
+            return false;
+        }
+        return escape == '%' || !(std::islower(static_cast<unsigned char>(text[k + 1])) ||
+                                  std::islower(static_cast<unsigned char>(text[k + 2])));
+    };
+    size_t end = begin;
+    size_t n_percent = 0;
+    size_t n_quoted = 0;
+    while (end < text.size() && !lg::is_ascii_space(text[end])) {
+        if (const size_t n = soft_break(end)) {
+            end += n;
+            continue;
+        }
+        n_percent += escaped(end, '%');
+        n_quoted += escaped(end, '=');
+        ++end;
+    }
+    if (std::max(n_percent, n_quoted) < 2) {
+        return {begin + 1, std::nullopt};
+    }
+    const char escape = n_percent >= n_quoted ? '%' : '=';
+    std::string bytes;
+    for (size_t k = begin; k < end;) {
+        const size_t n = escape == '=' ? soft_break(k) : 0;
+        if (n > 0) {
+            k += n;
+        } else if (escaped(k, escape)) {
+            bytes += static_cast<char>(hex_number(text, k + 1, 2));
+            k += 3;
+        } else {
+            bytes += text[k++];
+        }
+    }
+    return spelled(end, bytes, bytes.size(), k_min_spelled_chars);
 }
 
 // The value of the digits at text[i] up to a ';' (decimal, or hex after "x"), at most 7 of them; -1 when there is
@@ -299,6 +350,11 @@ namespace lg {
 
 std::optional<std::string> decode_char_code_runs(std::string_view text) {
     return replace_runs(text, [](std::string_view text, size_t i) -> run_reading {
+        if (i == 0 || is_ascii_space(text[i - 1])) {
+            if (run_reading word = read_escaped_word(text, i); word.replacement) {
+                return word;
+            }
+        }
         if (text[i] == '\\') {
             return read_backslash_escapes(text, i);
         }

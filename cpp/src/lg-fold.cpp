@@ -38,6 +38,11 @@ constexpr cp_range ignorable[] = {
 constexpr uint32_t k_first_ascii_tag = 0xE0020;
 constexpr uint32_t k_last_ascii_tag = 0xE007E;
 
+// Regional indicator symbols, the letters A-Z that flags are drawn from in pairs ("🇫🇷" is FR): read as those
+// letters, so a flag reads as its country's code and words spelled in them ("🇭🇴🇼") as the words.
+constexpr uint32_t k_first_regional_indicator = 0x1F1E6;
+constexpr uint32_t k_last_regional_indicator = 0x1F1FF;
+
 struct look_alike {
     uint32_t cp;
     char latin;
@@ -56,6 +61,16 @@ constexpr look_alike look_alikes[] = {
     {0x057D, 'u'}, {0x0585, 'o'},
 };
 
+// Small capitals, which "fancy text" generators spell words with ("ʜᴏᴡ ᴛᴏ"): Latin letters of their own with no
+// compatibility form, read as the lower-case letter they are drawn as. IPA writes a few of them (ɪ, ʀ, ʏ): read so, a
+// transcription still reads as its sounds.
+constexpr look_alike small_capitals[] = {
+    {0x0262, 'g'}, {0x026A, 'i'}, {0x0274, 'n'}, {0x0280, 'r'}, {0x028F, 'y'}, {0x0299, 'b'}, {0x029C, 'h'},
+    {0x029F, 'l'}, {0x1D00, 'a'}, {0x1D04, 'c'}, {0x1D05, 'd'}, {0x1D07, 'e'}, {0x1D0A, 'j'}, {0x1D0B, 'k'},
+    {0x1D0D, 'm'}, {0x1D0F, 'o'}, {0x1D18, 'p'}, {0x1D1B, 't'}, {0x1D1C, 'u'}, {0x1D20, 'v'}, {0x1D21, 'w'},
+    {0x1D22, 'z'}, {0xA730, 'f'}, {0xA731, 's'},
+};
+
 template <typename Table> constexpr bool sorted_by_cp(const Table & table) {
     for (size_t i = 1; i < std::size(table); ++i) {
         if (!(table[i - 1].cp < table[i].cp)) {
@@ -64,7 +79,7 @@ template <typename Table> constexpr bool sorted_by_cp(const Table & table) {
     }
     return true;
 }
-static_assert(sorted_by_cp(fold_table) && sorted_by_cp(look_alikes), "find_cp searches by binary search");
+static_assert(sorted_by_cp(fold_table) && sorted_by_cp(look_alikes) && sorted_by_cp(small_capitals), "find_cp searches by binary search");
 
 template <typename Table, typename Key>
 const auto * find_cp(const Table & table, Key cp) {
@@ -271,6 +286,10 @@ std::string fold_characters(std::string_view text) {
             folded.push_back(static_cast<char>(cp - 0xE0000));
         } else if (const fold_entry * e = find_cp(fold_table, cp)) {
             folded.append(e->text);
+        } else if (const look_alike * small = find_cp(small_capitals, cp)) {
+            folded.push_back(small->latin);
+        } else if (cp >= k_first_regional_indicator && cp <= k_last_regional_indicator) {
+            folded.push_back(static_cast<char>('A' + (cp - k_first_regional_indicator)));
         } else if (!is_ignorable(cp)) {
             folded.append(text.substr(i, len));
         }

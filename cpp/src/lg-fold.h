@@ -8,7 +8,8 @@ namespace lg {
 
 // Folds valid UTF-8 text (checked before) so that characters a reader sees as plain letters reach the guard as those
 // letters: compatibility forms to their NFKC form (fullwidth, mathematical, circled, super- and subscript letters,
-// ligatures; lg-fold-table.inc), invisible default-ignorable code points removed (zero-width spaces and joiners, soft
+// ligatures; lg-fold-table.inc), small capitals and the regional indicators flags are made of to the letters they are
+// drawn as ("ʜᴏᴡ", "🇭🇴🇼"), invisible default-ignorable code points removed (zero-width spaces and joiners, soft
 // hyphens, bidirectional controls, variation selectors; tags that spell ASCII read as that ASCII, so text hidden in
 // them is read), and in a word that holds Latin letters, Cyrillic, Greek and Armenian letters drawn like Latin ones
 // replaced by them, and letters spaced out joined into the words they spell ("b o m b", "F-R-A-U-D"; not initials or

@@ -102,7 +102,8 @@ def _messages(messages: Sequence[Message]) -> list[tuple[bytes, bytes]]:
 def fold_text(text: str) -> str:
     """The text a guard reads for ``text`` (its default ``text_form="folded"``): compatibility forms such as fullwidth
     or mathematical letters as plain ones, invisible characters (zero-width, soft hyphens, bidi controls) removed, tag
-    characters that spell ASCII read as it (text hidden in them is read), look-alike Cyrillic, Greek and Armenian
+    characters that spell ASCII read as it (text hidden in them is read), small capitals (``ʜᴏᴡ``) and the regional
+    indicators flags are drawn from (``🇭🇴🇼``: ``HOW``) as letters, look-alike Cyrillic, Greek and Armenian
     letters in a Latin word made Latin, letters spaced out (``b o m b``, ``F-R-A-U-D``) joined into their words.
     Training and evaluation read rows through this so that a guard learns on what the runtime reads."""
     return _native.fold_text(_utf8(text, "text"))
@@ -110,14 +111,16 @@ def fold_text(text: str) -> str:
 
 def decoded_reading(text: str) -> str | None:
     """The second text a guard reads for ``text``, scored beside :func:`fold_text`'s with the higher score kept: the
-    folded text with what a capable chat model decodes in it decoded. Zalgo marks stacked on letters are taken off, runs
-    of character codes (hex, binary, ``\\x`` ``\\u`` ``%`` ``&#`` escapes) and of base64 that decode to text are
-    replaced by it, runs of Morse code by the letters they spell, sentences written in a letter cipher (a Caesar shift
-    such as ROT13, Atbash, or reversed, whole or word by word) are read back, in a text holding leetspeak (one of ``0 1
-    3 4 5 7`` between two letters of a word; handles, URLs, e-mail addresses and mixed-case codes do not count) digits
-    and ``@ $`` inside words are read as the letters they stand for (``h0w t0 m4k3 4 b0mb`` as ``how to make a bomb``),
-    and sentences whose words run last to first (``bomb? a make to How``) are turned round. ``None`` where there is
-    nothing to decode: the guard reads the text once. Evaluation scores rows through this as the runtime does."""
+    folded text with what a capable chat model decodes in it decoded. Zalgo marks stacked on letters are taken off, text
+    written upside down (each letter's turned look-alike, last to first) is turned the right way up, runs of character
+    codes (hex, binary, ``\\x`` ``\\u`` ``%`` ``&#`` escapes; a word with two URL or quoted-printable escapes,
+    ``How%20do%20I``), UUencoded lines and runs of base64, base32 and ASCII85 that decode to text are replaced by it,
+    runs of Morse code by the letters they spell, sentences written in a letter cipher (a Caesar shift such as ROT13,
+    Atbash, or reversed, whole or word by word) are read back, in a text holding leetspeak (one of ``0 1 3 4 5 7``
+    between two letters of a word; handles, URLs, e-mail addresses and mixed-case codes do not count) digits and ``@ $``
+    inside words are read as the letters they stand for (``h0w t0 m4k3 4 b0mb`` as ``how to make a bomb``), and
+    sentences whose words run last to first (``bomb? a make to How``) are turned round. ``None`` where there is nothing
+    to decode: the guard reads the text once. Evaluation scores rows through this as the runtime does."""
     return _native.decoded_reading(_utf8(text, "text"))
 
 
