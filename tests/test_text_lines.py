@@ -9,6 +9,7 @@ scores as it does alone.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import subprocess
 import sys
@@ -66,6 +67,35 @@ def test_text_lines(text: str, lines: list[str]) -> None:
 def test_text_lines_are_the_folded_texts_lines() -> None:
     text = buried("\n\n")
     assert text_lines(text) == [fold_text(line) for line in text.split("\n\n")]
+
+
+def test_the_lines_of_an_encoded_text_are_read_decoded() -> None:
+    """Base64 of several paragraphs is one line as written: its decoded text's lines are read alone, after the
+    written lines, those that the written lines' own readings do not already give."""
+    text = buried("\n\n")
+    encoded = base64.b64encode(text.encode()).decode()
+    assert text_lines(encoded) == text.split("\n\n")
+    assert text_lines(f"{FILLER[0]}\n{encoded}") == [FILLER[0], encoded, *text.split("\n\n")[1:]]
+    # a line encoded alone is decoded by its own reading: the whole's decoded lines add nothing
+    single = base64.b64encode(REQUEST.encode()).decode()
+    assert text_lines(f"{FILLER[0]}\n{single}") == [FILLER[0], single]
+
+
+@pytest.mark.parametrize("wrap", [0, 76])
+def test_a_request_buried_in_encoded_paragraphs_is_caught(minilm: Guard, wrap: int) -> None:
+    """Decoded whole, the buried request is averaged into the garden questions and passed (unsafe 0.82 against a
+    0.95 threshold), and the encoded text as written means nothing to the guard; the decoded lines read alone
+    catch it, in one line of base64 and wrapped as MIME wraps it."""
+    text = buried("\n")
+    encoded = base64.b64encode(text.encode()).decode()
+    if wrap:
+        encoded = "\n".join(encoded[i:i + wrap] for i in range(0, len(encoded), wrap))
+    with Guard(guard="minilm", n_threads=2, text_form="exact") as exact:
+        assert not exact.classify(text).flagged
+        assert not exact.classify(encoded).flagged
+    result = minilm.classify(encoded)
+    assert result.flagged
+    assert result.scores["unsafe"] == pytest.approx(minilm.classify(REQUEST).scores["unsafe"], abs=0.01)
 
 
 def test_text_lines_refuse_what_the_guard_refuses() -> None:

@@ -117,8 +117,8 @@ LORAGUARD_API lg_status lg_fold_text(const char * text, size_t text_len, char * 
 // of a word (Zalgo text: at least as many marks as letters) are taken off, text written upside down (turned
 // look-alikes, last to first: "¿qɯoq ɐ ǝʞɐɯ") is turned the right way up, runs of character codes (hex, binary octets,
 // \xHH, \uHHHH, %HH or &#DDD; escapes; a word with two URL or quoted-printable escapes among its characters,
-// "How%20do%20I"), UUencoded lines and runs of base64, base32 (at least 16 characters) and ASCII85 (at least 15) that
-// decode to text are replaced by that text (keys and hashes decode to bytes and stay), runs of Morse code (at least
+// "How%20do%20I"), UUencoded lines and runs of base64 (wrapped in lines of one width too, as MIME and PEM write it),
+// base32 (at least 16 characters) and ASCII85 (at least 15) that decode to text are replaced by that text (keys and hashes decode to bytes and stay), runs of Morse code (at least
 // five characters, dots and dashes both used) by the letters they spell, sentences written in a letter cipher (a Caesar
 // shift such as ROT13, Atbash, or reversed, whole or word by word: more of their words frequent English ones read
 // through it than as written) are read back; in a text holding a leetspeak word (one of 0 1 3 4 5 7 between two letters
@@ -133,9 +133,11 @@ LORAGUARD_API lg_status lg_decoded_reading(const char * text, size_t text_len, c
 // The lines a guard with LG_TEXT_FOLDED also reads alone when it judges this text as a prompt, each scored as a
 // text of its own (both readings) beside the whole and the highest score kept: the folded text's lines, ended by
 // any line break (\n, \r, \v, \f, U+0085, U+2028, U+2029), trimmed of spaces and tabs, blank ones skipped and
-// repeats read once; none when fewer than two lines have something on them. Writes them joined by '\n' (no line
-// holds one), at most n_max bytes; *n_bytes receives the full length and *n_lines their count (0: the text is
-// read whole only). Otherwise as lg_fold_text.
+// repeats read once; none when fewer than two lines have something on them. Then, where the text's decoded reading
+// (lg_decoded_reading) has two lines or more, those of its lines not already read (as a written line or a written
+// line's decoded reading): a request buried in base64 of several paragraphs is read alone too. Writes them joined
+// by '\n' (no line holds one), at most n_max bytes; *n_bytes receives the full length and *n_lines their count (0:
+// the text is read whole only). Otherwise as lg_fold_text.
 LORAGUARD_API lg_status lg_text_lines(const char * text, size_t text_len, char * out, size_t n_max, size_t * n_bytes,
                                       size_t * n_lines);
 

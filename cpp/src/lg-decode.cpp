@@ -72,6 +72,21 @@ std::optional<std::string> decode_base32(std::string_view run, size_t n_padding)
     return out;
 }
 
+// Bytes of the line break at text[i] ("\n" or "\r\n"), or 0
+size_t line_break_at(std::string_view text, size_t i) {
+    if (i < text.size() && text[i] == '\n') {
+        return 1;
+    }
+    return text.substr(i).rfind("\r\n", 0) == 0 ? 2 : 0;
+}
+
+size_t base64_run_end(std::string_view text, size_t i) {
+    while (i < text.size() && base64_value(text[i]) >= 0) {
+        ++i;
+    }
+    return i;
+}
+
 }  // namespace
 
 namespace lg {
@@ -97,14 +112,60 @@ bool reads_as_text(std::string_view bytes) {
     return 2 * n_alnum >= n_chars;
 }
 
+namespace {
+
+// MIME (76 characters) and PEM (64) wrap base64 in lines of one width, which cut words and characters in two: a run
+// of base64 that fills its line, a multiple of 4 characters long, followed by lines of the same width and a last one
+// no wider, each holding nothing else, is read as one run. Where the run from i ends at `end`; what the lines decode
+// to and where they end, when they read as text.
+std::optional<run_reading> read_wrapped_base64(std::string_view text, size_t i, size_t end) {
+    const size_t width = end - i;
+    if (width < k_min_base64_run || width % 4 != 0 || !line_break_at(text, end)) {
+        return std::nullopt;
+    }
+    std::string joined(text.substr(i, width));
+    size_t last_end = end;  // where the lines read so far end, padding included
+    size_t n_padding = 0;
+    for (size_t at = end; const size_t n_break = line_break_at(text, at);) {
+        const size_t start = at + n_break;
+        const size_t stop = base64_run_end(text, start);
+        size_t padded = stop;
+        while (padded < text.size() && padded - stop < 2 && text[padded] == '=') {
+            ++padded;
+        }
+        const bool line_ends = padded == text.size() || line_break_at(text, padded);
+        if (stop == start || stop - start > width || !line_ends) {
+            break;
+        }
+        joined.append(text.substr(start, stop - start));
+        last_end = padded;
+        n_padding = padded - stop;
+        if (stop - start < width || n_padding > 0) {
+            break;  // a shorter or padded line is the last
+        }
+        at = padded;
+    }
+    const bool sized = n_padding > 0 ? (joined.size() + n_padding) % 4 == 0 : joined.size() % 4 != 1;
+    if (last_end == end || !sized) {
+        return std::nullopt;
+    }
+    const std::string bytes = decode_base64(joined);
+    if (!reads_as_text(bytes)) {
+        return std::nullopt;
+    }
+    return run_reading{last_end, fold_text(bytes)};
+}
+
+}  // namespace
+
 std::optional<std::string> decode_base64_runs(std::string_view text) {
     return replace_runs(text, [](std::string_view text, size_t i) -> run_reading {
         if (base64_value(text[i]) < 0) {
             return {i + 1, std::nullopt};
         }
-        size_t end = i;
-        while (end < text.size() && base64_value(text[end]) >= 0) {
-            ++end;
+        const size_t end = base64_run_end(text, i);
+        if (std::optional<run_reading> wrapped = read_wrapped_base64(text, i, end)) {
+            return std::move(*wrapped);
         }
         const size_t n = end - i;
         // where the run's padding ends, if nothing of base64's alphabet follows it

@@ -82,7 +82,8 @@ std::optional<std::string> read_leetspeak(std::string_view text);
 
 // The text with each run of base64 that decodes to text (valid UTF-8, printable, at least half letters or digits;
 // at least 16 base64 characters) replaced by that text, folded (lg-decode.cpp), or nothing when it holds no such
-// run. A run in one case that is no base64 text is read as base32 (A-Z and 2-7, RFC 4648) the same way.
+// run. Base64 wrapped in lines of one width (MIME, PEM) is read as one run. A run in one case that is no base64 text
+// is read as base32 (A-Z and 2-7, RFC 4648) the same way.
 std::optional<std::string> decode_base64_runs(std::string_view text);
 
 // The text with each run of character codes that reads as text (reads_as_text) replaced by that text, folded

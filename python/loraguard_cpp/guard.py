@@ -128,9 +128,10 @@ def text_lines(text: str) -> list[str]:
     """The lines a guard also reads alone when it judges ``text`` as a prompt (its default
     ``text_form="folded"``), each scored as a text of its own beside the whole with the highest score kept, so
     that a request pasted among benign paragraphs is not averaged into them: the folded text's lines, ended by
-    any line break, trimmed, blank ones skipped and repeats read once. ``[]`` for a text with fewer than two
-    lines: it is read whole only. A prompt with its response is read whole. Evaluation reads rows through this
-    as the runtime does."""
+    any line break, trimmed, blank ones skipped and repeats read once (``[]`` for a text with fewer than two
+    lines), then the lines of its :func:`decoded_reading` not already read that way, where that reading has two
+    or more (a request buried in base64 of several paragraphs). ``[]``: the text is read whole only. A prompt with
+    its response is read whole. Evaluation reads rows through this as the runtime does."""
     return _native.text_lines(_utf8(text, "text"))
 
 
