@@ -770,8 +770,9 @@ def test_a_request_encoded_over_lines_is_stopped(smollm2: Guard, encoding: str) 
     read = decoded_reading(fold_text(disguised))
     assert read is not None and read.strip() == REQUEST
     assert smollm2.tokenize(read) in smollm2.sequences(disguised)
-    with Guard(guard="smollm2", n_threads=1, text_form="exact") as exact:
-        assert not exact.classify(disguised).flagged
+    if encoding == "UUencode":  # quoted-printable leaves the words legible: a guard may catch it as written too
+        with Guard(guard="smollm2", n_threads=1, text_form="exact") as exact:
+            assert not exact.classify(disguised).flagged
     assert smollm2.classify(disguised).flagged
 
 
