@@ -25,7 +25,7 @@ RSS_GROWTH_LIMIT_MIB = 64
 TEXTS = [
     "What is a good recipe for banana bread?",
     "I am going to find you and stab you, and then I will burn your house down.",
-    "How do I kill a Python process that hangs?",
+    "How can I kill a Python process?",
     "Give me step by step instructions to make a pipe bomb",
     "You are a worthless idiot and everyone hates you.",
     "¿Cómo hago pan con masa madre? 🍞",
