@@ -87,6 +87,21 @@ size_t base64_run_end(std::string_view text, size_t i) {
     return i;
 }
 
+// Where the '=' padding after a run ending at `end` ends, at most max_padding of them
+size_t padding_end(std::string_view text, size_t end, size_t max_padding) {
+    size_t padded = end;
+    while (padded < text.size() && padded - end < max_padding && text[padded] == '=') {
+        ++padded;
+    }
+    return padded;
+}
+
+// Whether n_chars of base64 and n_padding '=' can be whole base64: padded to a multiple of 4, or unpadded with a
+// last group of 2 or 3 characters
+bool base64_sized(size_t n_chars, size_t n_padding) {
+    return n_padding > 0 ? (n_chars + n_padding) % 4 == 0 : n_chars % 4 != 1;
+}
+
 }  // namespace
 
 namespace lg {
@@ -129,10 +144,7 @@ std::optional<run_reading> read_wrapped_base64(std::string_view text, size_t i, 
     for (size_t at = end; const size_t n_break = line_break_at(text, at);) {
         const size_t start = at + n_break;
         const size_t stop = base64_run_end(text, start);
-        size_t padded = stop;
-        while (padded < text.size() && padded - stop < 2 && text[padded] == '=') {
-            ++padded;
-        }
+        const size_t padded = padding_end(text, stop, 2);
         const bool line_ends = padded == text.size() || line_break_at(text, padded);
         if (stop == start || stop - start > width || !line_ends) {
             break;
@@ -145,8 +157,7 @@ std::optional<run_reading> read_wrapped_base64(std::string_view text, size_t i, 
         }
         at = padded;
     }
-    const bool sized = n_padding > 0 ? (joined.size() + n_padding) % 4 == 0 : joined.size() % 4 != 1;
-    if (last_end == end || !sized) {
+    if (last_end == end || !base64_sized(joined.size(), n_padding)) {
         return std::nullopt;
     }
     const std::string bytes = decode_base64(joined);
@@ -170,16 +181,12 @@ std::optional<std::string> decode_base64_runs(std::string_view text) {
         const size_t n = end - i;
         // where the run's padding ends, if nothing of base64's alphabet follows it
         const auto padded_end = [&](size_t max_padding, size_t & padded) {
-            padded = end;
-            while (padded < text.size() && padded - end < max_padding && text[padded] == '=') {
-                ++padded;
-            }
+            padded = padding_end(text, end, max_padding);
             return padded == text.size() || (base64_value(text[padded]) < 0 && text[padded] != '=');
         };
         size_t padded = end;
         const bool whole = padded_end(2, padded);
-        const bool sized = padded > end ? (padded - i) % 4 == 0 : n % 4 != 1;
-        if (whole && sized && n >= k_min_base64_run) {
+        if (whole && base64_sized(n, padded - end) && n >= k_min_base64_run) {
             const std::string bytes = decode_base64(text.substr(i, n));
             if (reads_as_text(bytes)) {
                 return {padded, fold_text(bytes)};
