@@ -50,6 +50,9 @@ SPELLINGS = {
     "letters spaced out": lambda t: " ".join(t),
     "letters spaced out, words by two spaces": lambda t: "  ".join(" ".join(w) for w in t.split(" ")),
     "letters joined by hyphens": lambda t: " ".join("-".join(w) for w in t.split(" ")),
+    "every character joined by hyphens": lambda t: "-".join(t),  # spaces too: Python's "-".join(text)
+    "letters joined by bars": lambda t: " ".join("|".join(w) for w in t.split(" ")),
+    "one character a line": lambda t: "\n".join(t),  # written down the page, a blank line between words
     "small capitals": lambda t: t.translate(SMALL_CAPITALS),
 }
 
@@ -78,6 +81,9 @@ def test_ordinary_text_is_read_as_given(text: str) -> None:
     "r u a bot?", "i m a wreck", "don't b a hypocrite",  # chat shorthand: a run of three letters at most
     "e.g. the U.S. and the U.K.", "R.I.P. J. R. R. Tolkien", "i.e. a.m. or p.m.",  # initials
     "x = a + b", "a  b", "Is it A or B?", "1 2 3 4 5", "t-o m",
+    "w/o b/c", "R&D and Q&A", "d/s d&s",  # abbreviations
+    "\\n\\n\\n\\n\\t\\r", "C:\\a\\b\\c\\d",  # escapes and paths: a backslash joins no letters
+    "- a\n- b\n- c\n- d", "a)\nb)\nc)\nd)", "a\n\nb\n\nc\n\nd",  # lists
 ])
 def test_lone_letters_that_spell_nothing_are_read_as_given(text: str) -> None:
     assert fold_text(text) == text
@@ -91,6 +97,12 @@ def test_lone_letters_that_spell_nothing_are_read_as_given(text: str) -> None:
     ("b.o.m.b and b_o_m_b", "bomb and bomb"),
     ("b o m b ,   n o w !", "bomb, now!"),
     ("\uff42 \uff4f \uff4d \uff42", "bomb"),  # fullwidth, then spaced out
+    # rows of ../shared/data: a word spelled with backticks between its letters, and one written down the page
+    ("when I write `f`o`o`t`b`a`l`l` I mean football", "when I write `football` I mean football"),
+    ("this \n\nd\ni\nc\nk", "this \n\ndick"),
+    ("b/o/m/b, b|o|m|b, b+o+m+b, b~o~m~b, b:o:m:b", "bomb, bomb, bomb, bomb, bomb"),
+    ("h.o.w. .t.o", "how to"), ("h-o-w--t-o", "how to"), ("h\to\tw\t \tt\to", "how to"),
+    ("A\nB\nC\nD", "ABCD"),  # four one-letter lines are read as the word they may spell
 ])
 def test_letters_spaced_out_are_joined_into_their_words(spaced: str, read: str) -> None:
     assert fold_text(spaced) == read

@@ -168,7 +168,16 @@ bool lone_letter(std::string_view text, size_t i) {
            (i + 1 == text.size() || !word_char(i + 1));
 }
 
-bool letter_separator(char c) { return c == ' ' || c == '.' || c == '-' || c == '_' || c == '*'; }
+// What can stand between the letters of a word spelled out: a space, a tab, a line break (a word written down the
+// page) or any ASCII punctuation but the apostrophe, which is part of a word, and the backslash, which starts an
+// escape ("\n\n" is no word) ("F-R-A-U-D", "w|o|r|d", "b/o/m/b").
+bool letter_separator(char c) {
+    return c == ' ' || c == '\t' || c == '\n' ||
+           (std::ispunct(static_cast<unsigned char>(c)) && c != '\'' && c != '\\');
+}
+
+// Two letters so joined are an abbreviation more often than a word ("w/o", "n/a", "R&D", "Q&A").
+bool abbreviation_mark(char c) { return c == '/' || c == '&'; }
 bool sentence_mark(char c) { return c == '.' || c == ',' || c == '!' || c == '?' || c == ';' || c == ':'; }
 
 // Lone letters joined by one separator, repeated: "b o m b", "F-R-A-U-D", "w.o.r.d"; a lone letter alone too.
@@ -178,12 +187,27 @@ struct spaced_run {
     char separator;  // '\0' for a lone letter alone
 };
 
+// The separator both runs share, where one of them is spaced by something other than spaces and the other by the
+// same or is a lone letter; '\0' otherwise.
+char shared_separator(const spaced_run & a, const spaced_run & b) {
+    const char c = a.separator ? a.separator : b.separator;
+    const bool fits = (a.separator == c || a.separator == '\0') && (b.separator == c || b.separator == '\0');
+    return fits && c != ' ' ? c : '\0';
+}
+
 // The gap between two runs of one spaced-out sentence: spaces, or a sentence mark then spaces (", " in "b o m b ,
-// n o w") between runs spaced by spaces, where a gap of spaces alone takes two (one is a run's own separator).
-// Returns false for any other gap; mark receives the sentence mark ('\0' for none).
+// n o w") between runs spaced by spaces, where a gap of spaces alone takes two (one is a run's own separator). Between
+// runs spaced by another separator, that separator around spaces or none: text with the separator put between every
+// two characters, spaces included ("h-o-w- -t-o", Python's "-".join), or a word written down the page per line with
+// a blank line between words. Returns false for any other gap; mark receives the sentence mark ('\0' for none).
 bool sentence_gap(std::string_view gap, const spaced_run & a, const spaced_run & b, char & mark) {
-    const size_t at = gap.find_first_not_of(' ');
     mark = '\0';
+    if (const char c = shared_separator(a, b);
+        c && gap.size() >= 2 && gap.front() == c && gap.back() == c &&
+        gap.find_first_not_of(' ', 1) == gap.size() - 1) {
+        return true;
+    }
+    const size_t at = gap.find_first_not_of(' ');
     const bool by_spaces = (a.separator == ' ' || a.separator == '\0') && (b.separator == ' ' || b.separator == '\0');
     if (at != std::string_view::npos) {
         // Only between runs spaced by spaces: "e.g. U.S." are initials, each ended by its own mark.
@@ -199,8 +223,8 @@ bool sentence_gap(std::string_view gap, const spaced_run & a, const spaced_run &
 
 // Letters spaced out ("h o w   t o   m a k e   a   b o m b", "F-R-A-U-D") joined into the words a reader reads:
 // a subword tokenizer reads one letter a token, which no guard was trained on. A group of runs joined by
-// sentence gaps is joined when one run holds at least 4 letters or two hold at least 2, so that chat shorthand
-// ("r u a", "i m a") and initials ("U.S.A.", "e.g.") stay as written.
+// sentence gaps is joined when one run holds at least 4 letters or two hold at least 2 (not abbreviations: "w/o b/c"),
+// so that chat shorthand ("r u a", "i m a") and initials ("U.S.A.", "e.g.") stay as written.
 std::string join_spaced_letters(std::string_view text) {
     std::vector<spaced_run> runs;
     for (size_t i = 0; i < text.size();) {
@@ -238,7 +262,7 @@ std::string join_spaced_letters(std::string_view text) {
         size_t words = 0;
         for (size_t r = first; r <= last; ++r) {
             longest = std::max(longest, runs[r].letters);
-            words += runs[r].letters >= 2;
+            words += runs[r].letters >= 3 || (runs[r].letters == 2 && !abbreviation_mark(runs[r].separator));
         }
         if (longest < 4 && words < 2) {
             first = last + 1;
