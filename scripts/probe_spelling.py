@@ -126,6 +126,7 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "mathematical bold": math_bold,
     "Cyrillic look-alikes for a, c, e, i, o, p, x, y": lambda t: t.translate(CYRILLIC),
     "letters spaced out": lambda t: " ".join(t),
+    "two spaces between every character": lambda t: "  ".join(t),
     "hyphen between every character": lambda t: "-".join(t),
     "bar between the letters of each word": lambda t: " ".join("|".join(w) for w in t.split(" ")),
     "one character a line": lambda t: "\n".join(t),

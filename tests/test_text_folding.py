@@ -51,6 +51,7 @@ SPELLINGS = {
     "letters spaced out, words by two spaces": lambda t: "  ".join(" ".join(w) for w in t.split(" ")),
     "letters joined by hyphens": lambda t: " ".join("-".join(w) for w in t.split(" ")),
     "every character joined by hyphens": lambda t: "-".join(t),  # spaces too: Python's "-".join(text)
+    "two spaces between every character": lambda t: "  ".join(t),
     "letters joined by bars": lambda t: " ".join("|".join(w) for w in t.split(" ")),
     "one character a line": lambda t: "\n".join(t),  # written down the page, a blank line between words
     "small capitals": lambda t: t.translate(SMALL_CAPITALS),
@@ -82,6 +83,7 @@ def test_ordinary_text_is_read_as_given(text: str) -> None:
     "e.g. the U.S. and the U.K.", "R.I.P. J. R. R. Tolkien", "i.e. a.m. or p.m.",  # initials
     "x = a + b", "a  b", "Is it A or B?", "1 2 3 4 5", "t-o m",
     "w/o b/c", "R&D and Q&A", "d/s d&s",  # abbreviations
+    "You can suck my s**tty d**n c**k!", "a    b    c    d",  # words censored; letters 4 spaces apart
     "\\n\\n\\n\\n\\t\\r", "C:\\a\\b\\c\\d",  # escapes and paths: a backslash joins no letters
     "- a\n- b\n- c\n- d", "a)\nb)\nc)\nd)", "a\n\nb\n\nc\n\nd",  # lists
 ])
@@ -103,6 +105,7 @@ def test_lone_letters_that_spell_nothing_are_read_as_given(text: str) -> None:
     ("b/o/m/b, b|o|m|b, b+o+m+b, b~o~m~b, b:o:m:b", "bomb, bomb, bomb, bomb, bomb"),
     ("h.o.w. .t.o", "how to"), ("h-o-w--t-o", "how to"), ("h\to\tw\t \tt\to", "how to"),
     ("A\nB\nC\nD", "ABCD"),  # four one-letter lines are read as the word they may spell
+    ("h  o  w     t  o", "how to"), ("b  o  m  b  .", "bomb."), ("a  b o m b", "a bomb"),
 ])
 def test_letters_spaced_out_are_joined_into_their_words(spaced: str, read: str) -> None:
     assert fold_text(spaced) == read

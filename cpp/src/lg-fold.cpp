@@ -180,11 +180,34 @@ bool letter_separator(char c) {
 bool abbreviation_mark(char c) { return c == '/' || c == '&'; }
 bool sentence_mark(char c) { return c == '.' || c == ',' || c == '!' || c == '?' || c == ';' || c == ':'; }
 
-// Lone letters joined by one separator, repeated: "b o m b", "F-R-A-U-D", "w.o.r.d"; a lone letter alone too.
+// What stands between a lone letter and the next: one separator character, or up to 3 spaces ("b  o  m  b"; not
+// "d**n", a word censored).
+struct letter_gap {
+    char separator = '\0';  // '\0': no lone letter follows
+    size_t width = 0;
+};
+
+letter_gap gap_after(std::string_view text, size_t letter) {
+    const size_t from = letter + 1;
+    if (from >= text.size() || !letter_separator(text[from])) {
+        return {};
+    }
+    size_t width = 1;
+    while (from + width < text.size() && text[from + width] == text[from]) {
+        ++width;
+    }
+    if (width > (text[from] == ' ' ? 3 : 1) || !lone_letter(text, from + width)) {
+        return {};
+    }
+    return {text[from], width};
+}
+
+// Lone letters joined by one gap, repeated: "b o m b", "F-R-A-U-D", "w.o.r.d", "b  o  m  b"; a lone letter alone too.
 struct spaced_run {
     size_t begin, end;  // text[begin, end)
     size_t letters;
     char separator;  // '\0' for a lone letter alone
+    size_t width;    // how many times the separator stands between two letters (0 for a lone letter alone)
 };
 
 // The separator both runs share, where one of them is spaced by something other than spaces and the other by the
@@ -209,6 +232,8 @@ bool sentence_gap(std::string_view gap, const spaced_run & a, const spaced_run &
     }
     const size_t at = gap.find_first_not_of(' ');
     const bool by_spaces = (a.separator == ' ' || a.separator == '\0') && (b.separator == ' ' || b.separator == '\0');
+    // wider than the runs' own gaps: "h  o  w     t  o"
+    const size_t word_gap = std::max<size_t>({a.width, b.width, 1}) + 1;
     if (at != std::string_view::npos) {
         // Only between runs spaced by spaces: "e.g. U.S." are initials, each ended by its own mark.
         if (!by_spaces || !sentence_mark(gap[at]) || gap.find_first_not_of(' ', at + 1) != std::string_view::npos ||
@@ -218,7 +243,7 @@ bool sentence_gap(std::string_view gap, const spaced_run & a, const spaced_run &
         mark = gap[at];
         return true;
     }
-    return !gap.empty() && (gap.size() >= 2 || !by_spaces);
+    return !gap.empty() && (gap.size() >= word_gap || !by_spaces);
 }
 
 // Letters spaced out ("h o w   t o   m a k e   a   b o m b", "F-R-A-U-D") joined into the words a reader reads:
@@ -232,16 +257,19 @@ std::string join_spaced_letters(std::string_view text) {
             ++i;
             continue;
         }
-        spaced_run run{i, i + 1, 1, '\0'};
-        // A space binds less than the other separators: a second letter that starts a run spaced by one of them
-        // belongs to that run ("a b-o-m-b").
-        const size_t second = i + 2;
-        const bool starts_other = second + 2 < text.size() && text[i + 1] == ' ' && text[second + 1] != ' ' &&
-                                  letter_separator(text[second + 1]) && lone_letter(text, second + 2);
-        if (second < text.size() && letter_separator(text[i + 1]) && lone_letter(text, second) && !starts_other) {
-            run.separator = text[i + 1];
-            while (run.end + 1 < text.size() && text[run.end] == run.separator && lone_letter(text, run.end + 1)) {
-                run.end += 2;
+        spaced_run run{i, i + 1, 1, '\0', 0};
+        // A space binds less than the other separators, and a narrow gap more than a wide one: a second letter that
+        // starts a run of another gap belongs to that run ("a b-o-m-b", "a  b o m b").
+        const letter_gap gap = gap_after(text, i);
+        const letter_gap next_gap = gap.width ? gap_after(text, i + gap.width + 1) : letter_gap{};
+        const bool starts_other = next_gap.width && (next_gap.separator != gap.separator ? gap.separator == ' '
+                                                                                         : next_gap.width < gap.width);
+        if (gap.width && !starts_other) {
+            run.separator = gap.separator;
+            run.width = gap.width;
+            for (letter_gap next = gap; next.separator == run.separator && next.width == run.width;
+                 next = gap_after(text, run.end - 1)) {
+                run.end += run.width + 1;
                 ++run.letters;
             }
         }
@@ -270,7 +298,7 @@ std::string join_spaced_letters(std::string_view text) {
         }
         out.append(text.substr(copied, runs[first].begin - copied));
         for (size_t r = first; r <= last; ++r) {
-            for (size_t k = runs[r].begin; k < runs[r].end; k += runs[r].separator ? 2 : 1) {
+            for (size_t k = runs[r].begin; k < runs[r].end; k += runs[r].width + 1) {
                 out.push_back(text[k]);
             }
             if (r < last) {
@@ -282,11 +310,13 @@ std::string join_spaced_letters(std::string_view text) {
             }
         }
         copied = runs[last].end;
-        // "b o m b ." and "b-o-m-b-." end as "bomb."
+        // "b o m b .", "b  o  m  b  ." and "b-o-m-b-." end as "bomb."
         const std::string_view rest = text.substr(copied);
-        if (rest.size() >= 2 && (rest[0] == ' ' || rest[0] == runs[last].separator) && sentence_mark(rest[1]) &&
-            (rest.size() == 2 || std::isspace(static_cast<unsigned char>(rest[2])))) {
-            ++copied;
+        const char before_mark = rest.empty() || rest[0] != runs[last].separator ? ' ' : runs[last].separator;
+        const size_t n = std::min(rest.find_first_not_of(before_mark), rest.size());
+        if (n >= 1 && n < rest.size() && n <= std::max<size_t>(runs[last].width, 1) && sentence_mark(rest[n]) &&
+            (n + 1 == rest.size() || std::isspace(static_cast<unsigned char>(rest[n + 1])))) {
+            copied += n;
         }
         first = last + 1;
     }
