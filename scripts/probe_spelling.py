@@ -13,6 +13,7 @@ import base64
 import binascii
 import codecs
 import quopri
+import random
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,18 @@ def uuencode(text: str) -> str:
     return "".join(binascii.b2a_uu(data[i: i + 45]).decode() for i in range(0, len(data), 45))
 
 
+def emoji_inside_words(text: str, emoji: str = "\U0001F60A", seed: int = 0) -> str:
+    """An emoji put inside each word of 3 letters or more, at a seeded place (Wei et al., 2024, "Emoji Attack")."""
+    rng = random.Random(seed)
+    words = []
+    for word in text.split(" "):
+        if len(word) >= 3:
+            k = rng.randint(1, len(word) - 1)
+            word = word[:k] + emoji + word[k:]
+        words.append(word)
+    return " ".join(words)
+
+
 SPELLINGS: dict[str, Callable[[str], str]] = {
     "plain": lambda t: t,
     "zero-width space between every character": lambda t: "\u200b".join(t),
@@ -130,6 +143,8 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "hyphen between every character": lambda t: "-".join(t),
     "bar between the letters of each word": lambda t: " ".join("|".join(w) for w in t.split(" ")),
     "one character a line": lambda t: "\n".join(t),
+    "an emoji inside each word (the emoji attack)": emoji_inside_words,
+    "an emoji between every character": lambda t: "\U0001F60A".join(t),
     "leetspeak (a 4, e 3, i 1, o 0, s 5, t 7)": lambda t: t.translate(LEET),
     "base64": lambda t: base64.b64encode(t.encode()).decode(),
     "hex": lambda t: t.encode().hex(),

@@ -54,6 +54,10 @@ SPELLINGS = {
     "two spaces between every character": lambda t: "  ".join(t),
     "letters joined by bars": lambda t: " ".join("|".join(w) for w in t.split(" ")),
     "one character a line": lambda t: "\n".join(t),  # written down the page, a blank line between words
+    "an emoji inside each word (the emoji attack)": lambda t: PROBE.emoji_inside_words(t),
+    "an emoji with a skin tone inside each word": lambda t: PROBE.emoji_inside_words(t, "\U0001F44D\U0001F3FD", 1),
+    "an emoji between every character": lambda t: "\U0001F60A".join(t),
+    "a middle dot between the letters of each word": lambda t: " ".join("\u00b7".join(w) for w in t.split(" ")),
     "small capitals": lambda t: t.translate(SMALL_CAPITALS),
 }
 
@@ -109,6 +113,28 @@ def test_lone_letters_that_spell_nothing_are_read_as_given(text: str) -> None:
 ])
 def test_letters_spaced_out_are_joined_into_their_words(spaced: str, read: str) -> None:
     assert fold_text(spaced) == read
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    ("Gi\U0001F60Ave me st\U0001F60Aep", "Give me step"),  # the emoji attack: in a word, taken out
+    ("Give\U0001F60Ame\U0001F60Astep", "Give me step"),  # text with no space: in a word, a space
+    ("b0\U0001F60Amb now", "b0mb now"),  # beside a digit of leetspeak
+    ("dic\u00b7tion\u00b7ar\u00b7y", "dictionary"),  # dots stand for no space
+    ("#GetFiredUp\U0001F525Get it", "#GetFiredUp Get it"),  # a word ends before a capital
+    # once one is inside a word, those touching a word go too; one standing alone stays
+    ("KR\U0001F19AKR, I \u2764 it, great\U0001F60A thanks", "KRKR, I \u2764 it, great thanks"),
+])
+def test_pictographs_inside_words_are_taken_out(text: str, read: str) -> None:
+    assert fold_text(text) == read
+
+
+@pytest.mark.parametrize("text", [
+    "I love it \U0001F60A", "make a \U0001F4A3 now", "make a\U0001F4A3 now", "great\U0001F44D\U0001F3FD thanks",
+    "16\u00b73 km", "this\u2014that", "\U0001F60A\U0001F60A\U0001F60A", "5\u2605 hotel",
+])
+def test_pictographs_beside_words_are_kept(text: str) -> None:
+    """No pictograph inside a word: the text keeps its emoji (a guard may read them), dashes and decimal dots."""
+    assert fold_text(text) == text
 
 
 def _script(name: str) -> ModuleType:

@@ -327,6 +327,76 @@ std::string join_spaced_letters(std::string_view text) {
     return out;
 }
 
+// The dots a word is cut up with (· • ‧ ∙ ⋅): syllables (dic·tion·ar·y), letters spelled out, or a disguise
+bool is_word_dot(uint32_t cp) { return cp == 0xB7 || cp == 0x2022 || cp == 0x2027 || cp == 0x2219 || cp == 0x22C5; }
+
+// Emoji, dingbats, arrows and geometric shapes, and the word dots: what the "emoji attack" on guard models puts
+// inside words ("bo😊mb"). Dashes are not among them: "this—that" is ordinary prose.
+bool is_pictograph(uint32_t cp) {
+    return is_word_dot(cp) || (cp >= 0x2190 && cp <= 0x21FF) || (cp >= 0x2300 && cp <= 0x23FF) || (cp >= 0x25A0 && cp <= 0x27BF) ||
+           (cp >= 0x2900 && cp <= 0x297F) || (cp >= 0x2B00 && cp <= 0x2BFF) || (cp >= 0x1F000 && cp <= 0x1FAFF);
+}
+
+// Pictographs put inside words taken out, so that the words are read: a reader reads "bo😊mb an😊d" as "bomb and"
+// while a subword tokenizer cuts each word in pieces (minilm, which reads an emoji as [UNK], scored 0.003 against
+// 0.998 on a request so written). Where a run of them stands between two letters, every run that touches a letter is
+// taken out ("G😊i😊v😊e😊 😊m😊e", "b0😊mb"); one between two letters stands for a space where it ends a word (a lower-case
+// letter before, a capital after) or where the text has no space or line break of its own, unless it is dots
+// ("Give😊me😊step", but "dic·tion·ar·y"). A text with no such run keeps its emoji: "I love it 😊", "make a 💣",
+// and digits keep their dots ("16·3").
+std::string read_through_pictographs(std::string_view text) {
+    struct run {
+        size_t begin, end;
+        bool dots;  // word dots only
+    };
+    std::vector<run> runs;
+    size_t len = 0;
+    for (size_t i = 0; i < text.size(); i += len) {
+        const uint32_t cp = decode_valid_utf8(text, i, len);
+        if (!is_pictograph(cp)) {
+            continue;
+        }
+        if (!runs.empty() && runs.back().end == i) {
+            runs.back().end = i + len;
+            runs.back().dots = runs.back().dots && is_word_dot(cp);
+        } else {
+            runs.push_back({i, i + len, is_word_dot(cp)});
+        }
+    }
+    const auto letter_at = [&](size_t i) {
+        return i < text.size() && std::isalpha(static_cast<unsigned char>(text[i]));
+    };
+    const auto alnum_at = [&](size_t i) {
+        return i < text.size() && std::isalnum(static_cast<unsigned char>(text[i]));
+    };
+    // between two letters, or a letter and a digit ("b0😊mb": leetspeak is read later, as letters)
+    const auto inside_word = [&](const run & r) {
+        return r.begin > 0 && alnum_at(r.begin - 1) && alnum_at(r.end) && (letter_at(r.begin - 1) || letter_at(r.end));
+    };
+    if (std::none_of(runs.begin(), runs.end(), inside_word)) {
+        return std::string(text);
+    }
+    const bool spaced = text.find_first_of(" \n\r\t") != std::string_view::npos;
+    std::string out;
+    out.reserve(text.size());
+    size_t copied = 0;
+    for (const run & r : runs) {
+        if (!(r.begin > 0 && letter_at(r.begin - 1)) && !letter_at(r.end) && !inside_word(r)) {
+            continue;  // an emoji standing alone is left to the guard
+        }
+        out.append(text.substr(copied, r.begin - copied));
+        // between a lower-case and a capital letter it ends a word ("#GetFiredUp🔥Get", "Israel•Reply•Share")
+        const bool word_break = inside_word(r) && std::islower(static_cast<unsigned char>(text[r.begin - 1])) &&
+                                std::isupper(static_cast<unsigned char>(text[r.end]));
+        if (word_break || (inside_word(r) && !spaced && !r.dots)) {
+            out.push_back(' ');
+        }
+        copied = r.end;
+    }
+    out.append(text.substr(copied));
+    return out;
+}
+
 // Compatibility forms, invisible code points and look-alike letters.
 std::string fold_characters(std::string_view text) {
     std::string folded;
@@ -387,6 +457,8 @@ std::string fold_characters(std::string_view text) {
 
 }  // namespace
 
-std::string fold_text(std::string_view text) { return join_spaced_letters(fold_characters(text)); }
+std::string fold_text(std::string_view text) {
+    return join_spaced_letters(read_through_pictographs(fold_characters(text)));
+}
 
 }  // namespace lg

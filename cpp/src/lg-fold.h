@@ -13,8 +13,8 @@ namespace lg {
 // hyphens, bidirectional controls, variation selectors; tags that spell ASCII read as that ASCII, so text hidden in
 // them is read), and in a word that holds Latin letters, Cyrillic, Greek and Armenian letters drawn like Latin ones
 // replaced by them, and letters spaced out joined into the words they spell ("b o m b", "F-R-A-U-D", "b|o|m|b", one
-// letter per line, "h-o-w- -t-o"; not initials or chat shorthand: "U.S.A.", "r u a"). ASCII text changes only where
-// letters are spaced out.
+// letter per line, "h-o-w- -t-o"; not initials or chat shorthand: "U.S.A.", "r u a"), and emoji and other
+// pictographs put inside words taken out ("bo😊mb"). ASCII text changes only where letters are spaced out.
 std::string fold_text(std::string_view text);
 
 }  // namespace lg
