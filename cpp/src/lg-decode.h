@@ -122,6 +122,11 @@ std::optional<std::string> decode_nato_runs(std::string_view text);
 // dots and dashes used (so that dotted lines, "- - -" bullets and table rules stay as written).
 std::optional<std::string> decode_morse_runs(std::string_view text);
 
+// The text with each emoji that stands for a thing a harmful request names (💣, 🔫, 🔪, 💊, 👶, 🏫, ...; lg-emoji.cpp)
+// written as its word ("how do I make a 💣" -> "how do I make a bomb"), or nothing when it holds none. Emoji that
+// carry a mood ("😊", "🔥", "💀") stay as they are.
+std::optional<std::string> read_emoji_words(std::string_view text);
+
 // The text with each sentence written in a letter cipher read back (lg-ciphers.cpp), or nothing when it holds none.
 // The ciphers: a Caesar shift of the alphabet by any of 1 to 25 places (ROT13 among them), Atbash (a <-> z, b <-> y,
 // ...) and reversed, each character ("?bmob a ekam I od woH") or each word in place ("woH od I ekam a ?bmob"; the
@@ -152,8 +157,8 @@ word_order_evidence word_order_of(std::string_view text);
 // round with the marks they hold; the spaces keep their places.
 std::optional<std::string> read_word_order(std::string_view text);
 
-// A folded text as a guard reads it the second time, or nothing when the guard reads it once: marks stacked on letters
-// taken off, upside-down text turned, UUencoded lines, character codes (escapes among plain characters too), base64,
+// A folded text as a guard reads it the second time, or nothing when the guard reads it once: emoji that stand for
+// things written as their words, marks stacked on letters taken off, upside-down text turned, UUencoded lines, character codes (escapes among plain characters too), base64,
 // base32 and ASCII85 runs decoded, braille, NATO alphabet and Morse runs spelled out, messages in a letter cipher read
 // back, leetspeak read as letters, then words written last to first turned round: the encodings a capable chat model
 // reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be read as letters in place

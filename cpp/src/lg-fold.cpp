@@ -1,5 +1,6 @@
 #include "lg-fold.h"
 
+#include "lg-emoji.h"
 #include "lg-text.h"
 
 #include <algorithm>
@@ -333,7 +334,8 @@ bool is_word_dot(uint32_t cp) { return cp == 0xB7 || cp == 0x2022 || cp == 0x202
 // Emoji, dingbats, arrows and geometric shapes, and the word dots: what the "emoji attack" on guard models puts
 // inside words ("bo😊mb"). Dashes are not among them: "this—that" is ordinary prose.
 bool is_pictograph(uint32_t cp) {
-    return is_word_dot(cp) || (cp >= 0x2190 && cp <= 0x21FF) || (cp >= 0x2300 && cp <= 0x23FF) || (cp >= 0x25A0 && cp <= 0x27BF) ||
+    return is_word_dot(cp) || (cp >= 0x2190 && cp <= 0x21FF) || (cp >= 0x2300 && cp <= 0x23FF) ||
+           (cp >= 0x25A0 && cp <= 0x27BF) ||
            (cp >= 0x2900 && cp <= 0x297F) || (cp >= 0x2B00 && cp <= 0x2BFF) || (cp >= 0x1F000 && cp <= 0x1FAFF);
 }
 
@@ -342,8 +344,9 @@ bool is_pictograph(uint32_t cp) {
 // 0.998 on a request so written). Where a run of them stands between two letters, every run that touches a letter is
 // taken out ("G😊i😊v😊e😊 😊m😊e", "b0😊mb"); one between two letters stands for a space where it ends a word (a lower-case
 // letter before, a capital after) or where the text has no space or line break of its own, unless it is dots
-// ("Give😊me😊step", but "dic·tion·ar·y"). A text with no such run keeps its emoji: "I love it 😊", "make a 💣",
-// and digits keep their dots ("16·3").
+// ("Give😊me😊step", but "dic·tion·ar·y"). A text with no such run keeps its emoji: "I love it 😊", and digits keep
+// their dots ("16·3"). Emoji that stand for a word stay wherever they are ("a💣"): the decoded reading reads them as
+// their words.
 std::string read_through_pictographs(std::string_view text) {
     struct run {
         size_t begin, end;
@@ -353,8 +356,8 @@ std::string read_through_pictographs(std::string_view text) {
     size_t len = 0;
     for (size_t i = 0; i < text.size(); i += len) {
         const uint32_t cp = decode_valid_utf8(text, i, len);
-        if (!is_pictograph(cp)) {
-            continue;
+        if (!is_pictograph(cp) || emoji_stands_for_word(cp)) {
+            continue;  // an emoji that stands for a word is read as that word (lg::read_emoji_words)
         }
         if (!runs.empty() && runs.back().end == i) {
             runs.back().end = i + len;

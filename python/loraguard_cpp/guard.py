@@ -111,7 +111,9 @@ def fold_text(text: str) -> str:
 
 def decoded_reading(text: str) -> str | None:
     """The second text a guard reads for ``text``, scored beside :func:`fold_text`'s with the higher score kept: the
-    folded text with what a capable chat model decodes in it decoded. Zalgo marks stacked on letters are taken off, text
+    folded text with what a capable chat model decodes in it decoded. Emoji that stand for what a harmful request names
+    are written as their words (``make a 💣`` as ``make a bomb``; emoji of a mood stay), Zalgo marks stacked on letters
+    are taken off, text
     written upside down (each letter's turned look-alike, last to first) is turned the right way up, runs of character
     codes (hex, binary, ``\\x`` ``\\u`` ``%`` ``&#`` escapes; a word with two URL or quoted-printable escapes,
     ``How%20do%20I``), UUencoded lines and runs of base64, base32 and ASCII85 that decode to text are replaced by it,
