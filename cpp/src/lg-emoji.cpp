@@ -1,11 +1,10 @@
 #include "lg-emoji.h"
 
+#include "lg-cp-table.h"
 #include "lg-decode.h"
 #include "lg-text.h"
 
-#include <algorithm>
 #include <cstdint>
-#include <iterator>
 
 namespace {
 
@@ -31,22 +30,7 @@ constexpr emoji_word k_emoji_words[] = {
     {0x1F9E8, "dynamite"},   {0x1F9EA, "chemicals"},  {0x1FA78, "blood"},       {0x1FA93, "axe"},
 };
 
-constexpr bool sorted_by_cp() {
-    for (size_t i = 1; i < std::size(k_emoji_words); ++i) {
-        if (!(k_emoji_words[i - 1].cp < k_emoji_words[i].cp)) {
-            return false;
-        }
-    }
-    return true;
-}
-static_assert(sorted_by_cp(), "word_of searches by binary search");
-
-const emoji_word * word_of(uint32_t cp) {
-    const auto * end = std::end(k_emoji_words);
-    const auto * it = std::lower_bound(std::begin(k_emoji_words), end, cp,
-                                       [](const emoji_word & e, uint32_t c) { return e.cp < c; });
-    return it != end && it->cp == cp ? it : nullptr;
-}
+static_assert(lg::sorted_by_cp(k_emoji_words), "find_cp searches by binary search");
 
 bool is_skin_tone(uint32_t cp) { return cp >= 0x1F3FB && cp <= 0x1F3FF; }
 
@@ -54,7 +38,7 @@ bool is_skin_tone(uint32_t cp) { return cp >= 0x1F3FB && cp <= 0x1F3FF; }
 
 namespace lg {
 
-bool emoji_stands_for_word(uint32_t cp) { return word_of(cp) != nullptr; }
+bool emoji_stands_for_word(uint32_t cp) { return find_cp(k_emoji_words, cp) != nullptr; }
 
 std::optional<std::string> read_emoji_words(std::string_view text) {
     std::string out;
@@ -62,7 +46,7 @@ std::optional<std::string> read_emoji_words(std::string_view text) {
     size_t len = 0;
     for (size_t i = 0; i < text.size(); i += len) {
         const uint32_t cp = decode_valid_utf8(text, i, len);
-        const emoji_word * e = word_of(cp);
+        const auto * e = find_cp(k_emoji_words, cp);
         if (!e) {
             out.append(text.substr(i, len));
             continue;

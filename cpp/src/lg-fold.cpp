@@ -1,5 +1,6 @@
 #include "lg-fold.h"
 
+#include "lg-cp-table.h"
 #include "lg-emoji.h"
 #include "lg-text.h"
 
@@ -72,22 +73,8 @@ constexpr look_alike small_capitals[] = {
     {0x1D22, 'z'}, {0xA730, 'f'}, {0xA731, 's'},
 };
 
-template <typename Table> constexpr bool sorted_by_cp(const Table & table) {
-    for (size_t i = 1; i < std::size(table); ++i) {
-        if (!(table[i - 1].cp < table[i].cp)) {
-            return false;
-        }
-    }
-    return true;
-}
-static_assert(sorted_by_cp(fold_table) && sorted_by_cp(look_alikes) && sorted_by_cp(small_capitals), "find_cp searches by binary search");
-
-template <typename Table, typename Key>
-const auto * find_cp(const Table & table, Key cp) {
-    const auto * end = std::end(table);
-    const auto * it = std::lower_bound(std::begin(table), end, cp, [](const auto & e, Key c) { return e.cp < c; });
-    return it != end && it->cp == cp ? it : nullptr;
-}
+static_assert(sorted_by_cp(fold_table) && sorted_by_cp(look_alikes) && sorted_by_cp(small_capitals),
+              "find_cp searches by binary search");
 
 bool is_ignorable(uint32_t cp) {
     return std::any_of(std::begin(ignorable), std::end(ignorable),
