@@ -158,12 +158,13 @@ word_order_evidence word_order_of(std::string_view text);
 std::optional<std::string> read_word_order(std::string_view text);
 
 // A folded text as a guard reads it the second time, or nothing when the guard reads it once: emoji that stand for
-// things written as their words, marks stacked on letters taken off, upside-down text turned, UUencoded lines, character codes (escapes among plain characters too), base64,
-// base32 and ASCII85 runs decoded, braille, NATO alphabet and Morse runs spelled out, messages in a letter cipher read
-// back, leetspeak read as letters, then words written last to first turned round: the encodings a capable chat model
-// reads without being told how (Wei et al., "Jailbroken", 2023). Digits cannot be read as letters in place
-// ("3D-printed", "mp3" and "Windows 10" would lose what they say), nor can base64 be decoded in place (a key or hash
-// stays a key), so a guard scores this reading beside the text as written and keeps the higher score.
+// things written as their words, marks stacked on letters taken off, upside-down text turned, UUencoded lines,
+// character codes (escapes among plain characters too), base64, base32 and ASCII85 runs decoded, braille, NATO
+// alphabet and Morse runs spelled out, messages in a letter cipher read back, leetspeak read as letters, then words
+// written last to first turned round: the encodings a capable chat model reads without being told how (Wei et al.,
+// "Jailbroken", 2023). Digits cannot be read as letters in place ("3D-printed", "mp3" and "Windows 10" would lose
+// what they say), nor can base64 be decoded in place (a key or hash stays a key), so a guard scores this reading
+// beside the text as written and keeps the higher score.
 std::optional<std::string> decoded_reading(std::string_view folded);
 
 }  // namespace lg

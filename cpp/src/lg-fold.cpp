@@ -322,15 +322,15 @@ bool is_word_dot(uint32_t cp) { return cp == 0xB7 || cp == 0x2022 || cp == 0x202
 // inside words ("bo😊mb"). Dashes are not among them: "this—that" is ordinary prose.
 bool is_pictograph(uint32_t cp) {
     return is_word_dot(cp) || (cp >= 0x2190 && cp <= 0x21FF) || (cp >= 0x2300 && cp <= 0x23FF) ||
-           (cp >= 0x25A0 && cp <= 0x27BF) ||
-           (cp >= 0x2900 && cp <= 0x297F) || (cp >= 0x2B00 && cp <= 0x2BFF) || (cp >= 0x1F000 && cp <= 0x1FAFF);
+           (cp >= 0x25A0 && cp <= 0x27BF) || (cp >= 0x2900 && cp <= 0x297F) || (cp >= 0x2B00 && cp <= 0x2BFF) ||
+           (cp >= 0x1F000 && cp <= 0x1FAFF);
 }
 
 // Pictographs put inside words taken out, so that the words are read: a reader reads "bo😊mb an😊d" as "bomb and"
 // while a subword tokenizer cuts each word in pieces (minilm, which reads an emoji as [UNK], scored 0.003 against
 // 0.998 on a request so written). Where a run of them stands between two letters, every run that touches a letter is
-// taken out ("G😊i😊v😊e😊 😊m😊e", "b0😊mb"); one between two letters stands for a space where it ends a word (a lower-case
-// letter before, a capital after) or where the text has no space or line break of its own, unless it is dots
+// taken out ("G😊i😊v😊e😊 😊m😊e", "b0😊mb"); one between two letters stands for a space where it ends a word (a
+// lower-case letter before, a capital after) or where the text has no space or line break of its own, unless it is dots
 // ("Give😊me😊step", but "dic·tion·ar·y"). A text with no such run keeps its emoji: "I love it 😊", and digits keep
 // their dots ("16·3"). Emoji that stand for a word stay wherever they are ("a💣"): the decoded reading reads them as
 // their words.
@@ -359,9 +359,12 @@ std::string read_through_pictographs(std::string_view text) {
     const auto alnum_at = [&](size_t i) {
         return i < text.size() && std::isalnum(static_cast<unsigned char>(text[i]));
     };
+    const auto touches_letter = [&](const run & r) {
+        return (r.begin > 0 && letter_at(r.begin - 1)) || letter_at(r.end);
+    };
     // between two letters, or a letter and a digit ("b0😊mb": leetspeak is read later, as letters)
     const auto inside_word = [&](const run & r) {
-        return r.begin > 0 && alnum_at(r.begin - 1) && alnum_at(r.end) && (letter_at(r.begin - 1) || letter_at(r.end));
+        return r.begin > 0 && alnum_at(r.begin - 1) && alnum_at(r.end) && touches_letter(r);
     };
     if (std::none_of(runs.begin(), runs.end(), inside_word)) {
         return std::string(text);
@@ -371,7 +374,7 @@ std::string read_through_pictographs(std::string_view text) {
     out.reserve(text.size());
     size_t copied = 0;
     for (const run & r : runs) {
-        if (!(r.begin > 0 && letter_at(r.begin - 1)) && !letter_at(r.end) && !inside_word(r)) {
+        if (!touches_letter(r)) {
             continue;  // an emoji standing alone is left to the guard
         }
         out.append(text.substr(copied, r.begin - copied));
