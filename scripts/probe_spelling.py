@@ -132,6 +132,18 @@ def emoji_inside_words(text: str, emoji: str = "\U0001F60A", seed: int = 0) -> s
     return " ".join(words)
 
 
+def inside_each_word(text: str, mark: Callable[[str], str], seed: int = 0) -> str:
+    """One letter inside each word of 3 letters or more, at a seeded place, wrapped by `mark`."""
+    rng = random.Random(seed)
+    words = []
+    for word in text.split(" "):
+        if len(word) >= 3:
+            k = rng.randint(1, len(word) - 2)
+            word = word[:k] + mark(word[k]) + word[k + 1:]
+        words.append(word)
+    return " ".join(words)
+
+
 SPELLINGS: dict[str, Callable[[str], str]] = {
     "plain": lambda t: t,
     "zero-width space between every character": lambda t: "\u200b".join(t),
@@ -145,6 +157,9 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "one character a line": lambda t: "\n".join(t),
     "an emoji inside each word (the emoji attack)": emoji_inside_words,
     "an emoji between every character": lambda t: "\U0001F60A".join(t),
+    "a letter inside each word in markdown bold": lambda t: inside_each_word(t, lambda c: f"**{c}**"),
+    "an empty HTML tag inside each word": lambda t: inside_each_word(t, lambda c: f"<b></b>{c}"),
+    "an HTML comment inside each word": lambda t: inside_each_word(t, lambda c: f"<!-- -->{c}"),
     "leetspeak (a 4, e 3, i 1, o 0, s 5, t 7)": lambda t: t.translate(LEET),
     "base64": lambda t: base64.b64encode(t.encode()).decode(),
     "hex": lambda t: t.encode().hex(),

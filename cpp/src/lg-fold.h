@@ -14,7 +14,8 @@ namespace lg {
 // them is read), and in a word that holds Latin letters, Cyrillic, Greek and Armenian letters drawn like Latin ones
 // replaced by them, and letters spaced out joined into the words they spell ("b o m b", "F-R-A-U-D", "b|o|m|b", one
 // letter per line, "h-o-w- -t-o"; not initials or chat shorthand: "U.S.A.", "r u a"), and emoji and other
-// pictographs put inside words taken out ("bo😊mb"). ASCII text changes only where letters are spaced out.
+// pictographs put inside words taken out ("bo😊mb"), as is markup ("b<b></b>omb", "b**o**mb"; lg-markup.h). ASCII
+// text changes only where letters are spaced out or markup cuts a word.
 std::string fold_text(std::string_view text);
 
 }  // namespace lg

@@ -104,8 +104,9 @@ def fold_text(text: str) -> str:
     or mathematical letters as plain ones, invisible characters (zero-width, soft hyphens, bidi controls) removed, tag
     characters that spell ASCII read as it (text hidden in them is read), small capitals (``ʜᴏᴡ``) and the regional
     indicators flags are drawn from (``🇭🇴🇼``: ``HOW``) as letters, look-alike Cyrillic, Greek and Armenian
-    letters in a Latin word made Latin, letters spaced out (``b o m b``, ``F-R-A-U-D``) joined into their words.
-    Training and evaluation read rows through this so that a guard learns on what the runtime reads."""
+    letters in a Latin word made Latin, letters spaced out (``b o m b``, ``F-R-A-U-D``) joined into their words,
+    emoji and markup put inside words taken out (``bo😊mb``, ``b<b></b>omb``, ``b**o**mb``). Training and
+    evaluation read rows through this so that a guard learns on what the runtime reads."""
     return _native.fold_text(_utf8(text, "text"))
 
 

@@ -1,0 +1,16 @@
+// Markup put inside words, which a reader never sees: HTML tags and comments, markdown's emphasis and code marks.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace lg {
+
+// The text with the markup that cuts a word in pieces taken out, so that the word is read: "b<b></b>omb",
+// "bo<!-- -->mb", "b**o**mb" and "b`o`mb" are drawn as "bomb" (rendered, the markup shows nothing or only a letter's
+// weight), while a subword tokenizer reads pieces no guard was trained on. Markup between words or around whole words
+// ("**bold**", "<b>Note</b>") stays, as does a lone mark inside a word ("d**n", a word censored). Text without
+// such markup is returned as it is.
+std::string read_through_markup(std::string_view text);
+
+}  // namespace lg
