@@ -1,16 +1,13 @@
 #include "lg-markup.h"
 
+#include "lg-decode.h"
+
 #include <algorithm>
-#include <cctype>
 #include <iterator>
 #include <vector>
 
 namespace lg {
 namespace {
-
-bool is_letter(char c) { return std::isalpha(static_cast<unsigned char>(c)) != 0; }
-bool is_alnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
 // Inline elements, which a browser draws inside a line of text, and <wbr> ("a word may break here", made for the
 // inside of words): only these are taken for tags, so that a generic type in code ("List<String>x") is not.
@@ -24,9 +21,7 @@ constexpr size_t k_max_markup = 256;
 
 bool is_inline_tag(std::string_view name) {
     std::string lower(name);
-    std::transform(lower.begin(), lower.end(), lower.begin(), [](char c) {
-        return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    });
+    std::transform(lower.begin(), lower.end(), lower.begin(), to_ascii_lower);
     return std::find(std::begin(k_inline_tags), std::end(k_inline_tags), lower) != std::end(k_inline_tags);
 }
 
@@ -45,13 +40,14 @@ size_t markup_at(std::string_view text, size_t i) {
         ++j;
     }
     const size_t name_begin = j;
-    while (j < text.size() && is_alnum(text[j])) {
+    while (j < text.size() && is_ascii_alnum(text[j])) {
         ++j;
     }
-    if (j == name_begin || !is_letter(text[name_begin]) || !is_inline_tag(text.substr(name_begin, j - name_begin))) {
+    if (j == name_begin || !is_ascii_letter(text[name_begin]) ||
+        !is_inline_tag(text.substr(name_begin, j - name_begin))) {
         return 0;
     }
-    if (j < text.size() && !is_space(text[j]) && text[j] != '>' && text[j] != '/') {
+    if (j < text.size() && !is_ascii_space(text[j]) && text[j] != '>' && text[j] != '/') {
         return 0;  // the name ends at a space, '>' or '/': "<b-1>" is no tag
     }
     // attributes: anything up to the '>' but another '<' or a line break
@@ -72,10 +68,10 @@ struct span {
 
 // Between two letters, or a letter and a digit ("b0<b></b>mb": leetspeak is read later, as letters).
 bool inside_word(std::string_view text, const span & s) {
-    if (s.begin == 0 || s.end >= text.size() || !is_alnum(text[s.begin - 1]) || !is_alnum(text[s.end])) {
+    if (s.begin == 0 || s.end >= text.size() || !is_ascii_alnum(text[s.begin - 1]) || !is_ascii_alnum(text[s.end])) {
         return false;
     }
-    return is_letter(text[s.begin - 1]) || is_letter(text[s.end]);
+    return is_ascii_letter(text[s.begin - 1]) || is_ascii_letter(text[s.end]);
 }
 
 // Runs of tags and comments that stand inside a word, in order.
@@ -105,20 +101,20 @@ void find_emphasis(std::string_view text, std::vector<span> & cut) {
     const auto is_mark = [](char c) { return c == '*' || c == '`'; };
     size_t i = 0;
     while (i < text.size()) {
-        while (i < text.size() && is_space(text[i])) {
+        while (i < text.size() && is_ascii_space(text[i])) {
             ++i;
         }
         size_t end = i;
-        while (end < text.size() && !is_space(text[end])) {
+        while (end < text.size() && !is_ascii_space(text[end])) {
             ++end;
         }
         // the word without the punctuation a sentence puts around it ("(b**o**mb).")
         size_t begin = i;
-        while (begin < end && !is_alnum(text[begin]) && !is_mark(text[begin])) {
+        while (begin < end && !is_ascii_alnum(text[begin]) && !is_mark(text[begin])) {
             ++begin;
         }
         size_t last = end;
-        while (last > begin && !is_alnum(text[last - 1]) && !is_mark(text[last - 1])) {
+        while (last > begin && !is_ascii_alnum(text[last - 1]) && !is_mark(text[last - 1])) {
             --last;
         }
         std::vector<span> marks;
@@ -132,7 +128,7 @@ void find_emphasis(std::string_view text, std::vector<span> & cut) {
                 marks.push_back({j, k});
                 j = k;
             } else {
-                plain = is_alnum(text[j]);
+                plain = is_ascii_alnum(text[j]);
                 ++j;
             }
         }
