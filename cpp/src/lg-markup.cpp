@@ -29,8 +29,9 @@ bool is_inline_tag(std::string_view name) {
 // "<wbr/>"), or 0 where there is none.
 size_t markup_at(std::string_view text, size_t i) {
     if (text.compare(i, 4, "<!--") == 0) {
-        const size_t end = text.find("-->", i + 4);
-        return end != std::string_view::npos && end + 3 - i <= k_max_markup ? end + 3 - i : 0;
+        // looked for within the limit only: a text of unclosed comments is read in linear time
+        const size_t end = text.substr(i, k_max_markup).find("-->", 4);
+        return end != std::string_view::npos ? end + 3 : 0;
     }
     if (text[i] != '<') {
         return 0;
