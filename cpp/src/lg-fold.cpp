@@ -361,17 +361,11 @@ std::string read_through_pictographs(std::string_view text) {
     const auto letter_at = [&](size_t i) {
         return i < text.size() && std::isalpha(static_cast<unsigned char>(text[i]));
     };
-    const auto alnum_at = [&](size_t i) {
-        return i < text.size() && std::isalnum(static_cast<unsigned char>(text[i]));
-    };
     const auto touches_letter = [&](const run & r) {
         return (r.begin > 0 && letter_at(r.begin - 1)) || letter_at(r.end);
     };
-    // between two letters, or a letter and a digit ("b0😊mb": leetspeak is read later, as letters)
-    const auto inside_word = [&](const run & r) {
-        return r.begin > 0 && alnum_at(r.begin - 1) && alnum_at(r.end) && touches_letter(r);
-    };
-    if (std::none_of(runs.begin(), runs.end(), inside_word)) {
+    const auto in_word = [&](const run & r) { return inside_word(text, r.begin, r.end); };
+    if (std::none_of(runs.begin(), runs.end(), in_word)) {
         return std::string(text);
     }
     const bool spaced = text.find_first_of(" \n\r\t") != std::string_view::npos;
@@ -384,9 +378,9 @@ std::string read_through_pictographs(std::string_view text) {
         }
         out.append(text.substr(copied, r.begin - copied));
         // between a lower-case and a capital letter it ends a word ("#GetFiredUp🔥Get", "Israel•Reply•Share")
-        const bool word_break = inside_word(r) && std::islower(static_cast<unsigned char>(text[r.begin - 1])) &&
+        const bool word_break = in_word(r) && std::islower(static_cast<unsigned char>(text[r.begin - 1])) &&
                                 std::isupper(static_cast<unsigned char>(text[r.end]));
-        if (word_break || (inside_word(r) && !spaced && !r.dots)) {
+        if (word_break || (in_word(r) && !spaced && !r.dots)) {
             out.push_back(' ');
         }
         copied = r.end;

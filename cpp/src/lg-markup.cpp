@@ -67,14 +67,6 @@ struct span {
     size_t begin, end;
 };
 
-// Between two letters, or a letter and a digit ("b0<b></b>mb": leetspeak is read later, as letters).
-bool inside_word(std::string_view text, const span & s) {
-    if (s.begin == 0 || s.end >= text.size() || !is_ascii_alnum(text[s.begin - 1]) || !is_ascii_alnum(text[s.end])) {
-        return false;
-    }
-    return is_ascii_letter(text[s.begin - 1]) || is_ascii_letter(text[s.end]);
-}
-
 // Runs of tags and comments that stand inside a word, in order.
 void find_tags(std::string_view text, std::vector<span> & cut) {
     cut.clear();
@@ -87,7 +79,7 @@ void find_tags(std::string_view text, std::vector<span> & cut) {
             ++i;
             continue;
         }
-        if (inside_word(text, run)) {
+        if (inside_word(text, run.begin, run.end)) {
             cut.push_back(run);
         }
         i = run.end;
@@ -100,6 +92,7 @@ void find_tags(std::string_view text, std::vector<span> & cut) {
 void find_emphasis(std::string_view text, std::vector<span> & cut) {
     cut.clear();
     const auto is_mark = [](char c) { return c == '*' || c == '`'; };
+    std::vector<span> marks;  // of the current word
     size_t i = 0;
     while (i < text.size()) {
         while (i < text.size() && is_ascii_space(text[i])) {
@@ -118,7 +111,7 @@ void find_emphasis(std::string_view text, std::vector<span> & cut) {
         while (last > begin && !is_ascii_alnum(text[last - 1]) && !is_mark(text[last - 1])) {
             --last;
         }
-        std::vector<span> marks;
+        marks.clear();
         bool plain = true;
         for (size_t j = begin; j < last && plain;) {
             if (is_mark(text[j])) {
@@ -139,7 +132,8 @@ void find_emphasis(std::string_view text, std::vector<span> & cut) {
             paired = len <= 3 && text[marks[m].begin] == text[marks[m + 1].begin] &&
                      len == marks[m + 1].end - marks[m + 1].begin;
         }
-        if (paired && std::any_of(marks.begin(), marks.end(), [&](const span & s) { return inside_word(text, s); })) {
+        const auto in_word = [&](const span & s) { return inside_word(text, s.begin, s.end); };
+        if (paired && std::any_of(marks.begin(), marks.end(), in_word)) {
             cut.insert(cut.end(), marks.begin(), marks.end());
         }
         i = end;
@@ -160,6 +154,13 @@ std::string without(std::string_view text, const std::vector<span> & cut) {
 }
 
 }  // namespace
+
+bool inside_word(std::string_view text, size_t begin, size_t end) {
+    if (begin == 0 || end >= text.size() || !is_ascii_alnum(text[begin - 1]) || !is_ascii_alnum(text[end])) {
+        return false;
+    }
+    return is_ascii_letter(text[begin - 1]) || is_ascii_letter(text[end]);
+}
 
 std::string read_through_markup(std::string_view text) {
     std::vector<span> cut;

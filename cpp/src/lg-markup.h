@@ -13,4 +13,8 @@ namespace lg {
 // such markup is returned as it is.
 std::string read_through_markup(std::string_view text);
 
+// Whether text[begin, end) stands inside a word: between two ASCII letters, or a letter and a digit ("b0<b></b>mb",
+// "b0😊mb": leetspeak is read later, as letters). What folding takes out only there: markup and pictographs.
+bool inside_word(std::string_view text, size_t begin, size_t end);
+
 }  // namespace lg
