@@ -144,6 +144,11 @@ def inside_each_word(text: str, mark: Callable[[str], str], seed: int = 0) -> st
     return " ".join(words)
 
 
+def terminal_colours(text: str) -> str:
+    """Each word in a colour of its own, as a terminal draws ANSI escape sequences, reset after it."""
+    return " ".join(f"\x1b[{31 + k % 7}m{word}\x1b[0m" for k, word in enumerate(text.split(" ")))
+
+
 SPELLINGS: dict[str, Callable[[str], str]] = {
     "plain": lambda t: t,
     "zero-width space between every character": lambda t: "\u200b".join(t),
@@ -160,6 +165,11 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "a letter inside each word in markdown bold": lambda t: inside_each_word(t, lambda c: f"**{c}**"),
     "an empty HTML tag inside each word": lambda t: inside_each_word(t, lambda c: f"<b></b>{c}"),
     "an HTML comment inside each word": lambda t: inside_each_word(t, lambda c: f"<!-- -->{c}"),
+    "a letter inside each word as an HTML reference": lambda t: inside_each_word(t, lambda c: f"&#x{ord(c):x};"),
+    "an HTML soft hyphen inside each word": lambda t: inside_each_word(t, lambda c: f"&shy;{c}"),
+    "an HTML zero-width space inside each word": lambda t: inside_each_word(t, lambda c: f"&#8203;{c}"),
+    "each word coloured for a terminal": terminal_colours,
+    "a letter inside each word in terminal bold": lambda t: inside_each_word(t, lambda c: f"\x1b[1m{c}\x1b[0m"),
     "leetspeak (a 4, e 3, i 1, o 0, s 5, t 7)": lambda t: t.translate(LEET),
     "base64": lambda t: base64.b64encode(t.encode()).decode(),
     "hex": lambda t: t.encode().hex(),

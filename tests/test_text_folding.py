@@ -63,6 +63,11 @@ SPELLINGS = {
     "a letter inside each word in markdown bold": lambda t: PROBE.inside_each_word(t, lambda c: f"**{c}**"),
     "an empty HTML tag inside each word": lambda t: PROBE.inside_each_word(t, lambda c: f"<b></b>{c}"),
     "an HTML comment inside each word": lambda t: PROBE.inside_each_word(t, lambda c: f"<!-- -->{c}"),
+    "a letter inside each word as an HTML reference": lambda t: PROBE.inside_each_word(t, lambda c: f"&#x{ord(c):x};"),
+    "an HTML soft hyphen inside each word": lambda t: PROBE.inside_each_word(t, lambda c: f"&shy;{c}"),
+    "an HTML zero-width space inside each word": lambda t: PROBE.inside_each_word(t, lambda c: f"&#8203;{c}"),
+    "each word coloured for a terminal": lambda t: PROBE.terminal_colours(t),
+    "a letter inside each word in terminal bold": lambda t: PROBE.inside_each_word(t, lambda c: f"\x1b[1m{c}\x1b[0m"),
 }
 
 
@@ -146,6 +151,10 @@ def test_pictographs_beside_words_are_kept(text: str) -> None:
     ("b**o**mb, **b**omb, b*o*mb, b***o***mb, b`o`mb", "bomb, bomb, bomb, bomb, bomb"),
     ("(b**o**mb).", "(bomb)."), ("b0<i></i>mb", "b0mb"),
     ("mot*herfuc*ker", "motherfucker"),  # a row of ../shared/data
+    ("b&#x6f;mb, b&#111;mb, b&#X0000006F;mb, &#98;omb, bom&#98;, b&#x43e;mb", "bomb, bomb, bomb, bomb, bomb, bomb"),
+    ("b&shy;omb, bo&zwj;mb, bo&#8203;mb, b&ZeroWidthSpace;omb, b&shy;<i></i>omb", "bomb, bomb, bomb, bomb, bomb"),
+    ("your r&#233;sum&#233; now", "your r\u00e9sum\u00e9 now"), ("C&#128514;H&#128557;I&#128514;L&#128514;L", "CHILL"),
+    ("\x1b[1;31mbomb\x1b[0m, b\x1b[1mo\x1b[22mmb, b\x1b]8;;http://x\x07o\x1b]8;;\x1b\\mb", "bomb, bomb, bomb"),
 ])
 def test_markup_inside_words_is_taken_out(text: str, read: str) -> None:
     assert fold_text(text) == read
@@ -154,6 +163,9 @@ def test_markup_inside_words_is_taken_out(text: str, read: str) -> None:
 @pytest.mark.parametrize("text", [
     "**bold** and <b>Note</b>: fine", "d**n it", "f*ck", "a**b**c**d", "2*3*4", "`code` here",
     "List<String>x", "word<br>word", "b<bomb>c", "b<!-- never closed", "b<b\nclass=x>c",
+    "AT&amp;T", "don&#8217;t", "&#8220;quoted&#8221;", "lol&#128514;", "write &#169; for it", "FAN&#65292;REALLY",
+    "b&#10;omb", "b&#x0;mb", "b&#xD800;mb", "b&#1114112;mb", "b&SHY;omb", "b&shy omb", "&shy;bomb", "a\x1bb",
+    "\x1b[31", "b\x1b]8;;never ended",
 ])
 def test_markup_between_words_is_kept(text: str) -> None:
     """Markup around whole words, a mark censoring a word, generic types and a line break stay as written."""
@@ -359,7 +371,7 @@ def test_folding_is_stable_on_random_text() -> None:
     on valid text and reads its own output as given, so text folded twice (a training row read again by the
     runtime) is the text folded once."""
     rng = random.Random(0)
-    alphabet = "ab AB.-_*`<>/',!?:; \t\n1\uff42\u200b\u0430\u00ad"
+    alphabet = "ab AB.-_*`<>/',!?:; \t\n1\uff42\u200b\u0430\u00ad&#x6f\x1b[m"
     for _ in range(20_000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 16)))
         folded = fold_text(text)
@@ -501,7 +513,7 @@ def test_character_codes_are_read_as_the_text_they_spell(text: str, read: str) -
     "\\ud83d\\x41\\ude00\\x41\\x42",  # a surrogate pair's halves apart
     "00000000 00000001 00000010 00000011",
     "LMAO &#128514;&#128514;&#128514;&#128514; &#8220;me&#8221; Tom &amp; Jerry",  # scraped emoji and quotes
-    "&#104;&#105; &#0;&#0;&#0;&#0;&#0; &#1114112;&#104;&#105;&#106;&#107;",  # two; controls; past U+10FFFF
+    "&#104;&#105; &#0;&#0;&#0;&#0;&#0; &#1114112;&#104;&#105;&#106;",  # two; controls; past U+10FFFF, then three
     "THISISJUSTSHOUTINGWITHOUTSPACES ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",  # base32's alphabet, no text in it
     "Heights: 65 70 72 80 85 90 95 100 105 110", "1 2 3 4 5 6 7 8 9 10 11 12",  # numbers with no space among them
 ])

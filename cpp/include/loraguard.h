@@ -168,7 +168,9 @@ typedef enum lg_overflow {
 // invisible default-ignorable code points (zero-width spaces and joiners, soft hyphens, bidirectional controls,
 // variation selectors) removed, tag characters that spell ASCII read as that ASCII (text hidden in them, "ASCII
 // smuggling", is read), and in a word that also holds Latin letters, Cyrillic, Greek and Armenian letters drawn like
-// Latin ones made Latin, letters spaced out joined into their words. A text holding base64, hex, Morse, a letter cipher
+// Latin ones made Latin, letters spaced out joined into their words, pictographs and markup put inside words taken
+// out (an emoji, "b<b></b>omb", "b**o**mb", "b&shy;omb"), HTML references to a word's letters read as them
+// ("b&#x6f;mb") and terminal escapes taken out. A text holding base64, hex, Morse, a letter cipher
 // or leetspeak ("b0mb") is read a second time decoded (lg_decoded_reading) and the higher score kept, as for windows; a
 // prompt judged alone (no response) with two lines or more is also read line by line (lg_text_lines, unless
 // lg_guard_params.read_lines is off), so that a request pasted among benign paragraphs is not averaged into them.

@@ -1,6 +1,8 @@
 #include "lg-decode.h"
 
+#include "lg-char-refs.h"
 #include "lg-fold.h"
+#include "lg-text.h"
 
 #include <algorithm>
 #include <cctype>
@@ -13,13 +15,6 @@ constexpr size_t k_min_hex_bytes = 8;
 // Escapes and codes set apart one by one are written on purpose; a few still say little ("\x1b[0m" is a colour)
 constexpr size_t k_min_spelled_chars = 4;
 
-int hex_value(char c) {
-    if (!lg::is_ascii_hex_digit(c)) {
-        return -1;
-    }
-    return lg::is_ascii_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10;
-}
-
 // The value of the n hex digits at text[i], or -1
 int64_t hex_number(std::string_view text, size_t i, size_t n) {
     if (i + n > text.size()) {
@@ -27,36 +22,13 @@ int64_t hex_number(std::string_view text, size_t i, size_t n) {
     }
     int64_t value = 0;
     for (size_t k = i; k < i + n; ++k) {
-        const int digit = hex_value(text[k]);
+        const int digit = lg::hex_digit_value(text[k]);
         if (digit < 0) {
             return -1;
         }
         value = value * 16 + digit;
     }
     return value;
-}
-
-// Appends a code point as UTF-8; false for surrogates and values past U+10FFFF, which no text holds
-bool append_utf8(std::string & out, uint32_t cp) {
-    if ((cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
-        return false;
-    }
-    if (cp < 0x80) {
-        out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-        out += static_cast<char>(0xC0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        out += static_cast<char>(0xE0 | (cp >> 12));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-        out += static_cast<char>(0xF0 | (cp >> 18));
-        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-    return true;
 }
 
 // What a run spelled, kept when it reads as text (as base64's must)
@@ -98,7 +70,7 @@ lg::run_reading read_backslash_escapes(std::string_view text, size_t begin) {
             cp = 0x10000 + ((high_surrogate - 0xD800) << 10) + (cp - 0xDC00);
             high_surrogate = 0;
         }
-        valid = append_utf8(bytes, cp) && valid;
+        valid = lg::append_utf8(bytes, cp) && valid;
     }
     if (i == begin) {
         return {begin + 1, std::nullopt};
@@ -174,50 +146,23 @@ lg::run_reading read_escaped_word(std::string_view text, size_t begin) {
     return spelled(end, bytes, bytes.size(), k_min_spelled_chars);
 }
 
-// The value of the digits at text[i] up to a ';' (decimal, or hex after "x"), at most 7 of them; -1 when there is
-// no such number. end receives the position after the ';'.
-int64_t entity_number(std::string_view text, size_t i, size_t & end) {
-    const bool hex = i < text.size() && (text[i] | 0x20) == 'x';
-    i += hex;
-    int64_t value = 0;
-    size_t n_digits = 0;
-    for (; i < text.size() && text[i] != ';'; ++i, ++n_digits) {
-        const int digit = hex ? hex_value(text[i]) : lg::is_ascii_digit(text[i]) ? text[i] - '0' : -1;
-        if (digit < 0 || n_digits == 7) {
-            return -1;
-        }
-        value = value * (hex ? 16 : 10) + digit;
-    }
-    if (n_digits == 0 || i == text.size()) {
-        return -1;
-    }
-    end = i + 1;
-    return value;
-}
-
-// A run of HTML numeric character references: &#104;&#111; or &#x68;&#x6f;. Scraped text holds runs of emoji so
-// written ("&#128514;&#128514;"), which are no message: the run must spell ASCII letters.
+// A run of HTML character references: &#104;&#111; or &#x68;&#x6f; (lg-char-refs.h). Scraped text holds runs of
+// emoji so written ("&#128514;&#128514;"), which are no message: the run must spell ASCII letters.
 lg::run_reading read_html_entities(std::string_view text, size_t begin) {
     std::string bytes;
     size_t n_chars = 0;
     size_t n_letters = 0;
-    bool valid = true;
     size_t i = begin;
-    size_t end = begin;
-    while (i + 1 < text.size() && text[i] == '&' && text[i + 1] == '#') {
-        const int64_t cp = entity_number(text, i + 2, end);
-        if (cp < 0) {
-            break;
-        }
-        valid = append_utf8(bytes, static_cast<uint32_t>(cp)) && valid;
-        n_letters += cp < 0x80 && lg::is_ascii_letter(static_cast<char>(cp));
+    while (const std::optional<lg::char_reference> ref = lg::html_reference_at(text, i)) {
+        lg::append_utf8(bytes, ref->code_point);
+        n_letters += ref->code_point < 0x80 && lg::is_ascii_letter(static_cast<char>(ref->code_point));
         ++n_chars;
-        i = end;
+        i = ref->end;
     }
     if (i == begin) {
         return {begin + 1, std::nullopt};
     }
-    return spelled(i, bytes, n_chars, k_min_spelled_chars, valid && n_letters >= k_min_spelled_chars);
+    return spelled(i, bytes, n_chars, k_min_spelled_chars, n_letters >= k_min_spelled_chars);
 }
 
 bool is_hex_run(std::string_view run) { return std::all_of(run.begin(), run.end(), lg::is_ascii_hex_digit); }
@@ -236,7 +181,7 @@ std::string digits_to_bytes(std::string_view run, bool binary) {
     for (size_t i = 0; i + width <= run.size(); i += width) {
         int value = 0;
         for (size_t k = i; k < i + width; ++k) {
-            value = binary ? value * 2 + (run[k] - '0') : value * 16 + hex_value(run[k]);
+            value = binary ? value * 2 + (run[k] - '0') : value * 16 + lg::hex_digit_value(run[k]);
         }
         bytes += static_cast<char>(value);
     }

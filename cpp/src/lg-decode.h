@@ -13,6 +13,13 @@ inline bool is_ascii_upper(char c) { return c >= 'A' && c <= 'Z'; }
 inline bool is_ascii_digit(char c) { return c >= '0' && c <= '9'; }
 inline bool is_ascii_alnum(char c) { return is_ascii_letter(c) || is_ascii_digit(c); }
 inline bool is_ascii_hex_digit(char c) { return is_ascii_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f'); }
+// The value of a hex digit, or -1
+inline int hex_digit_value(char c) {
+    if (!is_ascii_hex_digit(c)) {
+        return -1;
+    }
+    return is_ascii_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10;
+}
 inline bool is_ascii_space(char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }

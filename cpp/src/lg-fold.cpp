@@ -81,11 +81,6 @@ constexpr look_alike small_capitals[] = {
 static_assert(sorted_by_cp(fold_table) && sorted_by_cp(look_alikes) && sorted_by_cp(small_capitals),
               "find_cp searches by binary search");
 
-bool is_ignorable(uint32_t cp) {
-    return std::any_of(std::begin(ignorable), std::end(ignorable),
-                       [cp](const cp_range & r) { return cp >= r.first && cp <= r.last; });
-}
-
 bool is_latin_letter(uint32_t cp) {
     return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') ||
            (cp >= 0xC0 && cp <= 0x24F && cp != 0xD7 && cp != 0xF7) || (cp >= 0x1E00 && cp <= 0x1EFF);
@@ -448,6 +443,11 @@ std::string fold_characters(std::string_view text) {
 }
 
 }  // namespace
+
+bool is_ignorable(uint32_t cp) {
+    return std::any_of(std::begin(ignorable), std::end(ignorable),
+                       [cp](const cp_range & r) { return cp >= r.first && cp <= r.last; });
+}
 
 std::string fold_text(std::string_view text) {
     const auto fold_once = [](std::string_view text) {

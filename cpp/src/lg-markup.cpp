@@ -1,6 +1,9 @@
 #include "lg-markup.h"
 
+#include "lg-char-refs.h"
 #include "lg-decode.h"
+#include "lg-fold.h"
+#include "lg-text.h"
 
 #include <algorithm>
 #include <iterator>
@@ -25,9 +28,31 @@ bool is_inline_tag(std::string_view name) {
     return std::find(std::begin(k_inline_tags), std::end(k_inline_tags), lower) != std::end(k_inline_tags);
 }
 
-// The length of the HTML comment or inline tag at text[i] ("<!-- x -->", "<b>", "</span>", "<font color=red>",
-// "<wbr/>"), or 0 where there is none.
+// Whether a character reference inside a word may hide the word: a letter, a digit, an invisible character or a
+// pictograph. Not a control character (a line break made inside a word would split its line), nor punctuation or a
+// space, which a word holds beside its letters ("don&#8217;t", "FAN&#65292;REALLY", "&#8220;word&#8221;") and a
+// subword tokenizer splits at anyway.
+bool may_hide_word(uint32_t cp) {
+    const auto in = [cp](uint32_t first, uint32_t last) { return cp >= first && cp <= last; };
+    if (cp < 0x80) {
+        return is_ascii_alnum(static_cast<char>(cp));
+    }
+    return is_ignorable(cp) || !(in(0x80, 0xBF) || in(0x2000, 0x206F) || in(0x3000, 0x303F) || in(0xFF01, 0xFF20) ||
+                                 in(0xFF3B, 0xFF40) || in(0xFF5B, 0xFF65));
+}
+
+// The length of the character reference to an invisible character at text[i] ("&shy;", "&#8203;"), or 0
+size_t invisible_reference_at(std::string_view text, size_t i) {
+    const std::optional<char_reference> ref = html_reference_at(text, i);
+    return ref && is_ignorable(ref->code_point) ? ref->end - i : 0;
+}
+
+// The length of the HTML comment, inline tag or reference to an invisible character at text[i] ("<!-- x -->",
+// "<b>", "</span>", "<font color=red>", "<wbr/>", "&shy;"), or 0 where there is none.
 size_t markup_at(std::string_view text, size_t i) {
+    if (const size_t len = invisible_reference_at(text, i)) {
+        return len;
+    }
     if (text.compare(i, 4, "<!--") == 0) {
         // looked for within the limit only: a text of unclosed comments is read in linear time
         const size_t end = text.substr(i, k_max_markup).find("-->", 4);
@@ -65,13 +90,87 @@ size_t markup_at(std::string_view text, size_t i) {
 
 struct span {
     size_t begin, end;
+    std::string replacement;  // what stands for text[begin, end): nothing for markup taken out
 };
 
-// Runs of tags and comments that stand inside a word, in order.
+// The length of the terminal escape sequence at text[i], or 0: a control sequence (ESC [, parameters, a final
+// letter: "\x1b[1;31m") or an operating-system command (ESC ], ended by BEL or ESC \\: a hyperlink, a title).
+size_t terminal_escape_at(std::string_view text, size_t i) {
+    if (text.compare(i, 1, "\x1b") != 0 || i + 1 >= text.size()) {
+        return 0;
+    }
+    const std::string_view rest = text.substr(i, k_max_markup);
+    if (rest[1] == '[') {
+        size_t j = 2;
+        while (j < rest.size() && rest[j] >= 0x20 && rest[j] <= 0x3F) {
+            ++j;  // parameters and intermediate bytes
+        }
+        return j < rest.size() && rest[j] >= 0x40 && rest[j] <= 0x7E ? j + 1 : 0;
+    }
+    if (rest[1] == ']') {
+        for (size_t j = 2; j < rest.size(); ++j) {
+            if (rest[j] == '\x07') {
+                return j + 1;
+            }
+            if (rest[j] == '\x1b') {
+                return j + 1 < rest.size() && rest[j + 1] == '\\' ? j + 2 : 0;
+            }
+        }
+    }
+    return 0;
+}
+
+// Terminal escape sequences, wherever they are: a terminal draws none of their bytes, and read as text the
+// sequence's final letter joins the word it colours ("\x1b[31mbomb" reads "mbomb").
+void find_terminal_escapes(std::string_view text, std::vector<span> & cut) {
+    cut.clear();
+    for (size_t i = text.find('\x1b'); i != std::string_view::npos; i = text.find('\x1b', i)) {
+        const size_t len = terminal_escape_at(text, i);
+        if (len > 0) {
+            cut.push_back({i, i + len, {}});
+        }
+        i += std::max<size_t>(len, 1);
+    }
+}
+
+// Runs of HTML character references that cut a word or spell part of it, replaced by the characters they stand
+// for: inside a word letters, invisible characters and pictographs ("b&#x6f;mb", "b&shy;omb", "bo&#8203;mb",
+// "b&#x43e;mb"; folded on the next pass, as invisible characters and look-alike letters are), at a word's start or
+// end letters and digits ("&#98;omb", "r&#233;sum&#233;"). Emoji beside a word (scraped tweets write
+// "lol&#128514;") leave the word whole and stay, as do references between spaces or in a run spelling words (what
+// the decoders read: lg-char-codes.cpp).
+void find_char_references(std::string_view text, std::vector<span> & edits) {
+    edits.clear();
+    for (size_t i = text.find('&'); i != std::string_view::npos; i = text.find('&', i)) {
+        span run{i, i, {}};
+        bool letters_only = true;  // or digits: what may stand at a word's start or end
+        while (const std::optional<char_reference> ref = html_reference_at(text, run.end)) {
+            if (!may_hide_word(ref->code_point)) {
+                break;
+            }
+            // below General Punctuation: Latin, Greek, Cyrillic, Armenian, ... letters, not pictographs
+            letters_only = letters_only && ref->code_point < 0x2000 && !is_ignorable(ref->code_point);
+            append_utf8(run.replacement, ref->code_point);
+            run.end = ref->end;
+        }
+        if (run.end == run.begin) {
+            ++i;
+            continue;
+        }
+        const bool beside_letter = (run.begin > 0 && is_ascii_letter(text[run.begin - 1])) ||
+                                   (run.end < text.size() && is_ascii_letter(text[run.end]));
+        if (inside_word(text, run.begin, run.end) || (letters_only && beside_letter)) {
+            edits.push_back(std::move(run));
+        }
+        i = run.end;
+    }
+}
+
+// Runs of tags, comments and references to invisible characters that stand inside a word, in order.
 void find_tags(std::string_view text, std::vector<span> & cut) {
     cut.clear();
-    for (size_t i = text.find_first_of('<'); i != std::string_view::npos; i = text.find_first_of('<', i)) {
-        span run{i, i};
+    for (size_t i = text.find_first_of("<&"); i != std::string_view::npos; i = text.find_first_of("<&", i)) {
+        span run{i, i, {}};
         for (size_t len; run.end < text.size() && (len = markup_at(text, run.end)) > 0;) {
             run.end += len;
         }
@@ -80,7 +179,7 @@ void find_tags(std::string_view text, std::vector<span> & cut) {
             continue;
         }
         if (inside_word(text, run.begin, run.end)) {
-            cut.push_back(run);
+            cut.push_back(std::move(run));
         }
         i = run.end;
     }
@@ -119,7 +218,7 @@ void find_emphasis(std::string_view text, std::vector<span> & cut) {
                 while (k < last && text[k] == text[j]) {
                     ++k;
                 }
-                marks.push_back({j, k});
+                marks.push_back({j, k, {}});
                 j = k;
             } else {
                 plain = is_ascii_alnum(text[j]);
@@ -140,13 +239,14 @@ void find_emphasis(std::string_view text, std::vector<span> & cut) {
     }
 }
 
-// The text without the spans, which are in order and do not overlap.
-std::string without(std::string_view text, const std::vector<span> & cut) {
+// The text with each span replaced; the spans are in order and do not overlap.
+std::string edited(std::string_view text, const std::vector<span> & edits) {
     std::string out;
     out.reserve(text.size());
     size_t copied = 0;
-    for (const span & s : cut) {
+    for (const span & s : edits) {
         out.append(text.substr(copied, s.begin - copied));
+        out.append(s.replacement);
         copied = s.end;
     }
     out.append(text.substr(copied));
@@ -163,12 +263,16 @@ bool inside_word(std::string_view text, size_t begin, size_t end) {
 }
 
 std::string read_through_markup(std::string_view text) {
-    std::vector<span> cut;
-    find_tags(text, cut);
-    const std::string untagged = cut.empty() ? std::string(text) : without(text, cut);
-    // emphasis after tags: "b*<i></i>o*mb" is emphasis inside a word once the tag is out
-    find_emphasis(untagged, cut);
-    return cut.empty() ? untagged : without(untagged, cut);
+    std::vector<span> edits;
+    std::string read(text);
+    // each reads what the one before it made: "b*<i></i>o*mb" is emphasis inside a word once the tag is out
+    for (auto * find : {find_terminal_escapes, find_char_references, find_tags, find_emphasis}) {
+        find(read, edits);
+        if (!edits.empty()) {
+            read = edited(read, edits);
+        }
+    }
+    return read;
 }
 
 }  // namespace lg

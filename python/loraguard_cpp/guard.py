@@ -105,7 +105,8 @@ def fold_text(text: str) -> str:
     characters that spell ASCII read as it (text hidden in them is read), small capitals (``ʜᴏᴡ``) and the regional
     indicators flags are drawn from (``🇭🇴🇼``: ``HOW``) as letters, look-alike Cyrillic, Greek and Armenian
     letters in a Latin word made Latin, letters spaced out (``b o m b``, ``F-R-A-U-D``) joined into their words,
-    emoji and markup put inside words taken out (``bo😊mb``, ``b<b></b>omb``, ``b**o**mb``). Training and
+    emoji and markup put inside words taken out (``bo😊mb``, ``b<b></b>omb``, ``b**o**mb``, ``b&shy;omb``), HTML
+    references to a word's letters read as them (``b&#x6f;mb``), terminal escapes taken out. Training and
     evaluation read rows through this so that a guard learns on what the runtime reads."""
     return _native.fold_text(_utf8(text, "text"))
 
