@@ -170,6 +170,10 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "an HTML zero-width space inside each word": lambda t: inside_each_word(t, lambda c: f"&#8203;{c}"),
     "each word coloured for a terminal": terminal_colours,
     "a letter inside each word in terminal bold": lambda t: inside_each_word(t, lambda c: f"\x1b[1m{c}\x1b[0m"),
+    "a letter inside each word URL-escaped: read a second time":
+        lambda t: inside_each_word(t, lambda c: f"%{ord(c):02X}"),
+    "a letter inside each word as a \\x escape: read a second time":
+        lambda t: inside_each_word(t, lambda c: f"\\x{ord(c):02x}"),
     "leetspeak (a 4, e 3, i 1, o 0, s 5, t 7)": lambda t: t.translate(LEET),
     "base64": lambda t: base64.b64encode(t.encode()).decode(),
     "hex": lambda t: t.encode().hex(),

@@ -118,7 +118,7 @@ LORAGUARD_API lg_status lg_fold_text(const char * text, size_t text_len, char * 
 // stacked on every letter of a word (Zalgo text: at least as many marks as letters) are taken off, text written
 // upside down (turned look-alikes, last to first: "¿qɯoq ɐ ǝʞɐɯ") is turned the right way up, runs of character
 // codes (hex, binary octets, \xHH, \uHHHH, %HH or &#DDD; escapes; a word with two URL or quoted-printable escapes
-// among its characters, "How%20do%20I"), UUencoded lines and runs of base64 (wrapped in lines of one width too, as
+// among its characters, "How%20do%20I"; a letter escaped beside a letter, "b%6Fmb", "k\x69ll"), UUencoded lines and runs of base64 (wrapped in lines of one width too, as
 // MIME and PEM write it), base32 (at least 16 characters) and ASCII85 (at least 15) that decode to text are replaced
 // by that text (keys and hashes decode to bytes and stay), runs of Morse code (at least five characters, dots and
 // dashes both used) by the letters they spell, sentences written in a letter cipher (a Caesar shift such as ROT13,

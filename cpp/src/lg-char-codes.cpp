@@ -146,6 +146,33 @@ lg::run_reading read_escaped_word(std::string_view text, size_t begin) {
     return spelled(end, bytes, bytes.size(), k_min_spelled_chars);
 }
 
+// A few escapes of ASCII letters beside a letter: "b%6Fmb", "k\x69ll", "b\u006Fmb". An encoder escapes no letter, so
+// a letter escaped is a word disguised; a run of four escapes or more is read whatever it spells
+// (read_backslash_escapes, read_percent_escapes). Quoted-printable's "=6F" is not read so: "v=44vz" and
+// "PORT=5432" are keys and values.
+lg::run_reading read_escaped_letters(std::string_view text, size_t begin) {
+    const char kind = text[begin];
+    std::string letters;
+    size_t i = begin;
+    while (i < text.size() && text[i] == kind) {
+        const char form = i + 1 < text.size() ? text[i + 1] : '\0';
+        const size_t n_digits = kind == '%' ? 2 : form == 'x' ? 2 : form == 'u' ? 4 : form == 'U' ? 8 : 0;
+        const size_t digits_at = kind == '%' ? i + 1 : i + 2;
+        const int64_t value = n_digits ? hex_number(text, digits_at, n_digits) : -1;
+        if (value < 0 || value >= 0x80 || !lg::is_ascii_letter(static_cast<char>(value))) {
+            break;
+        }
+        letters += static_cast<char>(value);
+        i = digits_at + n_digits;
+    }
+    const bool beside_letter =
+        (begin > 0 && lg::is_ascii_letter(text[begin - 1])) || (i < text.size() && lg::is_ascii_letter(text[i]));
+    if (letters.empty() || !beside_letter) {
+        return {std::max(i, begin + 1), std::nullopt};
+    }
+    return {i, std::move(letters)};
+}
+
 // A run of HTML character references: &#104;&#111; or &#x68;&#x6f; (lg-char-refs.h). Scraped text holds runs of
 // emoji so written ("&#128514;&#128514;"), which are no message: the run must spell ASCII letters.
 lg::run_reading read_html_entities(std::string_view text, size_t begin) {
@@ -300,11 +327,14 @@ std::optional<std::string> decode_char_code_runs(std::string_view text) {
                 return word;
             }
         }
-        if (text[i] == '\\') {
-            return read_backslash_escapes(text, i);
-        }
-        if (text[i] == '%') {
-            return read_percent_escapes(text, i);
+        if (text[i] == '\\' || text[i] == '%') {
+            run_reading run = text[i] == '\\' ? read_backslash_escapes(text, i) : read_percent_escapes(text, i);
+            if (run.replacement) {
+                return run;
+            }
+            // read past the whole run either way: a long run of escapes is read once (linear time)
+            run_reading letters = read_escaped_letters(text, i);
+            return letters.replacement ? letters : run;
         }
         if (text[i] == '&') {
             return read_html_entities(text, i);

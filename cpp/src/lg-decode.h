@@ -99,7 +99,8 @@ std::optional<std::string> decode_base64_runs(std::string_view text);
 // binary octets in one word or eight digits a word (at least 4 bytes: "01101000 01101111 ..."); and runs of escapes,
 // one after another, of at least 4 characters: \xHH bytes, \uHHHH (surrogate pairs joined) or \UHHHHHHHH code points,
 // %HH bytes, HTML's &#DDD; and &#xHH; (spelling at least 4 ASCII letters: runs of emoji stay); and a word with at least
-// two URL escapes ("How%20do%20I") or quoted-printable ones ("How=20do=20I") among its characters.
+// two URL escapes ("How%20do%20I") or quoted-printable ones ("How=20do=20I") among its characters, and fewer \x, \u
+// or % escapes of ASCII letters beside a letter ("b%6Fmb", "k\x69ll").
 std::optional<std::string> decode_char_code_runs(std::string_view text);
 
 // The text with each run of ASCII85 that decodes to words (valid UTF-8, printable, at least half letters or digits,
