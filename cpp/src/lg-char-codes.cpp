@@ -146,28 +146,78 @@ lg::run_reading read_escaped_word(std::string_view text, size_t begin) {
     return spelled(end, bytes, bytes.size(), k_min_spelled_chars);
 }
 
-// A few escapes of ASCII letters beside a letter: "b%6Fmb", "k\x69ll", "b\u006Fmb". An encoder escapes no letter, so
-// a letter escaped is a word disguised; a run of four escapes or more is read whatever it spells
-// (read_backslash_escapes, read_percent_escapes). Quoted-printable's "=6F" is not read so: "v=44vz" and
+// The length of the escape of an ASCII letter at text[i] of this kind ('%': %HH; '\\': \xHH, \uHHHH or \UHHHHHHHH),
+// the letter in letter; 0 where there is none.
+size_t escaped_letter_at(std::string_view text, size_t i, char kind, char & letter) {
+    if (i >= text.size() || text[i] != kind) {
+        return 0;
+    }
+    const char form = i + 1 < text.size() ? text[i + 1] : '\0';
+    const size_t n_digits = kind == '%' ? 2 : form == 'x' ? 2 : form == 'u' ? 4 : form == 'U' ? 8 : 0;
+    const size_t digits_at = kind == '%' ? i + 1 : i + 2;
+    const int64_t value = n_digits ? hex_number(text, digits_at, n_digits) : -1;
+    if (value < 0 || value >= 0x80 || !lg::is_ascii_letter(static_cast<char>(value))) {
+        return 0;
+    }
+    letter = static_cast<char>(value);
+    return digits_at + n_digits - i;
+}
+
+// Whether the word around text[begin, end) (between spaces, without the punctuation a sentence puts around it) is
+// made of ASCII letters and escapes of letters only: "b%6Fmb" is, a run of ASCII85 or a URL holding "%6A" is not.
+bool plain_escaped_word(std::string_view text, size_t begin, size_t end, char kind) {
+    const auto edge = [](char c) { return std::string_view(".,;:!?'\"()[]").find(c) != std::string_view::npos; };
+    // a word is this long at most: looked for within it only, so a text without spaces is read in linear time
+    constexpr size_t k_max_word = 64;
+    size_t first = begin;
+    while (first > 0 && !lg::is_ascii_space(text[first - 1])) {
+        if (begin - first == k_max_word) {
+            return false;
+        }
+        --first;
+    }
+    size_t last = end;
+    while (last < text.size() && !lg::is_ascii_space(text[last])) {
+        if (last - end == k_max_word) {
+            return false;
+        }
+        ++last;
+    }
+    while (first < begin && edge(text[first])) {
+        ++first;
+    }
+    while (last > end && edge(text[last - 1])) {
+        --last;
+    }
+    char letter = 0;
+    for (size_t k = first; k < last;) {
+        if (lg::is_ascii_letter(text[k])) {
+            ++k;
+        } else if (const size_t len = escaped_letter_at(text, k, kind, letter)) {
+            k += len;
+        } else {
+            return false;
+        }
+    }
+    return true;
+}
+
+// A few escapes of ASCII letters beside a letter, in a word of letters: "b%6Fmb", "k\x69ll", "b\u006Fmb". An encoder
+// escapes no letter, so a letter escaped is a word disguised; a run of four escapes or more is read whatever it
+// spells (read_backslash_escapes, read_percent_escapes). Quoted-printable's "=6F" is not read so: "v=44vz" and
 // "PORT=5432" are keys and values.
 lg::run_reading read_escaped_letters(std::string_view text, size_t begin) {
     const char kind = text[begin];
     std::string letters;
     size_t i = begin;
-    while (i < text.size() && text[i] == kind) {
-        const char form = i + 1 < text.size() ? text[i + 1] : '\0';
-        const size_t n_digits = kind == '%' ? 2 : form == 'x' ? 2 : form == 'u' ? 4 : form == 'U' ? 8 : 0;
-        const size_t digits_at = kind == '%' ? i + 1 : i + 2;
-        const int64_t value = n_digits ? hex_number(text, digits_at, n_digits) : -1;
-        if (value < 0 || value >= 0x80 || !lg::is_ascii_letter(static_cast<char>(value))) {
-            break;
-        }
-        letters += static_cast<char>(value);
-        i = digits_at + n_digits;
+    char letter = 0;
+    while (const size_t len = escaped_letter_at(text, i, kind, letter)) {
+        letters += letter;
+        i += len;
     }
     const bool beside_letter =
         (begin > 0 && lg::is_ascii_letter(text[begin - 1])) || (i < text.size() && lg::is_ascii_letter(text[i]));
-    if (letters.empty() || !beside_letter) {
+    if (letters.empty() || !beside_letter || !plain_escaped_word(text, begin, i, kind)) {
         return {std::max(i, begin + 1), std::nullopt};
     }
     return {i, std::move(letters)};
