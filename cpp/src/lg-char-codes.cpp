@@ -31,6 +31,9 @@ int64_t hex_number(std::string_view text, size_t i, size_t n) {
     return value;
 }
 
+// The hex digits a backslash escape of this form takes: \xHH (a byte), \uHHHH, \UHHHHHHHH; 0 for no such escape
+size_t backslash_escape_digits(char form) { return form == 'x' ? 2 : form == 'u' ? 4 : form == 'U' ? 8 : 0; }
+
 // What a run spelled, kept when it reads as text (as base64's must)
 lg::run_reading spelled(size_t end, const std::string & bytes, size_t n_chars, size_t min_chars, bool valid = true) {
     if (!valid || n_chars < min_chars || !lg::reads_as_text(bytes)) {
@@ -48,7 +51,7 @@ lg::run_reading read_backslash_escapes(std::string_view text, size_t begin) {
     size_t i = begin;
     while (i + 1 < text.size() && text[i] == '\\') {
         const char kind = text[i + 1];
-        const size_t n_digits = kind == 'x' ? 2 : kind == 'u' ? 4 : kind == 'U' ? 8 : 0;
+        const size_t n_digits = backslash_escape_digits(kind);
         const int64_t value = n_digits ? hex_number(text, i + 2, n_digits) : -1;
         if (value < 0) {
             break;
@@ -153,7 +156,7 @@ size_t escaped_letter_at(std::string_view text, size_t i, char kind, char & lett
         return 0;
     }
     const char form = i + 1 < text.size() ? text[i + 1] : '\0';
-    const size_t n_digits = kind == '%' ? 2 : form == 'x' ? 2 : form == 'u' ? 4 : form == 'U' ? 8 : 0;
+    const size_t n_digits = kind == '%' ? 2 : backslash_escape_digits(form);
     const size_t digits_at = kind == '%' ? i + 1 : i + 2;
     const int64_t value = n_digits ? hex_number(text, digits_at, n_digits) : -1;
     if (value < 0 || value >= 0x80 || !lg::is_ascii_letter(static_cast<char>(value))) {
