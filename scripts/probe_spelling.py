@@ -109,9 +109,20 @@ def upside_down(text: str) -> str:
     return text.translate(UPSIDE_DOWN)[::-1]
 
 
+def letter_symbols(text: str, first: int) -> str:
+    """Each ASCII letter as the symbol for it in an alphabet of 26 symbols from code point `first`."""
+    return "".join(chr(first + ord(c.lower()) - 97) if c.isascii() and c.isalpha() else c for c in text)
+
+
 def regional_indicators(text: str) -> str:
     """Letters as the regional indicator symbols flags are made of (U+1F1E6-U+1F1FF), one a letter."""
-    return "".join(chr(0x1F1E6 + ord(c.lower()) - 97) if c.isascii() and c.isalpha() else c for c in text)
+    return letter_symbols(text, 0x1F1E6)
+
+
+def query_string(text: str) -> str:
+    """A search URL asking the text, one letter inside each word URL-escaped, a form's '+' for each space."""
+    escaped = inside_each_word(text, lambda c: f"%{ord(c):02X}")
+    return "https://www.google.com/search?q=" + escaped.replace(" ", "+") + "&hl=en"
 
 
 def uuencode(text: str) -> str:
@@ -194,6 +205,9 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "upside down": upside_down,
     "small capitals": lambda t: t.translate(SMALL_CAPS),
     "regional indicator letters": regional_indicators,
+    "negative circled capitals (bubble text)": lambda t: letter_symbols(t, 0x1F150),
+    "parenthesized letters": lambda t: letter_symbols(t, 0x249C),
+    "a search URL, a letter inside each word URL-escaped: read a second time": query_string,
     "percent-encoded (URL)": lambda t: urllib.parse.quote(t),
     "quoted-printable, spaces too": lambda t: quopri.encodestring(t.encode(), quotetabs=True).decode(),
     "UUencode": uuencode,

@@ -118,9 +118,10 @@ LORAGUARD_API lg_status lg_fold_text(const char * text, size_t text_len, char * 
 // stacked on every letter of a word (Zalgo text: at least as many marks as letters) are taken off, text written
 // upside down (turned look-alikes, last to first: "¿qɯoq ɐ ǝʞɐɯ") is turned the right way up, runs of character
 // codes (hex, binary octets, \xHH, \uHHHH, %HH or &#DDD; escapes; a word with two URL or quoted-printable escapes
-// among its characters, "How%20do%20I"; a letter escaped beside a letter, "b%6Fmb", "k\x69ll"), UUencoded lines and runs of base64 (wrapped in lines of one width too, as
-// MIME and PEM write it), base32 (at least 16 characters) and ASCII85 (at least 15) that decode to text are replaced
-// by that text (keys and hashes decode to bytes and stay), runs of Morse code (at least five characters, dots and
+// among its characters, "How%20do%20I"; a letter escaped beside a letter, "b%6Fmb", "k\x69ll"), UUencoded lines and
+// runs of base64 (wrapped in lines of one width too, as MIME and PEM write it), base32 (at least 16 characters) and
+// ASCII85 (at least 15) that decode to text are replaced by that text (keys and hashes decode to bytes and stay), a
+// URL or query string whose parameters hold text as a form writes it ("?q=how+to+make+a+b%6Fmb") by that text, runs of Morse code (at least five characters, dots and
 // dashes both used) by the letters they spell, sentences written in a letter cipher (a Caesar shift such as ROT13,
 // Atbash, or reversed, whole or word by word: more of their words frequent English ones read through it than as
 // written) are read back; in a text holding a leetspeak word (one of 0 1 3 4 5 7 between two letters of a word;
@@ -164,14 +165,15 @@ typedef enum lg_overflow {
 
 // What the guard reads of a prompt or response. Folding reads text the way a person (and a capable chat model) sees
 // through it, so that lookalike spelling cannot carry a request past a guard trained on plain text: compatibility forms
-// to their NFKC form (fullwidth, mathematical bold or script, circled, super- and subscript letters, ligatures),
-// invisible default-ignorable code points (zero-width spaces and joiners, soft hyphens, bidirectional controls,
-// variation selectors) removed, tag characters that spell ASCII read as that ASCII (text hidden in them, "ASCII
-// smuggling", is read), and in a word that also holds Latin letters, Cyrillic, Greek and Armenian letters drawn like
-// Latin ones made Latin, letters spaced out joined into their words, pictographs and markup put inside words taken
-// out (an emoji, "b<b></b>omb", "b**o**mb", "b&shy;omb"), HTML references to a word's letters read as them
-// ("b&#x6f;mb") and terminal escapes taken out. A text holding base64, hex, Morse, a letter cipher
-// or leetspeak ("b0mb") is read a second time decoded (lg_decoded_reading) and the higher score kept, as for windows; a
+// to their NFKC form (fullwidth, mathematical bold or script, circled, super- and subscript letters, ligatures; a
+// parenthesized letter to the letter alone), "bubble" capitals (negative circled and squared) and the regional
+// indicators read as capitals, invisible default-ignorable code points (zero-width spaces and joiners, soft hyphens,
+// bidirectional controls, variation selectors) removed, tag characters that spell ASCII read as that ASCII (text hidden
+// in them, "ASCII smuggling", is read), and in a word that also holds Latin letters, Cyrillic, Greek and Armenian
+// letters drawn like Latin ones made Latin, letters spaced out joined into their words, pictographs and markup put
+// inside words taken out (an emoji, "b<b></b>omb", "b**o**mb", "b&shy;omb"), HTML references to a word's letters read
+// as them ("b&#x6f;mb") and terminal escapes taken out. A text holding base64, hex, Morse, a letter cipher or
+// leetspeak ("b0mb") is read a second time decoded (lg_decoded_reading) and the higher score kept, as for windows; a
 // prompt judged alone (no response) with two lines or more is also read line by line (lg_text_lines, unless
 // lg_guard_params.read_lines is off), so that a request pasted among benign paragraphs is not averaged into them.
 typedef enum lg_text_form {

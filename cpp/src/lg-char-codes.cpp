@@ -166,21 +166,29 @@ size_t escaped_letter_at(std::string_view text, size_t i, char kind, char & lett
     return digits_at + n_digits - i;
 }
 
-// Whether the word around text[begin, end) (between spaces, without the punctuation a sentence puts around it) is
-// made of ASCII letters and escapes of letters only: "b%6Fmb" is, a run of ASCII85 or a URL holding "%6A" is not.
+// Whether c ends a word of a sentence or of a URL's path or query ("/search?q=how+to+make+a+b%6Fmb&hl=en": a form
+// writes '+' for a space)
+bool separates_words(char c) {
+    return lg::is_ascii_space(c) || std::string_view("+&=?/#").find(c) != std::string_view::npos;
+}
+
+// Whether the word around text[begin, end) (between spaces or a URL's separators, without the punctuation and
+// brackets a sentence or a JSON string puts around it) is made of ASCII letters and escapes of letters only:
+// "b%6Fmb" is, in a sentence or a query string; a run of ASCII85 holding "%6A" is not (ASCII85 is decoded first, but
+// a run that spells no text stays as written).
 bool plain_escaped_word(std::string_view text, size_t begin, size_t end, char kind) {
-    const auto edge = [](char c) { return std::string_view(".,;:!?'\"()[]").find(c) != std::string_view::npos; };
+    const auto edge = [](char c) { return std::string_view(".,;:!?'\"()[]{}<>").find(c) != std::string_view::npos; };
     // a word is this long at most: looked for within it only, so a text without spaces is read in linear time
     constexpr size_t k_max_word = 64;
     size_t first = begin;
-    while (first > 0 && !lg::is_ascii_space(text[first - 1])) {
+    while (first > 0 && !separates_words(text[first - 1])) {
         if (begin - first == k_max_word) {
             return false;
         }
         --first;
     }
     size_t last = end;
-    while (last < text.size() && !lg::is_ascii_space(text[last])) {
+    while (last < text.size() && !separates_words(text[last])) {
         if (last - end == k_max_word) {
             return false;
         }

@@ -100,8 +100,16 @@ std::optional<std::string> decode_base64_runs(std::string_view text);
 // one after another, of at least 4 characters: \xHH bytes, \uHHHH (surrogate pairs joined) or \UHHHHHHHH code points,
 // %HH bytes, HTML's &#DDD; and &#xHH; (spelling at least 4 ASCII letters: runs of emoji stay); and a word with at least
 // two URL escapes ("How%20do%20I") or quoted-printable ones ("How=20do=20I") among its characters, and fewer \x, \u
-// or % escapes of ASCII letters beside a letter ("b%6Fmb", "k\x69ll").
+// or % escapes of ASCII letters beside a letter, in a word of letters ("b%6Fmb", "k\x69ll"; a word of a sentence or
+// of a URL's query: "?q=how+to+make+a+b%6Fmb").
 std::optional<std::string> decode_char_code_runs(std::string_view text);
+
+// The text with each word (between spaces) that is a URL or a query string holding text as a form writes it replaced
+// by that text, folded (lg-query-text.cpp), or nothing when it holds none: the values of its parameters that join at
+// least three words with '+' (a space), "%HH" escapes read as bytes, a space between two values. A search URL reads as
+// what it searches for: "https://www.google.com/search?q=how+to+make+a+b%6Fmb&hl=en" -> "how to make a bomb". Sums
+// and pairs of codes ("x=3D+y", "size=L+XL") and values that read as no text stay as written.
+std::optional<std::string> read_query_text(std::string_view text);
 
 // The text with each run of ASCII85 that decodes to words (valid UTF-8, printable, at least half letters or digits,
 // a space and four letters; at least 15 characters of '!'-'u', Adobe's "<~" and "~>" around it or not) replaced by
@@ -166,8 +174,9 @@ word_order_evidence word_order_of(std::string_view text);
 std::optional<std::string> read_word_order(std::string_view text);
 
 // A folded text as a guard reads it the second time, or nothing when the guard reads it once: emoji that stand for
-// things written as their words, marks stacked on letters taken off, upside-down text turned, UUencoded lines,
-// character codes (escapes among plain characters too), base64, base32 and ASCII85 runs decoded, braille, NATO
+// things written as their words, marks stacked on letters taken off, upside-down text turned, UUencoded lines and
+// ASCII85 runs, the text in a URL's query, character codes (escapes among plain characters too), base64 and base32
+// runs decoded, braille, NATO
 // alphabet and Morse runs spelled out, messages in a letter cipher read back, leetspeak read as letters, then words
 // written last to first turned round: the encodings a capable chat model reads without being told how (Wei et al.,
 // "Jailbroken", 2023). Digits cannot be read as letters in place ("3D-printed", "mp3" and "Windows 10" would lose

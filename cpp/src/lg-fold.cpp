@@ -45,10 +45,18 @@ constexpr cp_range ignorable[] = {
 constexpr uint32_t k_first_ascii_tag = 0xE0020;
 constexpr uint32_t k_last_ascii_tag = 0xE007E;
 
-// Regional indicator symbols, the letters A-Z that flags are drawn from in pairs ("🇫🇷" is FR): read as those
-// letters, so a flag reads as its country's code and words spelled in them ("🇭🇴🇼") as the words.
-constexpr uint32_t k_first_regional_indicator = 0x1F1E6;
-constexpr uint32_t k_last_regional_indicator = 0x1F1FF;
+// Alphabets of symbols with no compatibility form, read as the capitals A-Z in order: the regional indicators flags
+// are drawn from in pairs ("🇫🇷" is FR, so a flag reads as its country's code and words spelled in them, "🇭🇴🇼", as
+// the words), and the negative circled and negative squared capitals "bubble text" generators spell words in
+// ("🅑🅞🅜🅑", "🅱🅾🅼🅱").
+constexpr cp_range capital_alphabets[] = {{0x1F150, 0x1F169}, {0x1F170, 0x1F189}, {0x1F1E6, 0x1F1FF}};
+
+// The one of ranges that holds cp, or nullptr
+template <size_t N> const cp_range * range_of(const cp_range (&ranges)[N], uint32_t cp) {
+    const auto * it = std::find_if(std::begin(ranges), std::end(ranges),
+                                   [cp](const cp_range & r) { return cp >= r.first && cp <= r.last; });
+    return it != std::end(ranges) ? it : nullptr;
+}
 
 struct look_alike {
     uint32_t cp;
@@ -399,8 +407,8 @@ std::string fold_characters(std::string_view text) {
             folded.append(e->text);
         } else if (const look_alike * small = find_cp(small_capitals, cp)) {
             folded.push_back(small->latin);
-        } else if (cp >= k_first_regional_indicator && cp <= k_last_regional_indicator) {
-            folded.push_back(static_cast<char>('A' + (cp - k_first_regional_indicator)));
+        } else if (const cp_range * alphabet = range_of(capital_alphabets, cp)) {
+            folded.push_back(static_cast<char>('A' + (cp - alphabet->first)));
         } else if (!is_ignorable(cp)) {
             folded.append(text.substr(i, len));
         }
@@ -445,8 +453,7 @@ std::string fold_characters(std::string_view text) {
 }  // namespace
 
 bool is_ignorable(uint32_t cp) {
-    return std::any_of(std::begin(ignorable), std::end(ignorable),
-                       [cp](const cp_range & r) { return cp >= r.first && cp <= r.last; });
+    return range_of(ignorable, cp) != nullptr;
 }
 
 std::string fold_text(std::string_view text) {

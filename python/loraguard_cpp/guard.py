@@ -101,13 +101,14 @@ def _messages(messages: Sequence[Message]) -> list[tuple[bytes, bytes]]:
 
 def fold_text(text: str) -> str:
     """The text a guard reads for ``text`` (its default ``text_form="folded"``): compatibility forms such as fullwidth
-    or mathematical letters as plain ones, invisible characters (zero-width, soft hyphens, bidi controls) removed, tag
-    characters that spell ASCII read as it (text hidden in them is read), small capitals (``ʜᴏᴡ``) and the regional
-    indicators flags are drawn from (``🇭🇴🇼``: ``HOW``) as letters, look-alike Cyrillic, Greek and Armenian
-    letters in a Latin word made Latin, letters spaced out (``b o m b``, ``F-R-A-U-D``) joined into their words,
-    emoji and markup put inside words taken out (``bo😊mb``, ``b<b></b>omb``, ``b**o**mb``, ``b&shy;omb``), HTML
-    references to a word's letters read as them (``b&#x6f;mb``), terminal escapes taken out. Training and
-    evaluation read rows through this so that a guard learns on what the runtime reads."""
+    or mathematical letters as plain ones, invisible characters (zero-width, soft hyphens, bidi controls) removed,
+    tag characters that spell ASCII read as it (text hidden in them is read), small capitals (``ʜᴏᴡ``), the regional
+    indicators flags are drawn from (``🇭🇴🇼``: ``HOW``) and "bubble" and parenthesized letters (``🅑``, ``⒝``) as
+    letters, look-alike Cyrillic, Greek and Armenian letters in a Latin word made Latin, letters spaced out (``b o m
+    b``, ``F-R-A-U-D``) joined into their words, emoji and markup put inside words taken out (``bo😊mb``,
+    ``b<b></b>omb``, ``b**o**mb``, ``b&shy;omb``), HTML references to a word's letters read as them (``b&#x6f;mb``),
+    terminal escapes taken out. Training and evaluation read rows through this so that a guard learns on what the
+    runtime reads."""
     return _native.fold_text(_utf8(text, "text"))
 
 
@@ -119,6 +120,7 @@ def decoded_reading(text: str) -> str | None:
     written upside down (each letter's turned look-alike, last to first) is turned the right way up, runs of character
     codes (hex, binary, ``\\x`` ``\\u`` ``%`` ``&#`` escapes; a word with two URL or quoted-printable escapes,
     ``How%20do%20I``), UUencoded lines and runs of base64, base32 and ASCII85 that decode to text are replaced by it,
+    a URL or query string whose parameters hold text as a form writes it (``?q=how+to+make+a+bomb``) by that text,
     runs of Morse code by the letters they spell, sentences written in a letter cipher (a Caesar shift such as ROT13,
     Atbash, or reversed, whole or word by word) are read back, in a text holding leetspeak (one of ``0 1 3 4 5 7``
     between two letters of a word; handles, URLs, e-mail addresses and mixed-case codes do not count) digits and ``@ $``
