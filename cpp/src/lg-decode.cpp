@@ -217,9 +217,9 @@ std::optional<std::string> decoded_reading(std::string_view folded) {
         // ASCII85 and UUencode write '%' and '\\' among letters ("a pipe" is "+E2%6A" in ASCII85): they are decoded
         // before the escapes, which would otherwise read such a run's "%6A" as a letter and leave it undecodable
         for (auto * decode : {read_emoji_words, read_stacked_marks, read_upside_down, decode_uuencode_lines,
-                              decode_ascii85_runs, read_query_text, decode_char_code_runs, decode_base64_runs,
-                              decode_braille_runs, decode_nato_runs, decode_morse_runs, read_ciphers, read_leetspeak,
-                              read_word_order}) {
+                              decode_ascii85_runs, read_joined_strings, read_query_text, decode_char_code_runs,
+                              decode_base64_runs, decode_braille_runs, decode_nato_runs, decode_morse_runs,
+                              read_ciphers, read_leetspeak, read_word_order}) {
             if (std::optional<std::string> decoded = decode(next ? std::string_view(*next) : text)) {
                 next = std::move(decoded);
             }
