@@ -169,6 +169,36 @@ def inside_each_word(text: str, mark: Callable[[str], str], seed: int = 0) -> st
     return " ".join(words)
 
 
+def typoglycemia(text: str, seed: int = 0) -> str:
+    """The inner letters of each word of 4 letters or more shuffled, seeded ("isnncttrious"): readers, and capable
+    chat models, read such words by their first and last letters."""
+    rng = random.Random(seed)
+    words = []
+    for word in text.split(" "):
+        at = [i for i, c in enumerate(word) if c.isalpha()]
+        if len(at) >= 4:
+            inner = [word[i] for i in at[1:-1]]
+            rng.shuffle(inner)
+            chars = list(word)
+            for i, c in zip(at[1:-1], inner, strict=True):
+                chars[i] = c
+            word = "".join(chars)
+        words.append(word)
+    return " ".join(words)
+
+
+def space_inside_words(text: str, seed: int = 0) -> str:
+    """A space put inside each word of 4 characters or more, at a seeded place at least 2 from either end."""
+    rng = random.Random(seed)
+    words = []
+    for word in text.split(" "):
+        if len(word) >= 4:
+            k = rng.randint(2, len(word) - 2)
+            word = word[:k] + " " + word[k:]
+        words.append(word)
+    return " ".join(words)
+
+
 def terminal_colours(text: str) -> str:
     """Each word in a colour of its own, as a terminal draws ANSI escape sequences, reset after it."""
     return " ".join(f"\x1b[{31 + k % 7}m{word}\x1b[0m" for k, word in enumerate(text.split(" ")))
@@ -228,6 +258,8 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "percent-encoded (URL)": lambda t: urllib.parse.quote(t),
     "quoted-printable, spaces too": lambda t: quopri.encodestring(t.encode(), quotetabs=True).decode(),
     "UUencode": uuencode,
+    "typoglycemia (inner letters shuffled): not read": typoglycemia,
+    "a space inside each word: not read": space_inside_words,
     "ASCII85": lambda t: base64.a85encode(t.encode()).decode(),
 }
 
