@@ -275,25 +275,24 @@ std::optional<std::string> read_joined_strings(std::string_view text) {
     edits.insert(edits.end(), joins.begin() + static_cast<std::ptrdiff_t>(j), joins.end());
     // The joined text is the message the chat model is asked to answer: on a line of its own, a prompt's line-by-line
     // reading reads it alone, not averaged into the instructions around it (lg::text_lines)
-    std::string out;
+    std::vector<std::string> readings;
     bool read_any = false;
-    size_t copied = 0;
     for (const edit & e : edits) {
-        out.append(text.substr(copied, e.begin - copied));
-        if (e.string) {
-            const std::string spelled = joined.spelled(*e.string);
-            if (!spelled.empty()) {
-                out += '\n' + fold_text(spelled) + '\n';
-                read_any = true;
-            }
-        }
-        copied = e.end;
+        const std::string spelled = e.string ? joined.spelled(*e.string) : std::string();
+        read_any = read_any || !spelled.empty();
+        readings.push_back(spelled.empty() ? std::string() : '\n' + fold_text(spelled) + '\n');
     }
     if (!read_any) {
         return std::nullopt;
     }
-    out.append(text.substr(copied));
-    return out;
+    size_t k = 0;  // the next edit
+    return replace_runs(text, [&](std::string_view, size_t i) -> run_reading {
+        if (k < edits.size() && edits[k].begin == i) {
+            const size_t end = edits[k].end;
+            return {end, std::move(readings[k++])};
+        }
+        return {k < edits.size() ? edits[k].begin : text.size(), std::nullopt};
+    });
 }
 
 }  // namespace lg
